@@ -1,0 +1,93 @@
+"""All-atom peptide structures from sequence: PeptideBuilder backbone -> PDBFixer -> amber14 hydrogens -> minimised.
+
+Zwitterionic termini (NH3+ / COO-), histidine as HIE (tleap's default at pH 7), all residues L.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+from proseflow.sequences import validate_sequence
+from proseflow.system import create_system, forcefield
+
+
+def _backbone_pdb(sequence: str) -> str:
+    """Heavy-atom, extended (beta) peptide from PeptideBuilder, as PDB text."""
+    import PeptideBuilder
+    from Bio.PDB import PDBIO
+    from PeptideBuilder import Geometry
+
+    geos = []
+    for letter in sequence:
+        geo = Geometry.geometry(letter)
+        geo.phi, geo.psi_im1 = -120.0, 130.0  # extended, away from clashes
+        geos.append(geo)
+    structure = PeptideBuilder.make_structure_from_geos(geos)
+    out = io.StringIO()
+    pdbio = PDBIO()
+    pdbio.set_structure(structure)
+    pdbio.save(out)
+    return out.getvalue()
+
+
+def build_peptide(sequence: str, minimize: bool = True, max_iterations: int = 0) -> tuple[app.Topology, np.ndarray]:
+    """Topology and positions (nm, ``[N, 3]``) of the capped-free zwitterionic peptide ``sequence``."""
+    from pdbfixer import PDBFixer
+
+    validate_sequence(sequence, min_length=1)
+    fixer = PDBFixer(pdbfile=io.StringIO(_backbone_pdb(sequence)))
+    fixer.findMissingResidues()
+    fixer.missingResidues = {}
+    fixer.findNonstandardResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms()  # side-chain leftovers and the C-terminal OXT
+
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    modeller.delete([a for a in modeller.topology.atoms() if a.element is not None and a.element.symbol == "H"])
+    variants = ["HIE" if r.name == "HIS" else None for r in modeller.topology.residues()]
+    modeller.addHydrogens(forcefield(), pH=7.0, variants=variants)
+    topology = modeller.topology
+    for residue in topology.residues():
+        if residue.name == "HIS":
+            residue.name = "HIE"
+    positions_nm = np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
+    if minimize:
+        positions_nm = minimize_positions(topology, positions_nm, max_iterations=max_iterations)
+    return topology, positions_nm
+
+
+def minimize_positions(topology: app.Topology, positions_nm: np.ndarray, max_iterations: int = 0,
+                       tolerance_kJ_per_mol_nm: float = 10.0) -> np.ndarray:
+    system = create_system(topology)
+    integrator = openmm.VerletIntegrator(0.001)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    context.setPositions(positions_nm)
+    openmm.LocalEnergyMinimizer.minimize(context, tolerance_kJ_per_mol_nm, max_iterations)
+    return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def write_pdb(path: str | os.PathLike, topology: app.Topology, positions_nm: np.ndarray) -> None:
+    """Write atomically: a half-written PDB never appears under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        app.PDBFile.writeFile(topology, positions_nm * unit.nanometer, fh, keepIds=False)
+    os.replace(tmp, path)
+
+
+def load_pdb(path: str | os.PathLike) -> tuple[app.Topology, np.ndarray]:
+    pdb = app.PDBFile(str(path))
+    return pdb.topology, np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def sequence_of(topology: app.Topology) -> str:
+    from proseflow.sequences import THREE_TO_ONE
+
+    return "".join(THREE_TO_ONE[r.name] for r in topology.residues())
