@@ -1,0 +1,23 @@
+# proseflow: Prose (transferable normalizing flows for peptides), from sequences to reports.
+# A table of contents: each stage is one rule module over the tested library in src/proseflow.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/sequences.smk"
+include: "workflow/rules/structures.smk"
+include: "workflow/rules/md.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

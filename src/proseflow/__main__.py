@@ -1,0 +1,5 @@
+import sys
+
+from proseflow.cli import main
+
+sys.exit(main())

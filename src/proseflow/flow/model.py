@@ -1,0 +1,479 @@
+"""Prose: a transferable TarFlow over all-atom peptide coordinates (PAPER.md section 2).
+
+One token per atom (its 3 Cartesian coordinates). The flow is a stack of ``n_blocks`` affine
+autoregressive MetaBlocks; each gathers the atoms into that block's permutation, runs a causal
+transformer over them and transforms token i with (mu, alpha) predicted from tokens < i:
+
+    forward  (data -> latent):  z_i = (x_i - mu_i) * exp(-alpha_i),   logdet = -sum alpha
+    reverse  (latent -> data):  x_i = z_i * exp(alpha_i) + mu_i,       logdet = +sum alpha
+
+The Jacobian of one block is triangular in the permuted order, so the log-determinant is exact.
+
+Batch convention (one dict of tensors, see ``ProseFlow.forward``):
+    mask [B, N] bool (real atoms first, padding last), atom_type / residue_type / residue_index
+    [B, N] int64 (0 = padding), chain_length [B] int64, permutations [B, P, N] int64 (each row a
+    permutation of range(N) with the padding indices last). Which of the P permutations a block uses
+    is ``FlowConfig.permutation_order()``; the expected meaning of the P = 8 rows is
+    ``PERMUTATION_NAMES``.
+
+Padding tokens never influence real atoms (key-padding mask in attention, lookahead masked, their
+affine parameters are zero so padding coordinates pass through unchanged), so a system's output does
+not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Meaning of the P = 8 rows of ``batch["permutations"]`` (the data loader must produce them in this
+# order). "flip" is the reversed order of the real atoms (padding stays last); "variant" traverses
+# rings and branches the other way round.
+PERMUTATION_NAMES = (
+    "backbone_first",
+    "backbone_first_flip",
+    "backbone_first_variant",
+    "backbone_first_variant_flip",
+    "residue_by_residue",
+    "residue_by_residue_flip",
+    "residue_by_residue_variant",
+    "residue_by_residue_variant_flip",
+)
+
+
+def _perm_ids(*names: str) -> tuple[int, ...]:
+    return tuple(PERMUTATION_NAMES.index(n) for n in names)
+
+
+def set_fp32_numerics() -> None:
+    """Full float32 matmuls (TF32 off): invertibility to ~1e-5 needs it."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+@dataclass
+class FlowConfig:
+    """Size and switches of the flow. ``None`` switches take the default of ``arch``.
+
+    arch="prose": adaLN-Zero conditioning, QK-LayerNorm, SwiGLU transition, lookahead conditioning,
+        chemistry-aware permutations (backbone-first and residue-by-residue, standard and variant,
+        each with its flip).
+    arch="tarflow": the plain TarFlow baseline: conditioning added to the input embedding, plain
+        LayerNorm, no QK norm, no transition, GELU MLP, permutations alternating residue-by-residue
+        and its flip.
+    backbone_first=False (ablation): only the four residue-by-residue permutations are cycled.
+    """
+
+    arch: str = "prose"
+    channels: int = 384
+    n_blocks: int = 8
+    n_layers: int = 8
+    head_dim: int = 64
+    mlp_ratio: int = 4
+    n_atom_types: int = 64  # atom-name vocabulary incl. 0 = padding (must cover the loader's vocabulary)
+    n_residue_types: int = 21  # 0 = padding, 1..20 amino acids
+    cond_dim: int = 128  # width of each of the 4 conditioning features before the MLP
+    max_atoms: int = 256  # length of the learned position embedding (8AA has at most 178 atoms)
+    n_permutations: int = 8
+    backbone_first: bool = True
+    transition: bool | None = None
+    lookahead: bool | None = None
+    qk_norm: bool | None = None
+    perm_order: tuple[int, ...] | None = None  # explicit override of permutation_order()
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("prose", "tarflow"):
+            raise ValueError(f"unknown arch {self.arch!r}")
+        prose = self.arch == "prose"
+        for name in ("transition", "lookahead", "qk_norm"):
+            if getattr(self, name) is None:
+                setattr(self, name, prose)
+        if self.channels % self.head_dim:
+            raise ValueError("channels must be a multiple of head_dim")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.arch == "prose"
+
+    def permutation_order(self) -> tuple[int, ...]:
+        """Indices into the P loader permutations, cycled over the blocks (block k uses order[k % len])."""
+        if self.perm_order is not None:
+            return tuple(self.perm_order)
+        if self.arch == "tarflow":
+            return _perm_ids("residue_by_residue", "residue_by_residue_flip")
+        if not self.backbone_first:
+            return _perm_ids(*PERMUTATION_NAMES[4:])
+        return tuple(range(len(PERMUTATION_NAMES)))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> FlowConfig:
+        """"paper" (~288M params for prose, ~117M for tarflow), "small" and "tiny" (CPU)."""
+        sizes = {
+            "paper": dict(channels=384, n_blocks=8, n_layers=8, head_dim=64, mlp_ratio=4, cond_dim=128),
+            "small": dict(channels=128, n_blocks=4, n_layers=2, head_dim=32, mlp_ratio=4, cond_dim=64),
+            "tiny": dict(channels=32, n_blocks=2, n_layers=1, head_dim=16, mlp_ratio=2, cond_dim=16),
+        }
+        return cls(**{**sizes[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 1e4) -> torch.Tensor:
+    """Standard sinusoidal features of (integer) values: [...] -> [..., dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device) / half)
+    angles = values.float()[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ConditionEmbedding(nn.Module):
+    """Per-atom conditioning: atom type, residue type, residue position and chain length -> MLP."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.dim = cfg.cond_dim
+        self.atom = nn.Embedding(cfg.n_atom_types, cfg.cond_dim)
+        self.residue = nn.Embedding(cfg.n_residue_types, cfg.cond_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * cfg.cond_dim, cfg.channels), nn.GELU(), nn.Linear(cfg.channels, cfg.channels)
+        )
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        n = batch["atom_type"].shape[1]
+        length = batch["chain_length"][:, None].expand(-1, n)
+        feats = [
+            self.atom(batch["atom_type"]),
+            self.residue(batch["residue_type"]),
+            sinusoidal(batch["residue_index"], self.dim),
+            sinusoidal(length, self.dim),
+        ]
+        return self.mlp(torch.cat(feats, dim=-1))
+
+
+class Permutation:
+    """Gathers per-atom tensors into one of the batch permutations and scatters them back."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def forward(self, t: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+        idx = perms[:, self.index]
+        idx = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand_as(t)
+        return t.gather(1, idx)
+
+    def reverse(self, t: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+        idx = perms[:, self.index]
+        idx = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand_as(t)
+        return torch.empty_like(t).scatter(1, idx, t)
+
+
+class KVCache:
+    """Preallocated keys/values of the tokens seen so far (used only while sampling)."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.len = max_len, 0
+        self.k = self.v = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            shape = (*k.shape[:2], self.max_len, k.shape[3])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        t = k.shape[2]
+        self.k[:, :, self.len : self.len + t] = k
+        self.v[:, :, self.len : self.len + t] = v
+        self.len += t
+        return self.k[:, :, : self.len], self.v[:, :, : self.len]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional QK-LayerNorm and an explicit KV cache."""
+
+    def __init__(self, channels: int, head_dim: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = channels // head_dim, head_dim
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.cache: KVCache | None = None
+
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """h [B, T, C]; attn_mask bool, broadcastable to [B, heads, T, T_keys] (True = attend)."""
+        b, t, c = h.shape
+        q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.cache is not None:
+            k, v = self.cache.append(k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    """TarFlow's feed-forward: Linear -> GELU -> Linear."""
+
+    def __init__(self, channels: int, ratio: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(channels, ratio * channels), nn.GELU(), nn.Linear(ratio * channels, channels)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class Transition(nn.Module):
+    """SwiGLU transition: (SiLU(W_g h) * W_u h) W_o, no biases."""
+
+    def __init__(self, channels: int, ratio: int):
+        super().__init__()
+        self.gate_up = nn.Linear(channels, 2 * ratio * channels, bias=False)
+        self.down = nn.Linear(ratio * channels, channels, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class AdaLN(nn.Module):
+    """Shift, scale and gate from the conditioning; zero-initialised, so gate = 0 (adaLN-Zero)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, elementwise_affine=False)
+        self.mod = nn.Linear(channels, 3 * channels)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
+        return self.norm(h) * (1 + scale) + shift, gate
+
+
+class Block(nn.Module):
+    """One transformer layer.
+
+    prose:   h += gate_a * AttnMLP(adaLN_a(h, c)),  AttnMLP(u) = a + MLP(LN(a)), a = Attn(u)
+             h += gate_t * SwiGLU(adaLN_t(h, c))     (transition, if enabled)
+    tarflow: h += Attn(LN(h));  h += MLP(LN(h))
+    The attention unit is TarFlow's attention block (attention, then MLP) and Prose adds the adaLN-Zero
+    conditioning around it and the transition after it (PAPER.md section 2).
+    """
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        d = cfg.channels
+        self.adaptive = cfg.adaptive
+        self.norm_attn = AdaLN(d) if self.adaptive else nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.head_dim, cfg.qk_norm)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.mlp = MLP(d, cfg.mlp_ratio)
+        self.norm_tr = AdaLN(d) if cfg.transition else None
+        self.transition = Transition(d, cfg.mlp_ratio) if cfg.transition else None
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        if self.adaptive:
+            u, gate = self.norm_attn(h, c)
+            a = self.attn(u, attn_mask)
+            h = h + gate * (a + self.mlp(self.norm_mlp(a)))
+        else:
+            h = h + self.attn(self.norm_attn(h), attn_mask)
+            h = h + self.mlp(self.norm_mlp(h))
+        if self.transition is not None:
+            u, gate = self.norm_tr(h, c)
+            h = h + gate * self.transition(u)
+        return h
+
+
+class MetaBlock(nn.Module):
+    """One affine autoregressive flow block: a causal transformer over one atom permutation."""
+
+    def __init__(self, cfg: FlowConfig, perm_index: int):
+        super().__init__()
+        d = cfg.channels
+        self.permutation = Permutation(perm_index)
+        self.adaptive, self.lookahead = cfg.adaptive, cfg.lookahead
+        self.proj_in = nn.Linear(3, d)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.max_atoms, d) * 1e-2)
+        cond_in = 2 * d if cfg.lookahead else d
+        self.proj_cond = nn.Sequential(nn.Linear(cond_in, d), nn.GELU(), nn.Linear(d, d))
+        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.norm_out = nn.LayerNorm(d)
+        self.proj_out = nn.Linear(d, 6)  # (mu, alpha) for the *next* token
+        self.proj_start = nn.Linear(d, 6)  # (mu, alpha) of token 0, from its conditioning only
+        for lin in (self.proj_out, self.proj_start):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # --- pieces shared by forward and reverse -------------------------------------------------
+    def conditioning(self, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Permuted conditioning -> per-token conditioning of this block (with lookahead: token i+1's too)."""
+        if self.lookahead:
+            nxt = cond[:, 1:] * mask[:, 1:, None]  # padding (always last) contributes nothing
+            cond = torch.cat([cond, F.pad(nxt, (0, 0, 0, 1))], dim=-1)
+        return self.proj_cond(cond)
+
+    def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, start: int = 0):
+        """Tokens x [B, T, 3] at positions start..start+T-1 -> (mu, alpha) predicted for the next tokens."""
+        h = self.proj_in(x) + self.pos_embed[start : start + x.shape[1]]
+        if not self.adaptive:
+            h = h + c
+        for layer in self.layers:
+            h = layer(h, c, attn_mask)
+        return self.proj_out(self.norm_out(h)).chunk(2, dim=-1)
+
+    def start_params(self, c: torch.Tensor, mask: torch.Tensor):
+        return (self.proj_start(c[:, :1]) * mask[:, :1, None]).chunk(2, dim=-1)
+
+    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor):
+        """Teacher-forced (mu, alpha) for every token: token i's from tokens < i; zero on padding."""
+        t = x.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        attn_mask = (causal & mask[:, None, :])[:, None]  # [B, 1, T, T]
+        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask)
+        mu0, alpha0 = self.start_params(c, mask)
+        mu = torch.cat([mu0, mu[:, :-1]], dim=1) * mask[..., None]
+        alpha = torch.cat([alpha0, alpha[:, :-1]], dim=1) * mask[..., None]
+        return mu, alpha
+
+    def set_cache(self, max_len: int | None) -> None:
+        for layer in self.layers:
+            layer.attn.cache = None if max_len is None else KVCache(max_len)
+
+    # --- the flow ------------------------------------------------------------------------------
+    def forward(self, x, cond, mask, perms):
+        x, cond, mask = (self.permutation.forward(t, perms) for t in (x, cond, mask))
+        c = self.conditioning(cond, mask)
+        mu, alpha = self.params(x, c, mask)
+        z = (x - mu) * torch.exp(-alpha)
+        return self.permutation.reverse(z, perms), -alpha.sum(dim=(1, 2))
+
+    def reverse(self, z, cond, mask, perms, cached: bool = True):
+        z, cond, mask = (self.permutation.forward(t, perms) for t in (z, cond, mask))
+        c = self.conditioning(cond, mask)
+        mu, alpha = self.start_params(c, mask)
+        xs, alphas = [z[:, :1] * torch.exp(alpha) + mu], [alpha]
+        t = z.shape[1]
+        if cached:
+            self.set_cache(t)
+        try:
+            for i in range(t - 1):
+                m = mask[:, i + 1 : i + 2, None]
+                if cached:  # feed only token i; keys/values of tokens < i come from the cache
+                    mu, alpha = self.trunk(torch.where(mask[:, i : i + 1, None], xs[i], 0.0),
+                                           c[:, i : i + 1], mask[:, None, None, : i + 1], start=i)
+                    mu, alpha = mu * m, alpha * m
+                else:  # slow reference path: rerun the whole prefix
+                    x = torch.cat(xs + [z[:, i + 1 :]], dim=1)
+                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask))
+                xs.append(z[:, i + 1 : i + 2] * torch.exp(alpha) + mu)
+                alphas.append(alpha)
+        finally:
+            self.set_cache(None)
+        x = torch.cat(xs, dim=1)
+        return self.permutation.reverse(x, perms), torch.cat(alphas, dim=1).sum(dim=(1, 2))
+
+
+class ProseFlow(nn.Module):
+    """Transferable all-atom TarFlow (Prose, or the plain TarFlow baseline with arch="tarflow")."""
+
+    def __init__(self, config: FlowConfig):
+        super().__init__()
+        set_fp32_numerics()
+        self.config = config
+        self.embed_cond = ConditionEmbedding(config)
+        order = config.permutation_order()
+        if max(order) >= config.n_permutations:
+            raise ValueError(f"permutation order {order} needs more than {config.n_permutations} permutations")
+        self.blocks = nn.ModuleList([MetaBlock(config, order[k % len(order)]) for k in range(config.n_blocks)])
+
+    # --- batch handling ------------------------------------------------------------------------
+    def _prepare(self, batch: dict):
+        """Conditioning, mask and permutations cut to the longest system in the batch.
+
+        Padding entries of every permutation are reset to the identity, so the first ``n_eff``
+        entries of each row are a permutation of range(n_eff) whatever order the loader gave them.
+        """
+        mask = batch["mask"].bool()
+        n_real = mask.sum(dim=1)
+        n_eff = int(n_real.max())
+        perms = batch["permutations"]
+        pos = torch.arange(perms.shape[-1], device=perms.device)
+        real = pos[None, None, :] < n_real[:, None, None]
+        if bool((perms.lt(n_real[:, None, None]) != real).any()):
+            raise ValueError("permutations must list the real atoms first (and only them) in every row")
+        perms = torch.where(real, perms, pos)[..., :n_eff]
+        cond = self.embed_cond({k: batch[k] for k in ("atom_type", "residue_type", "residue_index", "chain_length")})
+        return cond[:, :n_eff], mask[:, :n_eff], perms, n_eff
+
+    def _run(self, x: torch.Tensor, batch: dict, reverse: bool, cached: bool = True):
+        cond, mask, perms, n = self._prepare(batch)
+        h, logdet = x[:, :n], x.new_zeros(x.shape[0])
+        blocks = reversed(self.blocks) if reverse else self.blocks
+        for block in blocks:
+            h, ld = block.reverse(h, cond, mask, perms, cached) if reverse else block(h, cond, mask, perms)
+            logdet = logdet + ld
+        return torch.cat([h, x[:, n:]], dim=1), logdet
+
+    # --- the flow ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data -> latent. x [B, N, 3] normalised coordinates. Returns (z, log|det dz/dx| [B])."""
+        return self._run(x, batch, reverse=False)
+
+    def reverse(self, z: torch.Tensor, batch: dict, cached: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent -> data, token by token. Returns (x, log|det dx/dz| [B]); cached=False is the slow path."""
+        return self._run(z, batch, reverse=True, cached=cached)
+
+    @staticmethod
+    def prior_log_prob(z: torch.Tensor, mask: torch.Tensor, prior_std: float = 1.0) -> torch.Tensor:
+        """log N(z; 0, prior_std^2 I) over the 3N real-atom dimensions."""
+        m = mask.bool()[..., None].to(z.dtype)
+        dims = 3 * m.sum(dim=(1, 2))
+        sq = ((z * m) ** 2).sum(dim=(1, 2)) / prior_std**2
+        return -0.5 * sq - dims * (0.5 * math.log(2 * math.pi) + math.log(prior_std))
+
+    def log_prob(self, x: torch.Tensor, batch: dict, prior_std: float = 1.0) -> torch.Tensor:
+        """log q(x) [B] in normalised units over the 3N real-atom dimensions (centroid included)."""
+        z, logdet = self(x, batch)
+        return self.prior_log_prob(z, batch["mask"], prior_std) + logdet
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: dict,
+        n: int | None = None,
+        z: torch.Tensor | None = None,
+        prior_std: float = 1.0,
+        generator: torch.Generator | None = None,
+        cached: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Draw x = f^-1(z), z ~ N(0, prior_std^2 I) on real atoms (padding 0).
+
+        The batch may mix systems; with ``n`` every system is repeated n times (consecutively).
+        prior_std != 1 is the "scaled prior" of temperature transfer (prior_std^2 = T / T_train).
+        Returns (x [B', N, 3] normalised units, log q(x) [B'], the batch actually used).
+        """
+        if n is not None:
+            batch = repeat_batch(batch, n)
+        mask = batch["mask"].bool()
+        if z is None:
+            z = torch.randn(*mask.shape, 3, generator=generator, device=mask.device) * prior_std
+        z = torch.where(mask[..., None], z, 0.0)
+        x, logdet = self.reverse(z, batch, cached=cached)
+        x = torch.where(mask[..., None], x, 0.0)
+        return x, self.prior_log_prob(z, mask, prior_std) - logdet, batch
+
+
+def repeat_batch(batch: dict, n: int) -> dict:
+    """Repeat every system of a batch n times (system b occupies rows b*n .. b*n+n-1)."""
+    return {k: v.repeat_interleave(n, dim=0) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,312 @@
+"""Implicit-solvent MD with the paper protocol, batched as non-interacting copies in one OpenMM context.
+
+Small peptides are overhead-bound in OpenMM, so one job simulates several systems (different sequences)
+as copies in one ``Context``: each copy sits on its own lattice site, further apart than the nonbonded
+cutoff, and is translated back to its site after every integration chunk so copies never meet.
+A translation changes no energy or force, so each copy follows exactly its own dynamics.
+
+Per system the job writes an MDTraj HDF5 file (:mod:`proseflow.trajectory_io`). Frames are buffered in
+memory and appended at every checkpoint (every ``checkpoint_interval_s`` of wall time): first the frames
+are appended and flushed, then the checkpoint (OpenMM context checkpoint + frame counts) is replaced
+atomically. A restarted job truncates each file to the checkpoint's frame count, restores the context and
+continues; frames written before the checkpoint are never touched. Outputs appear at their final paths
+only when the whole run has finished (an atomic rename), so a killed or failed job never leaves an
+artefact that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import app, unit
+from tqdm.auto import tqdm
+
+from proseflow import trajectory_io
+from proseflow.system import PAPER_FORCEFIELD, create_system, platform_by_name, platform_properties
+
+log = logging.getLogger(__name__)
+
+COPY_MARGIN_NM = 3.0
+"""Extra gap between copies' bounding spheres beyond the cutoff, so a chunk of diffusion cannot close it."""
+MAX_ABS_ENERGY_KJ_PER_MOL = 1e6
+"""A copy whose potential energy leaves +-this (or is NaN) has blown up."""
+
+
+class SimulationBlowUp(RuntimeError):
+    """The integration produced NaN or absurd energies."""
+
+
+@dataclass(frozen=True)
+class MDProtocol:
+    """The MD protocol of PAPER.md section 1. Times in ps, temperature in K."""
+
+    temperature_K: float = 310.0
+    friction_per_ps: float = 0.3
+    timestep_fs: float = 1.0
+    burn_in_ps: float = 50.0
+    length_ps: float = 200_000.0
+    save_interval_ps: float = 1.0
+    seed: int = 0
+    minimize: bool = True
+    platform: str = "auto"
+    checkpoint_interval_s: float = 300.0
+    recentre_interval_ps: float = 0.5
+
+    @property
+    def steps_per_frame(self) -> int:
+        return _as_steps(self.save_interval_ps, self.timestep_fs, "save_interval_ps")
+
+    @property
+    def n_frames(self) -> int:
+        n = self.length_ps / self.save_interval_ps
+        if abs(n - round(n)) > 1e-9 or round(n) < 1:
+            raise ValueError(f"length_ps {self.length_ps} is not a positive multiple of save_interval_ps "
+                             f"{self.save_interval_ps}")
+        return int(round(n))
+
+    @property
+    def burn_in_steps(self) -> int:
+        return _as_steps(self.burn_in_ps, self.timestep_fs, "burn_in_ps", allow_zero=True)
+
+    @property
+    def chunk_steps(self) -> int:
+        """Steps per integration chunk: the largest divisor of a frame's steps within the recentre interval."""
+        limit = max(1, int(self.recentre_interval_ps * 1000 / self.timestep_fs))
+        n = self.steps_per_frame
+        return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _as_steps(time_ps: float, timestep_fs: float, name: str, allow_zero: bool = False) -> int:
+    steps = time_ps * 1000.0 / timestep_fs
+    if abs(steps - round(steps)) > 1e-6 or (round(steps) < 1 and not allow_zero):
+        raise ValueError(f"{name}={time_ps} ps is not a whole positive number of {timestep_fs} fs steps")
+    return int(round(steps))
+
+
+def stable_seed(base_seed: int, *names: str) -> int:
+    """A reproducible per-job seed (Python's hash() is salted per process)."""
+    return (int(base_seed) * 1_000_003 + zlib.crc32("|".join(names).encode())) % (2**31 - 1)
+
+
+@dataclass
+class CopyLayout:
+    """Which atoms of the combined system belong to which copy, and where each copy's lattice site is."""
+
+    offsets: list[int]
+    sizes: list[int]
+    sites_nm: np.ndarray  # [n_copies, 3]
+
+    def slices(self) -> list[slice]:
+        return [slice(o, o + n) for o, n in zip(self.offsets, self.sizes)]
+
+
+def _radius_bound_nm(n_residues: int) -> float:
+    """An upper bound on any atom's distance from the centroid of a (fully extended) peptide."""
+    return 0.6 + 0.38 * n_residues / 2.0 + 0.5
+
+
+def combine_copies(topologies: list[app.Topology], positions_nm: list[np.ndarray],
+                   cutoff_nm: float) -> tuple[app.Topology, np.ndarray, CopyLayout]:
+    """One topology holding every copy as its own chain, each centred on a lattice site."""
+    spacing = 2 * max(_radius_bound_nm(t.getNumResidues()) for t in topologies) + cutoff_nm + COPY_MARGIN_NM
+    side = math.ceil(len(topologies) ** (1 / 3) - 1e-9)
+    sites = np.array([[i % side, (i // side) % side, i // side**2] for i in range(len(topologies))],
+                     dtype=float) * spacing
+    modeller = app.Modeller(app.Topology(), [])
+    offsets, sizes = [], []
+    for top, pos, site in zip(topologies, positions_nm, sites):
+        offsets.append(modeller.topology.getNumAtoms())
+        sizes.append(top.getNumAtoms())
+        modeller.add(top, (pos - pos.mean(axis=0) + site) * unit.nanometer)
+    combined = np.asarray(modeller.positions.value_in_unit(unit.nanometer))
+    return modeller.topology, combined, CopyLayout(offsets, sizes, sites)
+
+
+def recentre(positions_nm: np.ndarray, layout: CopyLayout, cutoff_nm: float) -> np.ndarray:
+    """Translate every copy's centroid back to its lattice site; fail if two copies came within the cutoff."""
+    out = positions_nm.copy()
+    centroids, radii = [], []
+    for sl, site in zip(layout.slices(), layout.sites_nm):
+        c = positions_nm[sl].mean(axis=0)
+        centroids.append(c)
+        radii.append(np.linalg.norm(positions_nm[sl] - c, axis=1).max())
+        out[sl] += site - c
+    centroids, radii = np.array(centroids), np.array(radii)
+    if len(centroids) > 1:
+        gap = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1) - radii[:, None] - radii[None]
+        np.fill_diagonal(gap, np.inf)
+        if gap.min() <= cutoff_nm:
+            i, j = np.unravel_index(np.argmin(gap), gap.shape)
+            raise RuntimeError(f"copies {i} and {j} came within the {cutoff_nm} nm cutoff; "
+                               "increase COPY_MARGIN_NM or shorten recentre_interval_ps")
+    return out
+
+
+@dataclass
+class MDSystem:
+    """One system of a batched run: its name, structure and the final output path."""
+
+    name: str
+    topology: app.Topology
+    positions_nm: np.ndarray
+    output: Path
+    extra_attrs: dict = field(default_factory=dict)
+
+
+class _PerCopyEnergy:
+    """Potential energy of single copies, each in its own single-copy context (exact per-copy energies)."""
+
+    def __init__(self, systems: list[MDSystem]):
+        cpu = openmm.Platform.getPlatformByName("CPU")
+        self.contexts = [openmm.Context(create_system(s.topology), openmm.VerletIntegrator(0.001), cpu,
+                                        {"Threads": "1"}) for s in systems]
+
+    def __call__(self, i: int, positions_nm: np.ndarray) -> float:
+        self.contexts[i].setPositions(positions_nm)
+        return self.contexts[i].getState(getEnergy=True).getPotentialEnergy().value_in_unit(
+            unit.kilojoule_per_mole)
+
+
+def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.PathLike,
+             threads: int | None = None, progress: bool = True) -> list[Path]:
+    """Run (or resume) the batched MD of ``systems``; move each finished trajectory to ``system.output``.
+
+    ``work_dir`` holds the partial trajectories and the checkpoint; it is removed after success.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate system names in one MD job: {names}")
+    n_frames, steps_per_frame, chunk = protocol.n_frames, protocol.steps_per_frame, protocol.chunk_steps
+    cutoff = PAPER_FORCEFIELD.nonbonded_cutoff_nm
+
+    topology, positions, layout = combine_copies([s.topology for s in systems],
+                                                 [s.positions_nm for s in systems], cutoff)
+    system = create_system(topology)
+    platform = platform_by_name(protocol.platform)
+    integrator = openmm.LangevinMiddleIntegrator(protocol.temperature_K * unit.kelvin,
+                                                 protocol.friction_per_ps / unit.picosecond,
+                                                 protocol.timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(protocol.seed)
+    context = openmm.Context(system, integrator, platform, platform_properties(platform, threads))
+    per_copy = _PerCopyEnergy(systems)
+
+    record = {
+        **asdict(protocol), "forcefield": PAPER_FORCEFIELD.as_dict(), "integrator": "LangevinMiddleIntegrator",
+        "openmm_version": openmm.__version__, "platform": platform.getName(), "n_copies_in_context": len(systems),
+        "copies": names, "frames_saved_after_burn_in": True,
+    }
+    partials = [work_dir / f"{s.name}.h5" for s in systems]
+    ckpt_path = work_dir / "checkpoint.bin"
+
+    if ckpt_path.exists():
+        frames_done, state = _read_checkpoint(ckpt_path)
+        context.loadCheckpoint(state)
+        for p in partials:
+            trajectory_io.truncate(p, frames_done)
+        log.info("resuming %s from checkpoint at frame %d/%d", names, frames_done, n_frames)
+    else:
+        context.setPositions(positions)
+        if protocol.minimize:
+            openmm.LocalEnergyMinimizer.minimize(context, 10.0, 0)
+        context.setVelocitiesToTemperature(protocol.temperature_K * unit.kelvin, protocol.seed)
+        _run_steps(context, protocol.burn_in_steps, chunk, layout, cutoff, systems, 0)
+        for s, p in zip(systems, partials):
+            trajectory_io.create(p, s.topology, {**record, **s.extra_attrs, "system": s.name})
+        frames_done = 0
+        _write_checkpoint(context, frames_done, ckpt_path)
+
+    buffer: list[tuple[np.ndarray, float]] = []
+    last_ckpt = time.monotonic()
+    bar = tqdm(total=n_frames, initial=frames_done, desc=f"MD {names[0]}" + ("..." if len(names) > 1 else ""),
+               unit="frame", disable=not progress, mininterval=5)
+    step0 = protocol.burn_in_steps
+    while frames_done + len(buffer) < n_frames:
+        frame = frames_done + len(buffer)
+        x = _run_steps(context, steps_per_frame, chunk, layout, cutoff, systems, step0 + frame * steps_per_frame)
+        buffer.append((x, (frame + 1) * protocol.save_interval_ps))
+        bar.update(1)
+        done = frames_done + len(buffer) == n_frames
+        if done or time.monotonic() - last_ckpt >= protocol.checkpoint_interval_s:
+            frames_done = _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame,
+                                 protocol.save_interval_ps)
+            buffer.clear()
+            _write_checkpoint(context, frames_done, ckpt_path)
+            last_ckpt = time.monotonic()
+    bar.close()
+
+    for s, p in zip(systems, partials):
+        s.output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, s.output)
+    shutil.rmtree(work_dir)
+    return [s.output for s in systems]
+
+
+def _run_steps(context, n_steps, chunk, layout, cutoff, systems, first_step) -> np.ndarray:
+    """Integrate ``n_steps`` in chunks, re-centring copies after each; returns positions (nm)."""
+    done = 0
+    x = None
+    while done < n_steps:
+        k = min(chunk, n_steps - done)
+        context.getIntegrator().step(k)
+        done += k
+        state = context.getState(getPositions=True, getEnergy=True)
+        x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        if not np.isfinite(x).all() or not math.isfinite(e) or abs(e) > MAX_ABS_ENERGY_KJ_PER_MOL * len(systems):
+            bad = [s.name for s, sl in zip(systems, layout.slices()) if not np.isfinite(x[sl]).all()]
+            raise SimulationBlowUp(
+                f"MD blew up at step {first_step + done} (potential energy {e:.4g} kJ/mol"
+                f"{'; non-finite positions in ' + ', '.join(bad) if bad else ''}) in systems "
+                f"{', '.join(s.name for s in systems)}")
+        x = recentre(np.asarray(x), layout, cutoff)
+        context.setPositions(x)
+    if x is None:
+        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return np.asarray(x)
+
+
+def _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame, save_interval_ps) -> int:
+    """Append buffered frames to every system's file; check every copy's energy. Returns frames on disk."""
+    frames = np.stack([b[0] for b in buffer])
+    times = np.array([b[1] for b in buffer])
+    n = 0
+    for i, (s, p, sl) in enumerate(zip(systems, partials, layout.slices())):
+        xs = frames[:, sl] - layout.sites_nm[i]  # the copy's own frame: its lattice site moved to the origin
+        energies = np.array([per_copy(i, xi) for xi in xs])
+        bad = ~np.isfinite(energies) | (np.abs(energies) > MAX_ABS_ENERGY_KJ_PER_MOL)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            step = step0 + int(round(times[k] / save_interval_ps)) * steps_per_frame
+            raise SimulationBlowUp(f"MD of {s.name} blew up at step {step} (t = {times[k]:.1f} ps): "
+                                   f"potential energy {energies[k]:.4g} kJ/mol")
+        n = trajectory_io.append(p, xs, times, energies)
+    return n
+
+
+def _write_checkpoint(context, frames_done: int, path: Path) -> None:
+    """One file holds the frame count and the OpenMM state, replaced atomically so they never disagree."""
+    header = json.dumps({"frames_done": frames_done, "wall_time": time.time()}).encode()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(header + b"\n" + context.createCheckpoint())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: Path) -> tuple[int, bytes]:
+    data = path.read_bytes()
+    header, state = data.split(b"\n", 1)
+    return int(json.loads(header)["frames_done"]), state

@@ -1,0 +1,111 @@
+"""Self-normalised importance sampling (SNIS) and resampling (PAPER.md section 4).
+
+log w = log p_unnorm - log q, with log p_unnorm = -E/kT. Proposals whose log w is not finite
+(NaN/inf energy or log q) get zero weight and are counted, never raise. The largest
+``drop_top_fraction`` of the finite log w are dropped (count rounded down: 0.2% of 1e4 -> 20).
+The ESS is the normalised Kish ESS over ALL N proposals, dropped and non-finite ones included:
+ESS = (sum w)^2 / (N sum w^2), in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def normalise_log_weights(log_w: np.ndarray) -> np.ndarray:
+    """log w - logsumexp(log w); all -inf stays all -inf."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        return np.full_like(log_w, -np.inf)
+    return np.where(finite, log_w - logsumexp(log_w[finite]), -np.inf)
+
+
+def kish_ess(log_w: np.ndarray, n_total: int | None = None) -> float:
+    """Normalised Kish ESS (sum w)^2 / (N sum w^2); N = ``n_total`` or len(log_w) (-inf entries count)."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    n = len(log_w) if n_total is None else int(n_total)
+    finite = log_w[np.isfinite(log_w)]
+    if n == 0 or finite.size == 0:
+        return 0.0
+    return float(np.exp(2.0 * logsumexp(finite) - logsumexp(2.0 * finite) - np.log(n)))
+
+
+def _cumulative_weights(log_w: np.ndarray) -> np.ndarray:
+    w = np.exp(normalise_log_weights(log_w))
+    if not w.any():
+        raise ValueError("cannot resample: no finite log weight")
+    cdf = np.cumsum(w)
+    return cdf / cdf[-1]
+
+
+def multinomial_resample(log_w: np.ndarray, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """``n`` i.i.d. indices drawn with probability proportional to exp(log_w)."""
+    cdf = _cumulative_weights(log_w)
+    u = _rng(rng).uniform(size=int(n))
+    return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+
+
+def systematic_resample(log_w: np.ndarray, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Systematic resampling: one uniform offset, ``n`` evenly spaced points; unbiased, low variance."""
+    cdf = _cumulative_weights(log_w)
+    u = (_rng(rng).uniform() + np.arange(int(n))) / int(n)
+    return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+
+
+@dataclass
+class SnisResult:
+    log_weights: np.ndarray  # [N] normalised (logsumexp = 0), -inf for dropped and non-finite proposals
+    ess: float  # normalised Kish ESS over all N proposals
+    n_nonfinite: int
+    n_dropped: int
+    indices: np.ndarray  # [n_resample] multinomial resampling indices into the proposals (empty if none usable)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.exp(self.log_weights)
+
+    @property
+    def n_total(self) -> int:
+        return len(self.log_weights)
+
+
+def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float = 0.002,
+         rng: np.random.Generator | int | None = None, n_resample: int | None = None) -> SnisResult:
+    """SNIS weights of proposals x_i ~ q for the target p ∝ exp(log_p_unnorm).
+
+    ``n_resample`` defaults to N (number of proposals); ``rng`` is a Generator or a seed.
+    """
+    log_p = np.asarray(log_p_unnorm, dtype=np.float64)
+    log_q = np.asarray(log_q, dtype=np.float64)
+    if log_p.shape != log_q.shape or log_p.ndim != 1:
+        raise ValueError(f"log_p_unnorm {log_p.shape} and log_q {log_q.shape} must be equal 1-D shapes")
+    if not 0.0 <= drop_top_fraction < 1.0:
+        raise ValueError("drop_top_fraction must be in [0, 1)")
+    with np.errstate(invalid="ignore"):
+        log_w = log_p - log_q
+    finite = np.isfinite(log_p) & np.isfinite(log_q) & np.isfinite(log_w)
+    n_nonfinite = int((~finite).sum())
+    log_w = np.where(finite, log_w, -np.inf)
+
+    n_dropped = int(np.floor(drop_top_fraction * finite.sum()))
+    if n_dropped > 0:
+        top = np.argpartition(log_w, -n_dropped)[-n_dropped:]  # -inf entries are never among the largest
+        log_w[top] = -np.inf
+
+    log_w = normalise_log_weights(log_w)
+    n_total = len(log_w)
+    ess = kish_ess(log_w, n_total)
+    n_resample = n_total if n_resample is None else int(n_resample)
+    if np.isfinite(log_w).any():
+        indices = multinomial_resample(log_w, n_resample, rng)
+    else:
+        indices = np.zeros(0, dtype=np.int64)
+    return SnisResult(log_weights=log_w, ess=ess, n_nonfinite=n_nonfinite, n_dropped=n_dropped, indices=indices)

@@ -1,0 +1,259 @@
+"""Sequential Monte Carlo from a normalizing-flow proposal (Prose paper, section 4 of PAPER.md).
+
+Particles x_0 ~ q are moved along the linear energy path
+
+    E_t(x) = (1 - t) E_q(x) + t E_target(x),   E_q = -log q,   t_0 = 0 < t_1 < ... < t_K = 1,
+
+with incremental log weights  log w += -(E_{t_k} - E_{t_{k-1}})(x) = -(t_k - t_{k-1}) (E_target - E_q)(x)
+evaluated at the current particles, followed (when the normalised ESS falls below a threshold, and
+always at the last level) by systematic resampling and then by Langevin moves targeting exp(-E_{t_k}):
+
+* ``"ula"``  ("continuous" in the paper): unadjusted Langevin, x' = x + h F + sqrt(2h) xi (O(h) bias);
+* ``"mala"`` ("discrete" in the paper): the same proposal with a Metropolis-Hastings correction, with the
+  step size adapted between levels, log h += adapt_rate * (acceptance - target_accept).
+
+The path ends exactly at t = 1 (the authors' public code looped over ``timesteps[:-1]`` and stopped at
+t = 1 - 1/K). The final resampling happens before the moves of the last level, so the returned particles
+are equally weighted and the duplicates created by resampling are rejuvenated at t = 1.
+
+Reading of the paper and the authors' code (transferable-samplers): "100 ULA steps" / "50 MALA steps"
+are numbers of annealing levels with ONE Langevin step per level (``SMCConfig.paper``). Their MALA spent
+two energy+force evaluations per step (at x and at the proposal); here forces at the current particles
+are cached, so one MALA step costs one target evaluation per particle. The authors resampled at every
+level (ess_threshold 1.0), adapted MALA's step by x1.1 / /1.1 around 0.55-0.6 acceptance, and dropped
+proposals with target energy above 100 kT beforehand (not done here: pass pre-filtered particles).
+
+Energies are dimensionless (kT) and forces are -grad E in kT per coordinate unit. Every call of the
+target's ``energy_and_forces`` on a batch of b particles counts as b energy evaluations.
+Particles whose energies or forces are non-finite get log weight -inf (MALA simply rejects such
+proposals); a ``RuntimeError`` is raised if every weight vanishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from scipy.special import logsumexp
+
+EnergyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class EnergyModel(Protocol):
+    """Anything with ``energy_and_forces(x [B, ...]) -> (E [B], F = -grad E [B, ...])``."""
+
+    def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+ProposalEnergy = EnergyModel  # E_q = -log q of the flow, F_q = grad log q
+TargetEnergy = EnergyModel  # E / kT and forces / kT
+
+
+@dataclass(frozen=True)
+class SMCConfig:
+    kernel: Literal["ula", "mala"] = "ula"
+    n_levels: int = 100  # K annealing increments; the schedule has K + 1 points 0 = t_0 < ... < t_K = 1
+    n_mcmc_steps: int = 1  # Langevin steps per level (0: pure annealed importance weights, no moves)
+    step_size: float = 1e-3  # h in x' = x + h F + sqrt(2h) xi (coordinate units squared)
+    adapt_step_size: bool | None = None  # None: adapt for MALA only (ULA has no acceptance signal)
+    target_accept: float = 0.6
+    adapt_rate: float = 1.0
+    step_size_bounds: tuple[float, float] = (1e-12, 1e3)
+    ess_threshold: float = 0.5  # resample when the normalised Kish ESS drops below this
+    schedule: Sequence[float] | None = None  # explicit t levels (overrides n_levels)
+
+    @classmethod
+    def paper(cls, kernel: Literal["ula", "mala"], **overrides) -> SMCConfig:
+        """Paper settings: ULA 100 levels, MALA 50 levels, one step per level, resampling every level."""
+        base = {
+            "kernel": kernel,
+            "n_levels": 100 if kernel == "ula" else 50,
+            "n_mcmc_steps": 1,
+            "ess_threshold": 1.0,
+        }
+        return cls(**{**base, **overrides})
+
+    def t_schedule(self) -> np.ndarray:
+        if self.schedule is None:
+            if self.n_levels < 1:
+                raise ValueError("n_levels must be >= 1")
+            t = np.linspace(0.0, 1.0, self.n_levels + 1)
+        else:
+            t = np.asarray(self.schedule, dtype=float)
+        if len(t) < 2 or t[0] != 0.0 or t[-1] != 1.0 or np.any(np.diff(t) <= 0):
+            raise ValueError(f"schedule must increase strictly from exactly 0 to exactly 1, got {t}")
+        return t
+
+    def adapts(self) -> bool:
+        return self.kernel == "mala" if self.adapt_step_size is None else bool(self.adapt_step_size)
+
+
+@dataclass
+class SMCResult:
+    x: np.ndarray  # final particles, shape of x0
+    log_weights: np.ndarray  # [B] normalised, uniform (-log B) after the final resampling
+    target_energy: np.ndarray  # [B] E_target of the final particles (inf if invalid)
+    t_schedule: np.ndarray  # [K + 1]
+    ess: np.ndarray  # [K] normalised ESS after the reweighting at each level, before resampling
+    resampled: np.ndarray  # [K] bool
+    acceptance: np.ndarray  # [K] mean acceptance of the moves at each level (ULA: fraction of finite moves)
+    step_sizes: np.ndarray  # [K] step size used at each level
+    n_energy_evals: int  # per-particle target evaluations
+    n_proposal_evals: int  # per-particle proposal (flow) evaluations
+    final_log_weights_pre_resampling: np.ndarray  # [B] normalised log weights at t = 1
+    final_ess_pre_resampling: float
+    log_z: float  # estimate of log integral exp(-E_target) (q is normalised)
+    info: dict = field(default_factory=dict)
+
+
+def _as_fn(model) -> EnergyFn:
+    return model.energy_and_forces if hasattr(model, "energy_and_forces") else model
+
+
+def normalised_ess(log_w: np.ndarray) -> float:
+    """Kish ESS / B = (sum w)^2 / (B sum w^2); 0 if every weight vanished."""
+    if not np.isfinite(log_w).any():
+        return 0.0
+    w = np.exp(log_w - np.max(log_w))
+    return float(w.sum() ** 2 / (len(w) * np.sum(w**2)))
+
+
+def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a systematic resample; particles with zero weight are never selected."""
+    n = len(log_w)
+    cdf = np.cumsum(np.exp(log_w - logsumexp(log_w)))
+    cdf[-1] = 1.0
+    u = (rng.random() + np.arange(n)) / n
+    return np.minimum(np.searchsorted(cdf, u, side="right"), n - 1)
+
+
+class _Counted:
+    """Calls an energy function on flat [B, D] arrays; returns clean arrays and a validity mask."""
+
+    def __init__(self, fn: EnergyFn, shape: tuple[int, ...]):
+        self.fn, self.shape, self.count = fn, shape, 0
+
+    def __call__(self, x: np.ndarray):
+        b = len(x)
+        self.count += b
+        with np.errstate(invalid="ignore", over="ignore"):
+            e, f = self.fn(x.reshape((b, *self.shape)))
+            e = np.asarray(e, dtype=float).reshape(b)
+            f = np.asarray(f, dtype=float).reshape(b, -1)
+        ok = np.isfinite(e) & np.isfinite(f).all(axis=1)
+        return np.where(ok, e, np.inf), np.where(ok[:, None], f, 0.0), ok
+
+
+def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig, rng) -> SMCResult:
+    """Anneal exact proposal samples x0 (log density log_q0) to exp(-E_target); see the module doc.
+
+    ``energy_q_fn`` / ``target_energy_and_forces_fn``: an ``EnergyModel`` or a plain callable
+    ``x -> (E [B], F [B, ...])``. If E_q(x0) differs from -log_q0 (e.g. by a constant), the initial
+    weights exp(-E_q(x0) - log_q0) correct for it, so the path always starts at exp(-E_q) exactly.
+    """
+    rng = np.random.default_rng(rng)
+    x0 = np.asarray(x0, dtype=float)
+    b, shape = x0.shape[0], x0.shape[1:]
+    ts = config.t_schedule()
+    n_lev = len(ts) - 1
+    prop = _Counted(_as_fn(energy_q_fn), shape)
+    targ = _Counted(_as_fn(target_energy_and_forces_fn), shape)
+
+    x = x0.reshape(b, -1).copy()
+    eq, fq, okq = prop(x)
+    ep, fp, okp = targ(x)
+    ok = okq & okp
+    log_w = np.where(ok, -eq - np.asarray(log_q0, dtype=float).reshape(b), -np.inf)
+    _check_alive(log_w, 0)
+    log_z = float(logsumexp(log_w) - np.log(b))
+    h = float(config.step_size)
+    lo, hi = config.step_size_bounds
+
+    ess = np.zeros(n_lev)
+    resampled = np.zeros(n_lev, dtype=bool)
+    acc = np.full(n_lev, np.nan)
+    steps = np.zeros(n_lev)
+    for k in range(1, n_lev + 1):
+        t, dt = ts[k], ts[k] - ts[k - 1]
+        with np.errstate(invalid="ignore"):
+            inc = np.where(ok, -dt * (ep - eq), -np.inf)
+        log_z += float(logsumexp(log_w - logsumexp(log_w) + inc))
+        log_w = log_w + inc
+        _check_alive(log_w, k)
+        ess[k - 1] = normalised_ess(log_w)
+        if k == n_lev:
+            final_log_w = log_w - logsumexp(log_w)
+            final_ess = ess[k - 1]
+        if ess[k - 1] < config.ess_threshold or k == n_lev:
+            idx = systematic_resample(log_w, rng)
+            x, eq, fq, ep, fp, ok = x[idx], eq[idx], fq[idx], ep[idx], fp[idx], ok[idx]
+            log_w = np.zeros(b)
+            resampled[k - 1] = True
+
+        steps[k - 1] = h
+        n_acc = n_tried = 0
+        for _ in range(config.n_mcmc_steps):
+            alive = np.isfinite(log_w)
+            xi = rng.standard_normal(x.shape)
+            f_cur = (1 - t) * fq + t * fp
+            y = x + h * f_cur + np.sqrt(2 * h) * xi
+            eq_y, fq_y, okq_y = prop(y)
+            ep_y, fp_y, okp_y = targ(y)
+            ok_y = okq_y & okp_y
+            if config.kernel == "mala":
+                with np.errstate(invalid="ignore", over="ignore"):
+                    e_cur = np.where(ok, (1 - t) * eq + t * ep, np.inf)
+                    e_y = np.where(ok_y, (1 - t) * eq_y + t * ep_y, np.inf)
+                    f_y = (1 - t) * fq_y + t * fp_y
+                    log_fwd = -0.5 * np.sum(xi**2, axis=1)
+                    log_rev = -np.sum((x - y - h * f_y) ** 2, axis=1) / (4 * h)
+                    log_alpha = -(e_y - e_cur) + log_rev - log_fwd
+                accept = ok_y & (np.log(rng.random(b)) < log_alpha)
+            elif config.kernel == "ula":
+                accept = ok_y
+                log_w = np.where(ok_y, log_w, -np.inf)  # ULA cannot reject: a non-finite move kills
+            else:
+                raise ValueError(f"unknown kernel {config.kernel!r}")
+            n_acc += int(np.sum(accept & alive))
+            n_tried += int(np.sum(alive))
+            a = accept[:, None]
+            x, fq, fp = np.where(a, y, x), np.where(a, fq_y, fq), np.where(a, fp_y, fp)
+            eq, ep, ok = np.where(accept, eq_y, eq), np.where(accept, ep_y, ep), np.where(accept, ok_y, ok)
+        if config.n_mcmc_steps > 0:
+            _check_alive(log_w, k)
+            acc[k - 1] = n_acc / max(n_tried, 1)
+            if config.adapts():
+                h = float(
+                    np.clip(h * np.exp(config.adapt_rate * (acc[k - 1] - config.target_accept)), lo, hi)
+                )
+
+    if not np.isfinite(log_w).all():  # a final ULA move killed particles: keep the set equally weighted
+        idx = systematic_resample(log_w, rng)
+        x, ep, ok, log_w = x[idx], ep[idx], ok[idx], np.zeros(b)
+    log_w_out = log_w - logsumexp(log_w)
+    return SMCResult(
+        x=x.reshape((b, *shape)),
+        log_weights=log_w_out,
+        target_energy=np.where(ok, ep, np.inf),
+        t_schedule=ts,
+        ess=ess,
+        resampled=resampled,
+        acceptance=acc,
+        step_sizes=steps,
+        n_energy_evals=targ.count,
+        n_proposal_evals=prop.count,
+        final_log_weights_pre_resampling=final_log_w,
+        final_ess_pre_resampling=float(final_ess),
+        log_z=log_z,
+        info={"kernel": config.kernel, "final_step_size": h},
+    )
+
+
+def _check_alive(log_w: np.ndarray, level: int) -> None:
+    if not np.isfinite(log_w).any():
+        raise RuntimeError(
+            f"SMC: all particle weights vanished at level {level} (every particle has a non-finite "
+            "energy/force or moved into one); check the energies, filter the proposals or reduce the step"
+        )

@@ -1,0 +1,93 @@
+"""MD trajectories in the MDTraj HDF5 format, written with h5py in appended chunks.
+
+``mdtraj.load(path)`` opens the files with their topology. Layout (MDTraj conventions "Pande" 1.1):
+``coordinates`` float32 [T, N, 3] nm, ``time`` float32 [T] ps, ``potentialEnergy`` float32 [T] kJ/mol,
+``topology`` (MDTraj JSON), and the run's protocol as the JSON root attribute ``proseflow_protocol``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FRAME_CHUNK = 64
+
+
+def create(path: str | os.PathLike, topology, protocol: dict) -> None:
+    """Create an empty trajectory file for ``topology`` (OpenMM or MDTraj topology)."""
+    import mdtraj
+
+    from proseflow import __version__
+
+    top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+    top_json = json.dumps(mdtraj.formats.hdf5.HDF5TrajectoryFile.convert_topology_to_dict(top)).encode("ascii")
+    n_atoms = top.n_atoms
+    with h5py.File(path, "w") as f:
+        f.attrs.update(conventions="Pande", conventionVersion="1.1", program="proseflow",
+                       programVersion=__version__, title="proseflow MD", application="OpenMM",
+                       proseflow_protocol=json.dumps(protocol, sort_keys=True))
+        f.create_dataset("topology", data=np.array([top_json]))
+        f.create_dataset("coordinates", shape=(0, n_atoms, 3), maxshape=(None, n_atoms, 3), dtype="f4",
+                         chunks=(FRAME_CHUNK, n_atoms, 3)).attrs["units"] = "nanometers"
+        for name, units in (("time", "picoseconds"), ("potentialEnergy", "kilojoules_per_mole")):
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f4",
+                             chunks=(FRAME_CHUNK * 16,)).attrs["units"] = units
+
+
+def append(path: str | os.PathLike, positions_nm: np.ndarray, time_ps: np.ndarray,
+           potential_energy_kJ_per_mol: np.ndarray) -> int:
+    """Append frames; returns the new frame count. Existing frames are never rewritten."""
+    with h5py.File(path, "a") as f:
+        n = f["coordinates"].shape[0]
+        k = len(positions_nm)
+        for name, data in (("coordinates", positions_nm), ("time", time_ps),
+                           ("potentialEnergy", potential_energy_kJ_per_mol)):
+            ds = f[name]
+            ds.resize(n + k, axis=0)
+            ds[n:] = np.asarray(data, dtype=np.float32)
+        return n + k
+
+
+def truncate(path: str | os.PathLike, n_frames: int) -> None:
+    """Drop frames past ``n_frames`` (written after the last checkpoint); earlier frames stay untouched."""
+    with h5py.File(path, "a") as f:
+        for name in ("coordinates", "time", "potentialEnergy"):
+            if f[name].shape[0] > n_frames:
+                f[name].resize(n_frames, axis=0)
+
+
+def n_frames(path: str | os.PathLike) -> int:
+    with h5py.File(path, "r") as f:
+        return int(f["coordinates"].shape[0])
+
+
+def read(path: str | os.PathLike, stride: int = 1, start: int = 0, stop: int | None = None) -> dict:
+    """Arrays of a trajectory file (no topology parsing): positions_nm, time_ps, energy_kJ_per_mol, protocol."""
+    with h5py.File(path, "r") as f:
+        sl = slice(start, stop, stride)
+        return {
+            "positions_nm": f["coordinates"][sl],
+            "time_ps": f["time"][sl],
+            "energy_kJ_per_mol": f["potentialEnergy"][sl],
+            "protocol": json.loads(f.attrs["proseflow_protocol"]),
+        }
+
+
+def protocol(path: str | os.PathLike) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["proseflow_protocol"])
+
+
+def mdtraj_topology(path: str | os.PathLike):
+    import mdtraj
+
+    with mdtraj.formats.HDF5TrajectoryFile(str(path)) as f:
+        return f.topology
+
+
+def exists_complete(path: str | os.PathLike) -> bool:
+    return Path(path).is_file()

@@ -1,0 +1,54 @@
+import json
+import shlex
+import sys
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from proseflow.config import ConfigError, check_config, md_protocol, n_batches, sequence_set
+from proseflow.sequences import validate_sequence
+
+try:
+    check_config(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+
+# Every rule runs the library through its CLI adapter, with the repository's src/ importable
+# (works in the project venv and in the conda envs of envs/).
+PF = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} python -m proseflow"
+
+N_TRAIN_BATCHES = n_batches(config, "train")
+N_VAL_BATCHES = n_batches(config, "val")
+VAL = sequence_set(config, "val")
+TEST = sequence_set(config, "test")
+
+
+wildcard_constraints:
+    seq="[A-Za-z]+",
+    batch=r"\d{5}",
+    split="train|val",
+
+
+def valid_target(seq):
+    """Validate a target sequence named in a path; a clear error instead of 'missing rule'."""
+    try:
+        return validate_sequence(seq, min_length=1, max_length=config["sequences"]["max_target_length"])
+    except ValueError as e:
+        raise WorkflowError(f"invalid target: {e}") from None
+
+
+def protocol_json(kind):
+    return shlex.quote(json.dumps(md_protocol(config, kind).__dict__))
+
+
+def md_batches(split):
+    n = N_TRAIN_BATCHES if split == "train" else N_VAL_BATCHES
+    return [f"results/md/{split}/batch{i:05d}" for i in range(n)]
+
+
+def all_targets():
+    return [
+        "results/sequences/train.csv",
+        *md_batches("train"),
+        *md_batches("val"),
+        *[f"results/md/{s}.h5" for s in TEST],
+    ]
