@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Meaning of the P = 8 rows of ``batch["permutations"]`` (the data loader must produce them in this
 # order). "flip" is the reversed order of the real atoms (padding stays last); "variant" traverses
@@ -86,6 +87,7 @@ class FlowConfig:
     lookahead: bool | None = None
     qk_norm: bool | None = None
     perm_order: tuple[int, ...] | None = None  # explicit override of permutation_order()
+    grad_checkpoint: bool = False  # recompute each layer's activations in backward (training memory)
 
     def __post_init__(self) -> None:
         if self.arch not in ("prose", "tarflow"):
@@ -175,13 +177,17 @@ class Permutation:
 
 
 class KVCache:
-    """Preallocated keys/values of the tokens seen so far (used only while sampling)."""
+    """Keys/values of the tokens seen so far (used only while sampling); preallocated under no_grad."""
 
     def __init__(self, max_len: int):
         self.max_len, self.len = max_len, 0
         self.k = self.v = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled():  # differentiable reverse: concatenate (no in-place writes)
+            self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+            self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+            return self.k, self.v
         if self.k is None:
             shape = (*k.shape[:2], self.max_len, k.shape[3])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
@@ -299,6 +305,7 @@ class MetaBlock(nn.Module):
         d = cfg.channels
         self.permutation = Permutation(perm_index)
         self.adaptive, self.lookahead = cfg.adaptive, cfg.lookahead
+        self.grad_checkpoint = cfg.grad_checkpoint
         self.proj_in = nn.Linear(3, d)
         self.pos_embed = nn.Parameter(torch.randn(cfg.max_atoms, d) * 1e-2)
         cond_in = 2 * d if cfg.lookahead else d
@@ -324,8 +331,12 @@ class MetaBlock(nn.Module):
         h = self.proj_in(x) + self.pos_embed[start : start + x.shape[1]]
         if not self.adaptive:
             h = h + c
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h, c, attn_mask)
+            if recompute and layer.attn.cache is None:
+                h = checkpoint(layer, h, c, attn_mask, use_reentrant=False)
+            else:
+                h = layer(h, c, attn_mask)
         return self.proj_out(self.norm_out(h)).chunk(2, dim=-1)
 
     def start_params(self, c: torch.Tensor, mask: torch.Tensor):
@@ -442,6 +453,10 @@ class ProseFlow(nn.Module):
         """log q(x) [B] in normalised units over the 3N real-atom dimensions (centroid included)."""
         z, logdet = self(x, batch)
         return self.prior_log_prob(z, batch["mask"], prior_std) + logdet
+
+    def nll_per_dim(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Training loss (PAPER.md section 3): -log q(x) / 3N per system [B], real atoms only."""
+        return -self.log_prob(x, batch) / (3 * batch["mask"].sum(dim=1))
 
     @torch.no_grad()
     def sample(

@@ -168,4 +168,4 @@ def proposal_log_prob_nm(
     c = centroid(x, mask)
     n = n_atoms(mask)
     log_qv = log_q + 1.5 * torch.log(n.to(log_q.dtype)) - com_log_density(c, n, com_correction)
-    return log_qv + log_abs_det_scale(n, scale, centred=True)
+    return log_qv + log_abs_det_scale(n.to(log_q.dtype), scale, centred=True)

@@ -1,0 +1,258 @@
+"""The Prose flow: invertible, exact log-determinant, padding-blind; preprocessing and density bookkeeping."""
+
+import math
+
+import pytest
+import torch
+
+from proseflow.flow import FlowConfig, ProseFlow, count_parameters, proposal_log_prob_nm
+from proseflow.flow import preprocess as pp
+
+torch.set_num_threads(2)
+N_ATOM_TYPES = 12
+
+
+def make_batch(lengths, n_max=None, seed=0, n_perm=8, junk_padding=True):
+    """Random systems (fake chemistry) padded to n_max, with valid permutations (padding last)."""
+    g = torch.Generator().manual_seed(seed)
+    n_max = n_max or max(lengths)
+    b = len(lengths)
+    mask = torch.arange(n_max)[None] < torch.tensor(lengths)[:, None]
+    x = torch.randn(b, n_max, 3, generator=g)
+    if junk_padding:  # padding content is arbitrary: it must never matter
+        x = torch.where(mask[..., None], x, 1e3 * torch.randn(b, n_max, 3, generator=g))
+    batch = {
+        "mask": mask,
+        "atom_type": torch.randint(1, N_ATOM_TYPES, (b, n_max), generator=g) * mask,
+        "residue_type": torch.randint(1, 21, (b, n_max), generator=g) * mask,
+        "residue_index": (torch.arange(n_max)[None] // 3 + 1) * mask,
+        "chain_length": torch.tensor([(n - 1) // 3 + 1 for n in lengths]),
+    }
+    perms = torch.empty(b, n_perm, n_max, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        pad = torch.arange(n, n_max)[torch.randperm(n_max - n, generator=g)]  # padding last, any order
+        for k in range(n_perm):
+            real = torch.arange(n) if k % 4 == 0 else torch.randperm(n, generator=g)
+            real = real.flip(0) if k % 2 else real
+            perms[i, k] = torch.cat([real, pad])
+    batch["permutations"] = perms
+    return x, batch
+
+
+def select(batch, rows, n_max):
+    out = {k: v[rows] for k, v in batch.items()}
+    for k in ("mask", "atom_type", "residue_type", "residue_index"):
+        out[k] = out[k][:, :n_max]
+    perms = out["permutations"]
+    out["permutations"] = torch.stack([p[p < n_max].view(perms.shape[1], n_max) for p in perms])
+    return out
+
+
+def make_model(seed=0, std=0.1, **kw):
+    torch.manual_seed(seed)
+    model = ProseFlow(FlowConfig.preset("tiny", n_atom_types=N_ATOM_TYPES, **kw))
+    with torch.no_grad():  # leave the zero-initialised (identity) state
+        for p in model.parameters():
+            p.add_(std * torch.randn_like(p))
+    return model.eval()
+
+
+def real_max_err(a, b, mask):
+    return (a - b)[mask].abs().max().item()
+
+
+def test_identity_at_initialisation():
+    x, batch = make_batch([5, 9, 3], n_max=11)
+    model = ProseFlow(FlowConfig.preset("tiny", n_atom_types=N_ATOM_TYPES))
+    z, logdet = model(x, batch)
+    assert torch.equal(z, x)
+    assert torch.equal(logdet, torch.zeros(3))
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_invertible_mixed_padded_batch(cached):
+    x, batch = make_batch([5, 9, 3], n_max=11)
+    model = make_model()
+    with torch.no_grad():
+        z, logdet = model(x, batch)
+        x_back, logdet_rev = model.reverse(z, batch, cached=cached)
+    assert logdet.abs().min() > 0.05  # the flow is far from the identity
+    assert real_max_err(x_back, x, batch["mask"]) < 1e-4
+    assert torch.equal(x_back[~batch["mask"]], x[~batch["mask"]])  # padding passes through
+    torch.testing.assert_close(logdet_rev, -logdet, atol=1e-4, rtol=1e-5)
+
+
+def test_cached_and_uncached_reverse_agree():
+    _, batch = make_batch([7, 4], n_max=8)
+    z = torch.randn(2, 8, 3)
+    model = make_model(seed=1)
+    with torch.no_grad():
+        x1, ld1 = model.reverse(z, batch, cached=True)
+        x2, ld2 = model.reverse(z, batch, cached=False)
+    assert real_max_err(x1, x2, batch["mask"]) < 1e-5
+    torch.testing.assert_close(ld1, ld2, atol=1e-5, rtol=1e-6)
+    assert all(layer.attn.cache is None for blk in model.blocks for layer in blk.layers)
+
+
+def test_logdet_matches_autograd_jacobian():
+    x, batch = make_batch([5], junk_padding=False)
+    model = make_model(seed=2, std=0.2)
+
+    def fwd(v):
+        return model(v.view(1, 5, 3), batch)[0].flatten()
+
+    def rev(v):
+        return model.reverse(v.view(1, 5, 3), batch)[0].flatten()
+
+    jac = torch.autograd.functional.jacobian(fwd, x.flatten())
+    _, logdet = model(x, batch)
+    assert abs(logdet.item()) > 0.1
+    assert abs(torch.linalg.slogdet(jac.double())[1].item() - logdet.item()) < 1e-3
+    z = fwd(x.flatten()).detach()
+    jac_rev = torch.autograd.functional.jacobian(rev, z)
+    _, logdet_rev = model.reverse(z.view(1, 5, 3), batch)
+    assert abs(torch.linalg.slogdet(jac_rev.double())[1].item() - logdet_rev.item()) < 1e-3
+
+
+def test_padding_and_batch_order_do_not_matter():
+    lengths = [6, 9, 4]
+    x, batch = make_batch(lengths, n_max=12)
+    model = make_model(seed=3)
+    with torch.no_grad():
+        z, logp = model(x, batch)[0], model.log_prob(x, batch)
+        order = [2, 0, 1]
+        z_perm, logp_perm = model(x[order], batch_o := select(batch, order, 12))[0], model.log_prob(x[order], batch_o)
+        torch.testing.assert_close(z_perm, z[order], rtol=0, atol=1e-5)
+        torch.testing.assert_close(logp_perm, logp[order], rtol=1e-5, atol=1e-4)
+        for i, n in enumerate(lengths):  # each system alone, without any padding
+            alone = select(batch, [i], n)
+            z1, logp1 = model(x[i : i + 1, :n], alone)[0], model.log_prob(x[i : i + 1, :n], alone)
+            torch.testing.assert_close(z1[0], z[i, :n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(logp1, logp[i : i + 1], rtol=1e-5, atol=1e-4)
+
+
+def test_nan_padding_stays_out():
+    x, batch = make_batch([4, 7], n_max=8)
+    x = torch.where(batch["mask"][..., None], x, float("nan"))
+    model = make_model(seed=4)
+    with torch.no_grad():
+        z, logdet = model(x, batch)
+        x_back, _ = model.reverse(z, batch)
+    assert torch.isfinite(logdet).all() and torch.isfinite(z[batch["mask"]]).all()
+    assert real_max_err(x_back, x, batch["mask"]) < 1e-4
+
+
+def test_sample_log_prob_consistent_and_mixed_systems():
+    _, batch = make_batch([5, 8], n_max=9)
+    model = make_model(seed=5)
+    g = torch.Generator().manual_seed(0)
+    x, log_q, used = model.sample(batch, n=3, generator=g)
+    assert x.shape == (6, 9, 3) and log_q.shape == (6,)
+    assert torch.equal(used["chain_length"], batch["chain_length"].repeat_interleave(3))
+    assert (x[~used["mask"]] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(x, used), log_q, rtol=1e-5, atol=1e-3)
+    # scaled prior (temperature transfer): log q consistent too
+    x2, log_q2, _ = model.sample(used, prior_std=1.3, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(x2, used, prior_std=1.3), log_q2, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(transition=False), dict(lookahead=False), dict(backbone_first=False), dict(arch="tarflow")],
+)
+def test_ablations_build_and_invert(overrides):
+    x, batch = make_batch([5, 7], n_max=8)
+    model = make_model(seed=6, **overrides)
+    with torch.no_grad():
+        z, logdet = model(x, batch)
+        x_back, logdet_rev = model.reverse(z, batch)
+    assert real_max_err(x_back, x, batch["mask"]) < 1e-4
+    torch.testing.assert_close(logdet_rev, -logdet, atol=1e-4, rtol=1e-5)
+
+
+def test_permutation_order_switches():
+    assert FlowConfig().permutation_order() == tuple(range(8))
+    assert FlowConfig(backbone_first=False).permutation_order() == (4, 5, 6, 7)
+    cfg = FlowConfig(arch="tarflow")
+    assert cfg.permutation_order() == (4, 5)
+    assert not (cfg.transition or cfg.lookahead or cfg.qk_norm)
+
+
+@pytest.mark.parametrize("arch,paper_count", [("prose", 285e6), ("tarflow", 115e6)])
+def test_paper_preset_parameter_count(arch, paper_count):
+    with torch.device("meta"):
+        n = count_parameters(ProseFlow(FlowConfig.preset("paper", arch=arch)))
+    assert abs(n / paper_count - 1) < 0.1, n
+
+
+# --- preprocessing ------------------------------------------------------------------------------
+
+
+def test_random_rotations_are_proper_and_uniform():
+    r = pp.random_rotations(4000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(4000, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(4000, dtype=torch.float64))
+    assert r.mean(0).abs().max() < 0.05  # Haar measure: E[R] = 0
+    # a fixed unit vector is sent uniformly over the sphere: E[(Rv)_i^2] = 1/3
+    torch.testing.assert_close((r[:, :, 0] ** 2).mean(0), torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02, rtol=0)
+
+
+def test_preprocess_centres_scales_and_augments():
+    x, batch = make_batch([5, 9], n_max=10)
+    mask = batch["mask"]
+    x_nm = x * 0.3 + 2.0
+    y = pp.normalise(x_nm, mask)
+    torch.testing.assert_close(pp.centroid(y, mask), torch.zeros(2, 3), atol=1e-6, rtol=0)
+    assert (y[~mask] == 0).all()
+    torch.testing.assert_close(pp.to_nm(y, mask), pp.remove_centroid(x_nm, mask), atol=1e-6, rtol=1e-5)
+    # augmentation: rotation keeps distances, centroid shifted with std 1/sqrt(N)
+    g = torch.Generator().manual_seed(0)
+    xs = pp.preprocess_train(x_nm.repeat(2000, 1, 1), mask.repeat(2000, 1), generator=g)
+    torch.testing.assert_close(torch.cdist(xs[:1, :5], xs[:1, :5]), torch.cdist(y[:1, :5], y[:1, :5]), atol=1e-5, rtol=1e-5)
+    c = pp.centroid(xs, mask.repeat(2000, 1)).view(2000, 2, 3)
+    torch.testing.assert_close(c.std(dim=(0, 2)), torch.tensor([5, 9]).rsqrt().float(), atol=0.02, rtol=0)
+    torch.testing.assert_close(pp.to_nm(xs[:2], mask), pp.rotate(pp.to_nm(xs[:2], mask), torch.eye(3).expand(2, 3, 3)))
+
+
+def test_chi_density_normalised_and_matches_com_norms():
+    n = torch.tensor(9)
+    sigma = n.float().rsqrt()
+    r = torch.linspace(1e-6, 10 * sigma, 20001, dtype=torch.float64)
+    dens = pp.log_chi3(r, sigma.double()).exp()
+    assert abs(torch.trapezoid(dens, r).item() - 1) < 1e-6
+    # histogram of |c| for c ~ the training augmentation
+    c = pp.com_shift(torch.ones(200_000, 9, dtype=torch.bool), torch.Generator().manual_seed(0))[:, 0]
+    hist, edges = torch.histogram(c.norm(dim=-1).double(), bins=30, range=(0.0, 4 * sigma.item()), density=False)
+    mids, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
+    expected = pp.log_chi3(mids, sigma.double()).exp() * width * 200_000
+    assert ((hist - expected).abs() / expected.sqrt().clamp(min=1)).max() < 5  # within 5 Poisson sigmas
+
+
+def test_gaussian_com_correction_is_exact_for_a_gaussian_flow():
+    """For q(x) = N(0, I_3N) the centred sample's density is N_{3N-3}(y) (orthonormal coordinates)."""
+    n, b = 6, 4
+    mask = torch.ones(b, n, dtype=torch.bool)
+    x = torch.randn(b, n, 3, dtype=torch.float64)
+    log_q = -0.5 * (x**2).sum((1, 2)) - 1.5 * n * math.log(2 * math.pi)
+    y = pp.remove_centroid(x, mask)
+    exact = -0.5 * (y**2).sum((1, 2)) - 0.5 * (3 * n - 3) * math.log(2 * math.pi)
+    got = proposal_log_prob_nm(log_q, x, mask, scale=1.0, com_correction="gaussian")
+    torch.testing.assert_close(got, exact)
+    # nm units: -(3N-3) log(scale); chi correction = gaussian - log(4 pi |c|^2)
+    got_nm = proposal_log_prob_nm(log_q, x, mask, scale=0.35, com_correction="gaussian")
+    torch.testing.assert_close(got_nm, exact - (3 * n - 3) * math.log(0.35))
+    chi = proposal_log_prob_nm(log_q, x, mask, scale=1.0, com_correction="chi")
+    c = pp.centroid(x, mask)
+    torch.testing.assert_close(chi, exact - torch.log(4 * math.pi * (c**2).sum(-1)))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, batch = make_batch([5, 7], n_max=8)
+    grads = []
+    for ckpt in (False, True):
+        model = make_model(seed=7, grad_checkpoint=ckpt).train()
+        model.nll_per_dim(x, batch).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
