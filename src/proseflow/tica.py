@@ -50,8 +50,8 @@ def _dihedrals_rad(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
     p0, p1, p2, p3 = (x[:, quads[:, k]] for k in range(4))
     b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
     n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
-    m1 = np.cross(n1, b1 / np.linalg.norm(b1, axis=-1, keepdims=True))
-    return np.arctan2(np.sum(m1 * n2, axis=-1), np.sum(n1 * n2, axis=-1))
+    y = np.linalg.norm(b1, axis=-1) * np.sum(b0 * n2, axis=-1)
+    return np.arctan2(y, np.sum(n1 * n2, axis=-1))
 
 
 def compute_features(positions_nm: np.ndarray, spec: FeatureSpec, chunk_frames: int = 2000) -> np.ndarray:
@@ -92,7 +92,10 @@ class TicaModel:
         if isinstance(data, md.Trajectory):
             data = data.xyz
         data = np.asarray(data, dtype=np.float64)
-        if data.ndim == 2 and data.shape[1] == len(self.mean) and (self.spec is None or data.shape[1] != 3):
+        is_positions = data.ndim == 3 or (data.ndim == 2 and data.shape[1] == 3 and self.spec is not None)
+        if not is_positions:
+            if data.ndim != 2 or data.shape[1] != len(self.mean):
+                raise ValueError(f"features must be [T, {len(self.mean)}], got {data.shape}")
             return data
         if self.spec is None:
             raise ValueError("model fitted on raw features: pass features, not positions")

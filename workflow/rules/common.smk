@@ -14,7 +14,11 @@ except ConfigError as e:
 
 # Every rule runs the library through its CLI adapter, with the repository's src/ importable
 # (works in the project venv and in the conda envs of envs/).
-PF = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} python -m proseflow"
+# Without --use-conda, the interpreter running Snakemake (the project venv) runs the jobs too.
+from snakemake.settings.types import DeploymentMethod
+
+_PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
+PF = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m proseflow"
 
 N_TRAIN_BATCHES = n_batches(config, "train")
 N_VAL_BATCHES = n_batches(config, "val")

@@ -1,0 +1,37 @@
+# proseflow: `make demo` runs the demo preset end to end; `make test` runs the test suite.
+# Both create .venv and install the project first (a CPU build of torch where this machine has one).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install test-slurm bench clean lint
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first where available (else pip would pull a multi-GB CUDA build).
+	$(BIN)/pip install -q "torch==2.13.0" || echo "torch 2.13.0 CPU build not available here; using the default torch"
+	$(BIN)/pip install -q -e ".[workflow,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml --rerun-incomplete --printshellcmds
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
+
+test-slurm: $(STAMP)
+	bash ci/slurm/test_slurm.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf results logs .snakemake
