@@ -46,7 +46,16 @@ BACKBONE_HEAVY = ("N", "CA", "C", "O", "OXT")
 BACKBONE_HYDROGENS = ("H", "H1", "H2", "H3", "HA", "HA2", "HA3")
 _BEFORE_SIDE_CHAIN = ("N", "H", "H1", "H2", "H3", "CA", "HA", "HA2", "HA3")
 _AFTER_SIDE_CHAIN = ("C", "O", "OXT")
-_NAME_ALIASES = {"HN": "H", "HT1": "H", "HT2": "H2", "HT3": "H3", "OT1": "O", "OT2": "OXT", "OC1": "O", "OC2": "OXT"}
+_NAME_ALIASES = {
+    "HN": "H",
+    "HT1": "H",
+    "HT2": "H2",
+    "HT3": "H3",
+    "OT1": "O",
+    "OT2": "OXT",
+    "OC1": "O",
+    "OC2": "OXT",
+}
 _AROMATIC = {"HIS", "HIE", "HID", "HIP", "PHE", "TRP", "TYR"}
 
 PERMUTATION_NAMES = (
@@ -144,7 +153,9 @@ def _side_chain(graph: _Graph, atoms: list[int], variant: bool) -> list[int]:
             visit(r)
     if len(order) != len(side):
         missing = sorted(name(i) for i in side_set - set(order))
-        raise ValueError(f"side-chain atoms {missing} are not bonded to the backbone; does the topology have bonds?")
+        raise ValueError(
+            f"side-chain atoms {missing} are not bonded to the backbone; does the topology have bonds?"
+        )
     return order
 
 
@@ -158,13 +169,17 @@ def chemistry_permutations(topology_or_sequence) -> np.ndarray:
     graph = _as_graph(topology_or_sequence)
     out = []
     for variant in (False, True):
-        side = [_side_chain(graph, atoms, variant) for atoms in graph.residue_atoms]
-        bb_heavy = [i for atoms in graph.residue_atoms for i in _named(graph, atoms, BACKBONE_HEAVY)]
-        bb_rest = [i for atoms, sc in zip(graph.residue_atoms, side, strict=True)
-                   for i in _named(graph, atoms, BACKBONE_HYDROGENS) + sc]  # fmt: skip
-        rbr = [i for atoms, sc in zip(graph.residue_atoms, side, strict=True)
-               for i in _named(graph, atoms, _BEFORE_SIDE_CHAIN) + sc + _named(graph, atoms, _AFTER_SIDE_CHAIN)]  # fmt: skip
-        for perm in (bb_heavy + bb_rest, rbr):
+        backbone_first_head, backbone_first_tail, residue_by_residue = [], [], []
+        for atoms in graph.residue_atoms:
+            side_chain = _side_chain(graph, atoms, variant)
+            backbone_first_head += _named(graph, atoms, BACKBONE_HEAVY)
+            backbone_first_tail += _named(graph, atoms, BACKBONE_HYDROGENS) + side_chain
+            residue_by_residue += (
+                _named(graph, atoms, _BEFORE_SIDE_CHAIN)
+                + side_chain
+                + _named(graph, atoms, _AFTER_SIDE_CHAIN)
+            )
+        for perm in (backbone_first_head + backbone_first_tail, residue_by_residue):
             perm = np.asarray(perm, dtype=np.int64)
             if len(perm) != graph.n_atoms or len(np.unique(perm)) != graph.n_atoms:
                 raise ValueError(f"atom names of residues {graph.residue_names} do not give a permutation")
@@ -187,7 +202,9 @@ def system_features(topology_or_sequence) -> dict:
         for i in atoms:
             std = standard_atom_name(graph.atom_names[i], res_name)
             if std not in ATOM_TYPE:
-                raise ValueError(f"atom {graph.atom_names[i]} of residue {r + 1} ({res_name}) is not in ATOM_NAMES")
+                raise ValueError(
+                    f"atom {graph.atom_names[i]} of residue {r + 1} ({res_name}) is not in ATOM_NAMES"
+                )
             atom_type.append(ATOM_TYPE[std])
             residue_type.append(AMINO_ACIDS.index(THREE_TO_ONE[res_name]) + 1)
             residue_index.append(r + 1)

@@ -259,7 +259,11 @@ def _run_steps(context, n_steps, chunk, layout, cutoff, systems, first_step) -> 
     x = None
     while done < n_steps:
         k = min(chunk, n_steps - done)
-        context.getIntegrator().step(k)
+        try:
+            context.getIntegrator().step(k)
+        except openmm.OpenMMException as e:  # "Particle coordinate is NaN"
+            raise SimulationBlowUp(f"MD blew up between steps {first_step + done} and {first_step + done + k} "
+                                   f"in systems {', '.join(s.name for s in systems)}: {e}") from None
         done += k
         state = context.getState(getPositions=True, getEnergy=True)
         x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)

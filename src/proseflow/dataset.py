@@ -1,0 +1,508 @@
+"""Training frames in Zarr v3 stores (sharded) and a streaming, resumable, DDP-aware batch loader.
+
+Store layout (one store per MD batch, e.g. ``results/dataset/train/batch00000.zarr``)::
+
+    zarr.json                       root attributes:
+        proseflow_store = {format, version, subsample_every, frames_per_chunk, frames_per_shard,
+                           val_fraction, complete: true}        <- written last
+        index = {sequence: [...], n_frames: [...], n_atoms: [...], frame_offset: [...],
+                 n_train_frames: [...]}                          <- one entry per system, in write order
+    systems/{seq}/                  group attributes: sequence, chain_length, atom_names, source,
+                                    time_start_ps, frame_interval_ps, n_train_frames
+    systems/{seq}/positions         float32 [T, N, 3] nm, chunks (frames_per_chunk, N, 3) inside shards
+                                    (frames_per_shard, N, 3), blosc-zstd + byte shuffle (lossless)
+    systems/{seq}/conditioning      int16 [N, 3]: atom_type, residue_type, residue_index (features.py)
+    systems/{seq}/permutations      int16 [8, N]: features.PERMUTATION_NAMES order
+
+``frame_offset`` is the index of the system's first frame in the store's concatenation of all frames.
+Frames ``[0, n_train_frames)`` of every system are the training split, the rest (the last
+``val_fraction`` of each trajectory) the validation split; with separate validation stores use
+``val_fraction=0`` and ``split="all"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from proseflow.features import N_PERMUTATIONS, pad_permutations, system_features
+from proseflow.sequences import THREE_TO_ONE, validate_sequence
+
+STORE_FORMAT = "proseflow-frames"
+STORE_VERSION = 1
+SPLITS = ("train", "val", "all")
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _topology_for(sequence: str, source, topologies):
+    if topologies is not None and sequence in topologies:
+        return topologies[sequence]
+    if isinstance(source, str | os.PathLike):
+        import h5py
+
+        with h5py.File(source, "r") as fh:
+            has_topology = "topology" in fh
+        if has_topology:
+            import mdtraj
+
+            return mdtraj.load_topology(str(source))
+    return sequence  # features.system_features builds it (proseflow.structures atom order)
+
+
+def _input_frames(sequence: str, source, input_interval_ps: float):
+    """(frames [T_in, N, 3] array-like, time of frame 0 in ps, interval in ps, description, closer)."""
+    if isinstance(source, str | os.PathLike):
+        import h5py
+
+        fh = h5py.File(source, "r")
+        coords = fh["coordinates"]
+        time_ps = np.asarray(fh["time"][:], dtype=np.float64) if "time" in fh else None
+        if time_ps is not None and len(time_ps) >= 2:
+            interval = (time_ps[-1] - time_ps[0]) / (len(time_ps) - 1)
+            tol_ps = 4 * float(np.spacing(np.float32(np.abs(time_ps).max()))) + 1e-6 * interval
+            if not np.allclose(np.diff(time_ps), interval, rtol=0, atol=tol_ps):
+                fh.close()
+                raise ValueError(f"system {sequence}: frames in {source} are not evenly spaced in time")
+            return coords, float(time_ps[0]), float(interval), str(source), fh.close
+        t0 = float(time_ps[0]) if time_ps is not None and len(time_ps) else 0.0
+        return coords, t0, float(input_interval_ps), str(source), fh.close
+    return np.asarray(source), 0.0, float(input_interval_ps), "array", lambda: None
+
+
+@dataclass(frozen=True)
+class _WriteOptions:
+    subsample_every: int
+    frames_per_chunk: int
+    frames_per_shard: int
+    val_fraction: float
+    input_interval_ps: float
+    expected_interval_ps: float | None
+    compressor: BloscCodec
+    topologies: dict | None
+
+
+def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
+    validate_sequence(sequence)
+    topology = _topology_for(sequence, source, opt.topologies)
+    feats = system_features(topology)
+    if not isinstance(topology, str):
+        residues = topology.residues() if callable(topology.residues) else topology.residues
+        topo_seq = "".join(THREE_TO_ONE.get(r.name, "?") for r in residues)
+        if topo_seq != sequence:
+            raise ValueError(f"system {sequence}: its topology is the peptide {topo_seq}")
+    n_atoms = len(feats["atom_type"])
+    frames, t0_ps, interval_ps, description, close = _input_frames(sequence, source, opt.input_interval_ps)
+    try:
+        if frames.ndim != 3 or frames.shape[2] != 3:
+            raise ValueError(
+                f"system {sequence}: coordinates in {description} have shape {frames.shape}, "
+                f"expected [T, {n_atoms}, 3]"
+            )
+        if frames.shape[1] != n_atoms:
+            raise ValueError(
+                f"system {sequence}: {frames.shape[1]} atoms in {description} but its topology has {n_atoms}"
+            )
+        n_frames = math.ceil(frames.shape[0] / opt.subsample_every)
+        if n_frames == 0:
+            raise ValueError(f"system {sequence}: no frames in {description}")
+        out_interval_ps = interval_ps * opt.subsample_every
+        if opt.expected_interval_ps is not None and not math.isclose(
+            out_interval_ps, opt.expected_interval_ps, rel_tol=1e-3
+        ):
+            raise ValueError(
+                f"system {sequence}: frames every {interval_ps:g} ps x subsample_every "
+                f"{opt.subsample_every} = {out_interval_ps:g} ps, expected {opt.expected_interval_ps:g} ps"
+            )
+        group = root.create_group(f"systems/{sequence}")
+        positions = group.create_array(
+            "positions",
+            shape=(n_frames, n_atoms, 3),
+            dtype="float32",
+            chunks=(min(opt.frames_per_chunk, n_frames), n_atoms, 3),
+            shards=(
+                min(opt.frames_per_shard, math.ceil(n_frames / opt.frames_per_chunk) * opt.frames_per_chunk),
+                n_atoms,
+                3,
+            ),
+            compressors=opt.compressor,
+            dimension_names=("frame", "atom", "xyz"),
+        )
+        for start in range(0, n_frames, opt.frames_per_shard):
+            stop = min(start + opt.frames_per_shard, n_frames)
+            block = np.asarray(
+                frames[start * opt.subsample_every : stop * opt.subsample_every : opt.subsample_every],
+                dtype=np.float32,
+            )
+            bad = ~np.isfinite(block).all(axis=(1, 2))
+            if bad.any():
+                frame_in = (start + int(np.argmax(bad))) * opt.subsample_every
+                raise ValueError(
+                    f"system {sequence}: non-finite coordinates in frame {frame_in} of {description}"
+                )
+            positions[start:stop] = block
+    finally:
+        close()
+    conditioning = np.stack([feats["atom_type"], feats["residue_type"], feats["residue_index"]], axis=1)
+    group.create_array("conditioning", data=conditioning.astype(np.int16), compressors=None)
+    group.create_array("permutations", data=feats["permutations"].astype(np.int16), compressors=None)
+    n_train = n_frames - int(round(opt.val_fraction * n_frames))
+    group.attrs.update(
+        {
+            "sequence": sequence,
+            "chain_length": feats["chain_length"],
+            "atom_names": feats["atom_names"],
+            "conditioning_columns": ["atom_type", "residue_type", "residue_index"],
+            "source": description,
+            "time_start_ps": t0_ps,
+            "frame_interval_ps": out_interval_ps,
+            "n_train_frames": n_train,
+        }
+    )
+    return {"sequence": sequence, "n_frames": n_frames, "n_atoms": n_atoms, "n_train_frames": n_train}
+
+
+def write_store(
+    out_path: str | os.PathLike,
+    systems: Iterable[tuple[str, str | os.PathLike | np.ndarray]],
+    subsample_every: int,
+    *,
+    topologies: dict | None = None,
+    frames_per_chunk: int = 16,
+    frames_per_shard: int = 4096,
+    val_fraction: float = 0.0,
+    input_interval_ps: float = 1.0,
+    expected_interval_ps: float | None = None,
+    compression_level: int = 3,
+) -> Path:
+    """Write the frames of ``systems`` (pairs of sequence and MDTraj HDF5 path or ``[T, N, 3]`` nm array)
+    to a new Zarr v3 store at ``out_path``, keeping every ``subsample_every``-th frame (frame 0 first).
+
+    The topology of a system (for the atom count check and the conditioning) is ``topologies[seq]`` if
+    given, else the one in its HDF5 file, else the one :func:`proseflow.structures.build_peptide` builds.
+    ``input_interval_ps`` is the frame spacing of array inputs (HDF5 files carry ``time``); with
+    ``expected_interval_ps`` every system must come out at that spacing. Raises ValueError naming the
+    system for a wrong atom count, a non-finite coordinate or unevenly spaced frames.
+
+    The store is written to ``out_path.tmp-<pid>`` and renamed into place only when complete; on any
+    error nothing is left behind and an existing store at ``out_path`` is kept.
+    """
+    if subsample_every < 1 or frames_per_chunk < 1 or frames_per_shard % frames_per_chunk:
+        raise ValueError("need subsample_every >= 1 and frames_per_shard a multiple of frames_per_chunk")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out_path)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    compressor = BloscCodec(cname="zstd", clevel=compression_level, shuffle="shuffle")
+    options = _WriteOptions(
+        subsample_every,
+        frames_per_chunk,
+        frames_per_shard,
+        val_fraction,
+        input_interval_ps,
+        expected_interval_ps,
+        compressor,
+        topologies,
+    )
+    try:
+        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+        index: dict[str, list] = {
+            "sequence": [],
+            "n_frames": [],
+            "n_atoms": [],
+            "frame_offset": [],
+            "n_train_frames": [],
+        }
+        offset = 0
+        for sequence, source in systems:
+            if sequence in index["sequence"]:
+                raise ValueError(f"system {sequence} is listed twice")
+            row = _write_system(root, sequence, source, options)
+            for key in ("sequence", "n_frames", "n_atoms", "n_train_frames"):
+                index[key].append(row[key])
+            index["frame_offset"].append(offset)
+            offset += row["n_frames"]
+        root.attrs["index"] = index
+        root.attrs["proseflow_store"] = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "subsample_every": subsample_every,
+            "frames_per_chunk": frames_per_chunk,
+            "frames_per_shard": frames_per_shard,
+            "val_fraction": val_fraction,
+            "n_frames_total": offset,
+            "complete": True,
+        }
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace(tmp, out)
+    return out
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished store ``tmp`` to ``out``; an old store there is moved aside first, then deleted,
+    so ``out`` is only ever absent or a complete store."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def open_store(path: str | os.PathLike):
+    """The root group of a complete store; ValueError if ``path`` is not one."""
+    try:
+        root = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+    except FileNotFoundError as err:
+        raise ValueError(f"{path} is not a proseflow frame store") from err
+    meta = root.attrs.get("proseflow_store")
+    if not meta or meta.get("format") != STORE_FORMAT or not meta.get("complete"):
+        raise ValueError(f"{path} is not a complete proseflow frame store")
+    if meta["version"] != STORE_VERSION:
+        raise ValueError(f"{path} has store version {meta['version']}, this code reads {STORE_VERSION}")
+    return root
+
+
+def store_index(path: str | os.PathLike) -> list[dict]:
+    """One dict per system: sequence, n_frames, n_atoms, frame_offset, n_train_frames."""
+    index = open_store(path).attrs["index"]
+    return [dict(zip(index, row, strict=True)) for row in zip(*index.values(), strict=True)]
+
+
+def _split_range(row: dict, split: str) -> tuple[int, int]:
+    if split == "train":
+        return 0, row["n_train_frames"]
+    if split == "val":
+        return row["n_train_frames"], row["n_frames"]
+    if split == "all":
+        return 0, row["n_frames"]
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def iterate_system_frames(
+    store_path: str | os.PathLike, sequence: str, frames_per_read: int | None = None, split: str = "all"
+) -> Iterator[np.ndarray]:
+    """Yield the frames of one system in time order, float32 ``[b, N, 3]`` nm, one shard at a time."""
+    root = open_store(store_path)
+    rows = {row["sequence"]: row for row in store_index(store_path)}
+    if sequence not in rows:
+        raise KeyError(f"system {sequence} is not in {store_path}")
+    positions = root[f"systems/{sequence}/positions"]
+    step = frames_per_read or positions.shards[0]
+    start, stop = _split_range(rows[sequence], split)
+    for i in range(start, stop, step):
+        yield positions[i : min(i + step, stop)]
+
+
+class _LRU(OrderedDict):
+    def __init__(self, max_items: int):
+        super().__init__()
+        self.max_items = max_items
+
+    def get_or_load(self, key, load):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = load()
+        if len(self) > self.max_items:
+            self.popitem(last=False)
+        return value
+
+
+class FrameLoader:
+    """Endless iterator of padded training batches drawn from one or more frame stores.
+
+    Each global batch (``batch_size`` frames; step ``s``) draws frames uniformly from all frames of the
+    ``split`` of all stores (so systems of different lengths mix), with a generator seeded by
+    ``(seed, s)``: batches are a pure function of ``seed`` and the step, so :meth:`state_dict` is just
+    the step. With DDP, rank ``r`` of ``world_size`` takes the ``r``-th contiguous slice of
+    ``batch_size // world_size`` frames of every global batch, so ranks never share a batch position.
+
+    Only the chunks holding the requested frames are read and decoded; at most ``chunk_cache_size``
+    decoded chunks and ``system_cache_size`` open systems are kept, so memory does not grow with the
+    size of the stores. A batch is a dict of torch tensors: ``x`` float32 [B, Nmax, 3] nm (not centred),
+    ``mask`` bool [B, Nmax], ``atom_type``, ``residue_type``, ``residue_index`` int64 [B, Nmax] (0 on
+    padding), ``chain_length`` int64 [B], ``permutations`` int64 [B, 8, Nmax] (padding last), plus
+    ``system`` int64 [B] (index into :attr:`systems`) and ``frame`` int64 [B].
+    """
+
+    def __init__(
+        self,
+        store_paths: Sequence[str | os.PathLike] | str | os.PathLike,
+        batch_size: int,
+        seed: int,
+        n_max: int | None = None,
+        split: str = "train",
+        rank: int = 0,
+        world_size: int = 1,
+        chunk_cache_size: int = 512,
+        system_cache_size: int = 4096,
+    ):
+        if isinstance(store_paths, str | os.PathLike):
+            store_paths = [store_paths]
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size {batch_size} must divide into world_size {world_size}; rank {rank}")
+        self._config = {"store_paths": list(store_paths), "batch_size": batch_size, "seed": seed, "n_max": n_max,
+                        "split": split, "rank": rank, "world_size": world_size,
+                        "chunk_cache_size": chunk_cache_size, "system_cache_size": system_cache_size}  # fmt: skip
+        self.store_paths = [Path(p) for p in store_paths]
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
+        self.split, self.step = split, 0
+        self._roots = [open_store(p) for p in self.store_paths]
+        self.systems: list[dict] = []  # store, sequence, n_atoms, first frame of the split, n_frames in split
+        for store, path in enumerate(self.store_paths):
+            for row in store_index(path):
+                start, stop = _split_range(row, split)
+                if stop > start:
+                    self.systems.append(
+                        {
+                            "store": store,
+                            "sequence": row["sequence"],
+                            "n_atoms": row["n_atoms"],
+                            "frame_start": start,
+                            "n_frames": stop - start,
+                        }
+                    )
+        if not self.systems:
+            raise ValueError(f"no frames in split {split!r} of {[str(p) for p in self.store_paths]}")
+        counts = np.array([s["n_frames"] for s in self.systems], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.n_frames_total = int(self._offsets[-1])
+        largest = max(s["n_atoms"] for s in self.systems)
+        self.n_max = largest if n_max is None else int(n_max)
+        if self.n_max < largest:
+            raise ValueError(f"n_max={n_max} is smaller than the largest system ({largest} atoms)")
+        self._chunks = _LRU(chunk_cache_size)
+        self._open = _LRU(system_cache_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self.batch(self.step)
+        self.step += 1
+        return batch
+
+    def prefetch(self, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The same batches as iterating, from the current step on, built ahead by ``num_workers`` worker
+        processes (a torch DataLoader; worker w makes steps w, w + num_workers, ...). ``self.step`` advances
+        as batches are taken, so :meth:`state_dict` stays exact."""
+        steps = _Steps(self._config, self.step, num_workers)
+        for batch in torch.utils.data.DataLoader(steps, batch_size=None, num_workers=num_workers):
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "split": self.split,
+            "n_frames_total": self.n_frames_total,
+            "n_systems": len(self.systems),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "batch_size", "split", "n_frames_total", "n_systems"):
+            if state[key] != self.state_dict()[key]:
+                raise ValueError(
+                    f"loader state is for {key}={state[key]!r}, this loader has {self.state_dict()[key]!r}"
+                )
+        self.step = int(state["step"])
+
+    def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(system index, frame index within the system's store array) of this rank's part of batch ``step``."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(step)]))
+        flat = rng.integers(0, self.n_frames_total, size=self.batch_size)
+        flat = flat[self.rank * self.local_batch_size : (self.rank + 1) * self.local_batch_size]
+        system = np.searchsorted(self._offsets, flat, side="right") - 1
+        start = np.array([self.systems[i]["frame_start"] for i in system], dtype=np.int64)
+        return system, flat - self._offsets[system] + start
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's part of global batch ``step`` (does not move the iterator)."""
+        system, frame = self.draw(step)
+        b, n_max = len(system), self.n_max
+        x = np.zeros((b, n_max, 3), dtype=np.float32)
+        mask = np.zeros((b, n_max), dtype=bool)
+        cond = np.zeros((b, n_max, 3), dtype=np.int64)
+        chain_length = np.zeros(b, dtype=np.int64)
+        perms = np.zeros((b, N_PERMUTATIONS, n_max), dtype=np.int64)
+        for i, (s, f) in enumerate(zip(system, frame, strict=True)):
+            entry = self._system(int(s))
+            n, fpc = entry["n_atoms"], entry["frames_per_chunk"]
+            x[i, :n] = self._chunk(int(s), int(f) // fpc)[int(f) % fpc]
+            mask[i, :n] = True
+            cond[i, :n] = entry["conditioning"]
+            chain_length[i] = entry["chain_length"]
+            perms[i] = entry["permutations"]
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+            "atom_type": torch.from_numpy(cond[..., 0].copy()),
+            "residue_type": torch.from_numpy(cond[..., 1].copy()),
+            "residue_index": torch.from_numpy(cond[..., 2].copy()),
+            "chain_length": torch.from_numpy(chain_length),
+            "permutations": torch.from_numpy(perms),
+            "system": torch.from_numpy(system.astype(np.int64)),
+            "frame": torch.from_numpy(frame.astype(np.int64)),
+        }
+
+    def _chunk(self, system: int, chunk: int) -> np.ndarray:
+        """Decoded frames of one chunk, ``[frames_per_chunk, N, 3]``, through the bounded cache."""
+        entry = self._system(system)
+        fpc = entry["frames_per_chunk"]
+        return self._chunks.get_or_load(
+            (system, chunk), lambda: entry["positions"][chunk * fpc : (chunk + 1) * fpc]
+        )
+
+    def _system(self, i: int) -> dict:
+        def load():
+            meta = self.systems[i]
+            group = self._roots[meta["store"]][f"systems/{meta['sequence']}"]
+            positions = group["positions"]
+            return {
+                "positions": positions,
+                "n_atoms": meta["n_atoms"],
+                "frames_per_chunk": positions.chunks[0],
+                "conditioning": group["conditioning"][:].astype(np.int64),
+                "permutations": pad_permutations(group["permutations"][:].astype(np.int64), self.n_max),
+                "chain_length": int(group.attrs["chain_length"]),
+            }
+
+        return self._open.get_or_load(i, load)
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """Batches ``first_step + worker, first_step + worker + n_workers, ...`` of a FrameLoader rebuilt in each worker."""
+
+    def __init__(self, config: dict, first_step: int, n_workers: int):
+        self.config, self.first_step, self.n_workers = config, first_step, max(n_workers, 1)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        loader = FrameLoader(**self.config)
+        step = self.first_step + (info.id if info is not None else 0)
+        while True:
+            yield loader.batch(step)
+            step += self.n_workers

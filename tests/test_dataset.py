@@ -1,0 +1,201 @@
+"""Zarr v3 frame stores: exact round trip, checks on write, safe writing, the streaming loader."""
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+
+import proseflow.dataset as dataset
+from proseflow.dataset import FrameLoader, iterate_system_frames, open_store, store_index, write_store
+from proseflow.features import _sequence_topology, system_features
+
+SEQS = ("AG", "PWH", "GAVL")
+
+
+def random_walk(n_frames, n_atoms, seed):
+    steps = np.random.default_rng(seed).normal(0, 0.01, (n_frames, n_atoms, 3))
+    return (
+        np.cumsum(steps, axis=0) + np.random.default_rng(seed + 1).normal(0, 0.5, (1, n_atoms, 3))
+    ).astype(np.float32)
+
+
+def n_atoms(seq):
+    return len(system_features(seq)["atom_type"])
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return {seq: random_walk(95 + 10 * i, n_atoms(seq), i) for i, seq in enumerate(SEQS)}
+
+
+@pytest.fixture(scope="module")
+def h5_file(tmp_path_factory, frames):
+    """PWH as an MDTraj HDF5 trajectory, 1 ps apart, the format the MD stage writes."""
+    path = tmp_path_factory.mktemp("md") / "PWH.h5"
+    topology = mdtraj.Topology.from_openmm(_sequence_topology("PWH"))
+    xyz = frames["PWH"]
+    mdtraj.Trajectory(xyz, topology, time=50.0 + np.arange(len(xyz))).save_hdf5(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, frames, h5_file):
+    path = tmp_path_factory.mktemp("stores") / "batch00000.zarr"
+    systems = [("AG", frames["AG"]), ("PWH", h5_file), ("GAVL", frames["GAVL"])]
+    return write_store(
+        path,
+        systems,
+        subsample_every=3,
+        frames_per_chunk=4,
+        frames_per_shard=8,
+        val_fraction=0.25,
+        expected_interval_ps=3.0,
+    )
+
+
+def test_round_trip_is_exact_and_subsampled(store, frames):
+    root = open_store(store)
+    offset = 0
+    for row, seq in zip(store_index(store), SEQS, strict=True):
+        expected = frames[seq][::3]
+        assert row == {
+            "sequence": seq,
+            "n_frames": len(expected),
+            "n_atoms": n_atoms(seq),
+            "frame_offset": offset,
+            "n_train_frames": len(expected) - round(0.25 * len(expected)),
+        }
+        offset += len(expected)
+        positions = root[f"systems/{seq}/positions"]
+        assert positions.dtype == np.float32 and positions.chunks == (4, n_atoms(seq), 3)
+        np.testing.assert_array_equal(positions[:], expected)
+        np.testing.assert_array_equal(np.concatenate(list(iterate_system_frames(store, seq))), expected)
+        feats = system_features(seq)
+        np.testing.assert_array_equal(root[f"systems/{seq}/permutations"][:], feats["permutations"])
+        np.testing.assert_array_equal(root[f"systems/{seq}/conditioning"][:, 0], feats["atom_type"])
+        assert root[f"systems/{seq}"].attrs["frame_interval_ps"] == 3.0
+    assert root["systems/PWH"].attrs["time_start_ps"] == 50.0
+    val = np.concatenate(list(iterate_system_frames(store, "AG", split="val")))
+    np.testing.assert_array_equal(val, frames["AG"][::3][store_index(store)[0]["n_train_frames"] :])
+
+
+@pytest.mark.parametrize("problem", ["nan", "atoms"])
+def test_bad_frames_are_rejected_naming_the_system(tmp_path, frames, problem):
+    bad = frames["GAVL"].copy()
+    if problem == "nan":
+        bad[30, 5, 1] = np.nan  # frame 30 is kept by subsample_every=3
+    else:
+        bad = bad[:, :-1]
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(ValueError, match="system GAVL"):
+        write_store(out, [("AG", frames["AG"]), ("GAVL", bad)], subsample_every=3)
+    assert list(tmp_path.iterdir()) == []  # neither the store nor its temporary
+
+
+def test_interrupted_write_leaves_no_store_and_keeps_an_old_one(tmp_path, frames, monkeypatch):
+    out = tmp_path / "s.zarr"
+    real = dataset._write_system
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # e.g. the job was killed mid-write
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "_write_system", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        write_store(out, [("AG", frames["AG"]), ("GAVL", frames["GAVL"])], subsample_every=5)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(dataset, "_write_system", real)
+    write_store(out, [("AG", frames["AG"])], subsample_every=5)
+    monkeypatch.setattr(dataset, "_write_system", crash_on_second)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        write_store(out, [("AG", frames["AG"]), ("GAVL", frames["GAVL"])], subsample_every=5)
+    assert [r["sequence"] for r in store_index(out)] == ["AG"]  # the old complete store is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+    monkeypatch.setattr(dataset, "_write_system", real)
+    write_store(out, [("GAVL", frames["GAVL"])], subsample_every=5)  # replacing a complete store
+    assert [r["sequence"] for r in store_index(out)] == ["GAVL"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_wrong_interval_is_rejected(tmp_path, h5_file):
+    with pytest.raises(ValueError, match="system PWH.*expected 10 ps"):
+        write_store(tmp_path / "s.zarr", [("PWH", h5_file)], subsample_every=3, expected_interval_ps=10.0)
+
+
+def test_loader_batches_mix_lengths_with_correct_padding(store, frames):
+    loader = FrameLoader([store], batch_size=16, seed=0, n_max=64)
+    lengths = set()
+    for _ in range(3):
+        batch = next(loader)
+        assert batch["x"].shape == (16, 64, 3) and batch["x"].dtype == torch.float32
+        assert batch["permutations"].shape == (16, 8, 64) and batch["permutations"].dtype == torch.int64
+        for i in range(16):
+            meta = loader.systems[int(batch["system"][i])]
+            seq, n, frame = meta["sequence"], meta["n_atoms"], int(batch["frame"][i])
+            lengths.add(n)
+            feats = system_features(seq)
+            assert frame < store_index(store)[SEQS.index(seq)]["n_train_frames"]  # training split only
+            np.testing.assert_array_equal(batch["x"][i, :n].numpy(), frames[seq][::3][frame])
+            assert batch["mask"][i].tolist() == [True] * n + [False] * (64 - n)
+            assert not batch["x"][i, n:].any() and not batch["atom_type"][i, n:].any()
+            assert not batch["residue_index"][i, n:].any() and not batch["residue_type"][i, n:].any()
+            np.testing.assert_array_equal(batch["atom_type"][i, :n].numpy(), feats["atom_type"])
+            np.testing.assert_array_equal(batch["residue_index"][i, :n].numpy(), feats["residue_index"])
+            assert batch["chain_length"][i] == len(seq)
+            np.testing.assert_array_equal(batch["permutations"][i, :, :n].numpy(), feats["permutations"])
+            np.testing.assert_array_equal(
+                batch["permutations"][i, :, n:].numpy(), np.tile(np.arange(n, 64), (8, 1))
+            )
+    assert lengths == {n_atoms(s) for s in SEQS}
+    assert len(loader._chunks) <= loader._chunks.max_items
+
+
+def test_loader_is_deterministic_resumable_and_shards_across_ranks(store):
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    first = FrameLoader([store], batch_size=8, seed=7)
+    second = FrameLoader([store], batch_size=8, seed=7)
+    other = FrameLoader([store], batch_size=8, seed=8)
+    a = [next(first) for _ in range(4)]
+    assert all(same(x, next(second)) for x in a)
+    assert not same(a[0], next(other))
+
+    resumed = FrameLoader([store], batch_size=8, seed=7)
+    state = FrameLoader([store], batch_size=8, seed=7)
+    for _ in range(3):
+        next(state)
+    resumed.load_state_dict(state.state_dict())
+    assert same(next(resumed), a[3])
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state.state_dict())
+
+    prefetched = FrameLoader([store], batch_size=8, seed=7)
+    next(prefetched)
+    stream = prefetched.prefetch(num_workers=2)  # worker processes, same batches in the same order
+    assert all(same(next(stream), x) for x in a[1:])
+    assert prefetched.state_dict()["step"] == 4
+
+    ranks = [FrameLoader([store], batch_size=8, seed=7, rank=r, world_size=2) for r in range(2)]
+    parts = [rk.batch(0) for rk in ranks]
+    assert all(len(p["x"]) == 4 for p in parts)
+    for key in a[0]:  # the two ranks' parts are disjoint halves of the same global batch
+        assert torch.equal(torch.cat([parts[0][key], parts[1][key]]), a[0][key])
+
+
+def test_loader_reads_the_validation_split_and_several_stores(tmp_path, store, frames):
+    val = FrameLoader([store], batch_size=32, seed=0, split="val")
+    batch = next(val)
+    rows = {r["sequence"]: r for r in store_index(store)}
+    for s, f in zip(batch["system"].tolist(), batch["frame"].tolist(), strict=True):
+        assert f >= rows[val.systems[s]["sequence"]]["n_train_frames"]
+    extra = write_store(tmp_path / "b1.zarr", [("PWH", frames["PWH"][:40])], subsample_every=1)
+    both = FrameLoader([store, extra], batch_size=64, seed=0, split="all")
+    stores = {both.systems[s]["store"] for s in next(both)["system"].tolist()}
+    assert stores == {0, 1}

@@ -1,0 +1,144 @@
+"""Batched replica MD: copies are independent, checkpoints survive SIGKILL, blow-ups fail cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import h5py
+import mdtraj
+import numpy as np
+import openmm
+import pytest
+from openmm import unit
+
+from proseflow import trajectory_io
+from proseflow.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
+from proseflow.structures import write_pdb
+from proseflow.system import create_system
+
+TINY = MDProtocol(burn_in_ps=0.05, length_ps=0.5, save_interval_ps=0.05, seed=7, platform="CPU",
+                  recentre_interval_ps=0.025)
+
+
+def _energy_forces(top, x):
+    ctx = openmm.Context(create_system(top), openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(x)
+    s = ctx.getState(getEnergy=True, getForces=True)
+    return (s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            s.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+
+
+def test_copies_have_the_energies_and_forces_of_each_system_alone(peptide):
+    seqs = ["AA", "WG", "KCHP", "AA"]  # a replica of AA too
+    tops, poss = zip(*(peptide(s) for s in seqs))
+    rng = np.random.default_rng(0)
+    poss = [p + 0.01 * rng.standard_normal(p.shape) for p in poss]  # each copy its own configuration
+    top, x, layout = combine_copies(list(tops), poss, cutoff_nm=2.0)
+    e_all, f_all = _energy_forces(top, x)
+    e_sum = 0.0
+    for t, sl in zip(tops, layout.slices()):
+        e, f = _energy_forces(t, x[sl])
+        e_sum += e
+        np.testing.assert_allclose(f_all[sl], f, rtol=1e-9, atol=1e-8)
+    assert e_all == pytest.approx(e_sum, rel=1e-10)
+    # recentring is a pure translation of each copy
+    shifted = x.copy()
+    shifted[layout.slices()[1]] += 0.7
+    back = recentre(shifted, layout, 2.0)
+    for sl in layout.slices():
+        d = back[sl] - shifted[sl]
+        assert np.allclose(d, d[0])
+
+
+def test_recentre_refuses_copies_within_cutoff(peptide):
+    tops, poss = zip(*(peptide(s) for s in ["AA", "GG"]))
+    top, x, layout = combine_copies(list(tops), list(poss), cutoff_nm=2.0)
+    x[layout.slices()[1]] = x[layout.slices()[0]][:1] + (x[layout.slices()[1]] - x[layout.slices()[1]].mean(0))
+    with pytest.raises(RuntimeError, match="within the 2.0 nm cutoff"):
+        recentre(x, layout, 2.0)
+
+
+def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
+    systems = [MDSystem(s, *peptide(s), tmp_path / "out" / f"{s}.h5") for s in ["AA", "DGV"]]
+    paths = simulate(systems, TINY, tmp_path / "work", threads=1, progress=False)
+    assert not (tmp_path / "work").exists()
+    for s, p in zip(systems, paths):
+        traj = mdtraj.load(str(p))
+        assert traj.n_frames == 10 and traj.n_atoms == s.topology.getNumAtoms()
+        np.testing.assert_allclose(traj.time, 0.05 * np.arange(1, 11), rtol=1e-5)
+        data = trajectory_io.read(p)
+        protocol = data["protocol"]
+        assert protocol["temperature_K"] == 310.0 and protocol["friction_per_ps"] == 0.3
+        assert protocol["timestep_fs"] == 1.0 and protocol["integrator"] == "LangevinMiddleIntegrator"
+        assert protocol["openmm_version"] == openmm.__version__ and protocol["platform"] == "CPU"
+        assert protocol["forcefield"]["forcefield_files"] == ["amber14-all.xml", "implicit/obc1.xml"]
+        # the stored per-frame energies are the copy's own potential energy
+        for k in (0, 9):
+            e, _ = _energy_forces(s.topology, data["positions_nm"][k].astype(np.float64))
+            assert data["energy_kJ_per_mol"][k] == pytest.approx(e, rel=1e-4, abs=0.05)
+        # frames are dynamics, not copies of the start
+        assert np.abs(data["positions_nm"][-1] - data["positions_nm"][0]).max() > 0.01
+
+
+def _md_cmd(structure, out, protocol):
+    return [sys.executable, "-m", "proseflow", "md", "--name", "KW", "--structure", str(structure),
+            "--protocol", json.dumps(asdict(protocol)), "--threads", "1", "--out", str(out)]
+
+
+def test_sigkill_and_restart_resumes_from_checkpoint(tmp_path, peptide):
+    write_pdb(tmp_path / "KW.pdb", *peptide("KW"))
+    protocol = replace(TINY, length_ps=30.0, save_interval_ps=0.05, checkpoint_interval_s=0.5,
+                       recentre_interval_ps=0.05)
+    out = tmp_path / "KW.h5"
+    work = tmp_path / ".work" / "KW"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen(_md_cmd(tmp_path / "KW.pdb", out, protocol), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = work / "checkpoint.bin"
+    deadline = time.time() + 120
+    frames_at_kill = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            frames_at_kill = int(json.loads(ckpt.read_bytes().split(b"\n", 1)[0])["frames_done"])
+            if frames_at_kill >= 20:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    header = json.loads(ckpt.read_bytes().split(b"\n", 1)[0])
+    n_ckpt = int(header["frames_done"])
+    assert n_ckpt >= 20
+    with h5py.File(work / "KW.h5", "r") as f:
+        kept = f["coordinates"][:n_ckpt].copy()
+        kept_e = f["potentialEnergy"][:n_ckpt].copy()
+
+    subprocess.run(_md_cmd(tmp_path / "KW.pdb", out, protocol), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert out.exists() and not work.exists()
+    data = trajectory_io.read(out)
+    assert len(data["positions_nm"]) == protocol.n_frames == 600
+    assert data["positions_nm"][:n_ckpt].tobytes() == kept.tobytes()  # byte for byte
+    assert data["energy_kJ_per_mol"][:n_ckpt].tobytes() == kept_e.tobytes()
+    np.testing.assert_allclose(data["time_ps"], 0.05 * np.arange(1, 601), rtol=1e-6)  # no gap, no duplicate
+    steps = np.linalg.norm(np.diff(data["positions_nm"], axis=0), axis=-1).max(axis=1)
+    assert steps[n_ckpt - 1] < 5 * np.median(steps)  # the continuation starts where the checkpoint was
+
+
+def test_blow_up_names_system_and_step_and_leaves_no_output(tmp_path, peptide):
+    top, pos = peptide("AA")
+    bad = pos.copy()
+    bad[1] = bad[0] + 0.002  # an H almost on top of N, not minimised: the run explodes
+    protocol = replace(TINY, minimize=False, timestep_fs=4.0, burn_in_ps=0.0, length_ps=4.0, save_interval_ps=0.4,
+                       recentre_interval_ps=0.4)
+    out = tmp_path / "AA.h5"
+    with pytest.raises(SimulationBlowUp, match=r"AA.*step \d+|step \d+.*AA"):
+        simulate([MDSystem("AA", top, bad, out)], protocol, tmp_path / "work", threads=1, progress=False)
+    assert not out.exists()
