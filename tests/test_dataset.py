@@ -6,7 +6,15 @@ import pytest
 import torch
 
 import proseflow.dataset as dataset
-from proseflow.dataset import FrameLoader, iterate_system_frames, open_store, store_index, write_store
+from proseflow import trajectory_io
+from proseflow.dataset import (
+    FrameLoader,
+    iterate_system_frames,
+    open_store,
+    store_index,
+    subsample_every_for,
+    write_store,
+)
 from proseflow.features import _sequence_topology, system_features
 
 SEQS = ("AG", "PWH", "GAVL")
@@ -30,11 +38,12 @@ def frames():
 
 @pytest.fixture(scope="module")
 def h5_file(tmp_path_factory, frames):
-    """PWH as an MDTraj HDF5 trajectory, 1 ps apart, the format the MD stage writes."""
+    """PWH as the MD stage writes it (trajectory_io, MDTraj HDF5), frames 1 ps apart after a 50 ps burn-in."""
     path = tmp_path_factory.mktemp("md") / "PWH.h5"
-    topology = mdtraj.Topology.from_openmm(_sequence_topology("PWH"))
     xyz = frames["PWH"]
-    mdtraj.Trajectory(xyz, topology, time=50.0 + np.arange(len(xyz))).save_hdf5(str(path))
+    trajectory_io.create(path, _sequence_topology("PWH"), protocol={"test": True})
+    trajectory_io.append(path, xyz, 50.0 + np.arange(len(xyz)), np.zeros(len(xyz)))
+    assert mdtraj.load(str(path)).n_frames == len(xyz)
     return path
 
 
@@ -121,6 +130,13 @@ def test_interrupted_write_leaves_no_store_and_keeps_an_old_one(tmp_path, frames
     write_store(out, [("GAVL", frames["GAVL"])], subsample_every=5)  # replacing a complete store
     assert [r["sequence"] for r in store_index(out)] == ["GAVL"]
     assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+
+
+def test_subsample_interval_from_config():
+    assert subsample_every_for(save_interval_ps=1.0, frame_interval_ps=10.0) == 10
+    assert subsample_every_for(save_interval_ps=0.1, frame_interval_ps=1.0) == 10
+    with pytest.raises(ValueError, match="multiple"):
+        subsample_every_for(save_interval_ps=3.0, frame_interval_ps=10.0)
 
 
 def test_wrong_interval_is_rejected(tmp_path, h5_file):

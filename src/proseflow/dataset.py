@@ -44,6 +44,17 @@ SPLITS = ("train", "val", "all")
 
 
 # ----------------------------------------------------------------------------------------------- writing
+def subsample_every_for(save_interval_ps: float, frame_interval_ps: float) -> int:
+    """Keep every k-th MD frame: ``k = frame_interval_ps / save_interval_ps``, which must be a whole number."""
+    k = round(frame_interval_ps / save_interval_ps)
+    if k < 1 or not math.isclose(k * save_interval_ps, frame_interval_ps, rel_tol=1e-6):
+        raise ValueError(
+            f"training frame interval {frame_interval_ps} ps is not a multiple of the MD save interval "
+            f"{save_interval_ps} ps"
+        )
+    return k
+
+
 def _topology_for(sequence: str, source, topologies):
     if topologies is not None and sequence in topologies:
         return topologies[sequence]
@@ -340,6 +351,7 @@ class FrameLoader:
     ``mask`` bool [B, Nmax], ``atom_type``, ``residue_type``, ``residue_index`` int64 [B, Nmax] (0 on
     padding), ``chain_length`` int64 [B], ``permutations`` int64 [B, 8, Nmax] (padding last), plus
     ``system`` int64 [B] (index into :attr:`systems`) and ``frame`` int64 [B].
+    Reading is single-process; :meth:`prefetch` builds the same batches ahead in worker processes.
     """
 
     def __init__(
