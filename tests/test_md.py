@@ -36,13 +36,13 @@ def _energy_forces(top, x):
 
 def test_copies_have_the_energies_and_forces_of_each_system_alone(peptide):
     seqs = ["AA", "WG", "KCHP", "AA"]  # a replica of AA too
-    tops, poss = zip(*(peptide(s) for s in seqs))
+    tops, poss = zip(*(peptide(s) for s in seqs), strict=True)
     rng = np.random.default_rng(0)
     poss = [p + 0.01 * rng.standard_normal(p.shape) for p in poss]  # each copy its own configuration
     top, x, layout = combine_copies(list(tops), poss, cutoff_nm=2.0)
     e_all, f_all = _energy_forces(top, x)
     e_sum = 0.0
-    for t, sl in zip(tops, layout.slices()):
+    for t, sl in zip(tops, layout.slices(), strict=True):
         e, f = _energy_forces(t, x[sl])
         e_sum += e
         np.testing.assert_allclose(f_all[sl], f, rtol=1e-9, atol=1e-8)
@@ -57,7 +57,7 @@ def test_copies_have_the_energies_and_forces_of_each_system_alone(peptide):
 
 
 def test_recentre_refuses_copies_within_cutoff(peptide):
-    tops, poss = zip(*(peptide(s) for s in ["AA", "GG"]))
+    tops, poss = zip(*(peptide(s) for s in ["AA", "GG"]), strict=True)
     top, x, layout = combine_copies(list(tops), list(poss), cutoff_nm=2.0)
     x[layout.slices()[1]] = x[layout.slices()[0]][:1] + (x[layout.slices()[1]] - x[layout.slices()[1]].mean(0))
     with pytest.raises(RuntimeError, match="within the 2.0 nm cutoff"):
@@ -68,7 +68,7 @@ def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
     systems = [MDSystem(s, *peptide(s), tmp_path / "out" / f"{s}.h5") for s in ["AA", "DGV"]]
     paths = simulate(systems, TINY, tmp_path / "work", threads=1, progress=False)
     assert not (tmp_path / "work").exists()
-    for s, p in zip(systems, paths):
+    for s, p in zip(systems, paths, strict=True):
         traj = mdtraj.load(str(p))
         assert traj.n_frames == 10 and traj.n_atoms == s.topology.getNumAtoms()
         np.testing.assert_allclose(traj.time, 0.05 * np.arange(1, 11), rtol=1e-5)

@@ -96,6 +96,21 @@ def n_batches(config: Mapping, split: str) -> int:
     return math.ceil(total / config["md"][split]["systems_per_job"])
 
 
+def train_settings(config: Mapping, model: str) -> dict:
+    """TrainConfig fields of one model variant: the shared recipe plus the variant's preset and overrides."""
+    spec = config["models"][model]
+    return {**config["train"], "model_preset": spec["preset"], "model": dict(spec.get("overrides", {}))}
+
+
+def tica_lag_frames(config: Mapping) -> int:
+    ev = config["eval"]
+    frames = ev["tica_lag_ps"] / (config["md"]["reference"]["save_interval_ps"] * ev["tica_stride"])
+    if frames < 1 or abs(frames - round(frames)) > 1e-6:
+        raise ConfigError(f"eval.tica_lag_ps {ev['tica_lag_ps']} is not a whole number (>= 1) of strided reference "
+                          f"frames ({config['md']['reference']['save_interval_ps']} ps x stride {ev['tica_stride']})")
+    return int(round(frames))
+
+
 def check_config(config: Mapping) -> None:
     """Semantic checks the schema cannot express. Raises :class:`ConfigError` naming the bad value."""
     sq = config["sequences"]
@@ -109,9 +124,20 @@ def check_config(config: Mapping) -> None:
         check_disjoint({"val": val, "test": test})
     except SequenceError as e:
         raise ConfigError(str(e)) from None
+    if "models" in config:
+        for name in [*config["train_models"], config["sampling"]["model"]]:
+            if name not in config["models"]:
+                raise ConfigError(f"model {name!r} is not defined under `models` (defined: {sorted(config['models'])})")
+        for split in ("train", "val"):
+            ratio = config["dataset"]["frame_interval_ps"] / config["md"][split]["save_interval_ps"]
+            if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+                raise ConfigError(f"dataset.frame_interval_ps {config['dataset']['frame_interval_ps']} is not a whole "
+                                  f"multiple of md.{split}.save_interval_ps {config['md'][split]['save_interval_ps']}")
     for kind in ("train", "val", "reference"):
         try:
             p = md_protocol(config, kind)
             p.n_frames, p.steps_per_frame, p.burn_in_steps  # noqa: B018 - raise on inconsistent times
         except ValueError as e:
             raise ConfigError(f"md.{kind}: {e}") from None
+    if "eval" in config:
+        tica_lag_frames(config)

@@ -23,7 +23,8 @@ import torch
 from proseflow.system import kT_kJ_per_mol
 
 ONE_4PI_EPS0 = 138.93545764438198  # kJ mol^-1 nm e^-2, OpenMM's value (SimTKOpenMMRealType.h)
-PAIR_ELEMENTS_PER_CHUNK = 2**19  # samples per chunk = this / N^2: bounds memory, keeps the working set in cache
+# Default samples per chunk = this / N^2: bounds memory; eager keeps each [b, N, N] intermediate near L2 size.
+PAIR_ELEMENTS_PER_CHUNK = {"eager": 2**17, "compiled": 2**19}
 
 
 class UnsupportedForceError(ValueError):
@@ -59,8 +60,7 @@ def _match_expression(template: str, expression: str) -> dict[str, float] | None
     match = re.fullmatch(pattern + r"(?:;cutoff=" + _NUMBER + ")?", re.sub(r"\s+", "", expression))
     if match is None:
         return None
-    values = {name: float(v) for name, v in zip(names, match.groups(), strict=False)}
-    return values
+    return {name: float(v) for name, v in zip(names, match.groups(), strict=False)}
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -69,8 +69,10 @@ def _norm(v: torch.Tensor) -> torch.Tensor:
 
 
 def _angle_rad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Angle between vectors (atan2 form: accurate near 0 and pi)."""
-    return torch.atan2(_norm(torch.linalg.cross(a, b)), (a * b).sum(-1))
+    """Angle between vectors (atan2 form: accurate near 0 and pi); NaN, as in OpenMM, if one has length 0."""
+    theta_rad = torch.atan2(_norm(torch.linalg.cross(a, b)), (a * b).sum(-1))
+    defined = ((a * a).sum(-1) * (b * b).sum(-1)) > 0
+    return torch.where(defined, theta_rad, math.nan)
 
 
 def _dihedral_rad(p0, p1, p2, p3) -> torch.Tensor:
@@ -310,7 +312,8 @@ class TorchEnergy(torch.nn.Module):
         self.num_atoms = system.getNumParticles()
         self.kT_kJ_per_mol = kT_kJ_per_mol(temperature_K)
         self.dtype = dtype
-        self.chunk_size = chunk_size or max(1, PAIR_ELEMENTS_PER_CHUNK // self.num_atoms**2)
+        default_chunk = PAIR_ELEMENTS_PER_CHUNK["compiled" if compile else "eager"] // self.num_atoms**2
+        self.chunk_size = int(chunk_size or max(1, default_chunk))
         if system.usesPeriodicBoundaryConditions():
             raise UnsupportedForceError("periodic systems are not supported")
         terms, names = [], []
@@ -397,7 +400,8 @@ class TorchEnergy(torch.nn.Module):
         """Per-force energies in kJ/mol, keyed by the force names (e.g. ``NonbondedForce``)."""
         x = self._check(positions_nm)
         per_chunk = [self._terms_kJ(c) for c in x.split(self.chunk_size)]
-        return {name: torch.cat([terms[k] for terms in per_chunk]) for k, name in enumerate(self.term_names)}
+        return {name: self._finite_or_inf(torch.cat([terms[k] for terms in per_chunk]))
+                for k, name in enumerate(self.term_names)}
 
     def energy_and_forces_kT(self, positions_nm) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B], [B, N, 3])``: u(x) in kT and forces -du/dx in kT/nm, by autograd (detached results)."""
@@ -422,3 +426,55 @@ class TorchEnergy(torch.nn.Module):
     def energy_and_forces_kT_numpy(self, positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         energy, forces = self.energy_and_forces_kT(np.asarray(positions_nm))
         return energy.cpu().numpy().astype(np.float64), forces.cpu().numpy().astype(np.float64)
+
+
+class TorchEnergyAPI:
+    """``proseflow.energy`` backend ``torch``: numpy in/out, same contract as ``OpenMMEnergy``.
+
+    ``system_or_sequence`` is an OpenMM System, a Topology or a sequence; ``dtype`` a torch dtype or its name.
+    Energies above ``MAX_FINITE_ENERGY_KJ_PER_MOL`` (or NaN) are +inf with zero forces, as in ``OpenMMEnergy``.
+    """
+
+    backend = "torch"
+
+    def __init__(self, system_or_sequence, temperature_K: float, dtype: torch.dtype | str = torch.float64,
+                 device: torch.device | str | None = None, chunk_size: int | None = None, compile: bool = False):
+        from proseflow.energy import topology_of
+        from proseflow.system import create_system
+
+        if isinstance(system_or_sequence, openmm.System):
+            system = system_or_sequence
+        else:
+            system = create_system(topology_of(system_or_sequence))
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = TorchEnergy(system, temperature_K, dtype=dtype, device=device, chunk_size=chunk_size,
+                                 compile=compile)
+        self.temperature_K = float(temperature_K)
+        self.kT = self.model.kT_kJ_per_mol
+        self.n_atoms = self.model.num_atoms
+
+    def _cap(self, energy_kT: np.ndarray) -> np.ndarray:
+        from proseflow.energy import MAX_FINITE_ENERGY_KJ_PER_MOL
+
+        return np.where(energy_kT * self.kT > MAX_FINITE_ENERGY_KJ_PER_MOL, np.inf, energy_kT)
+
+    def energy_kT(self, positions_nm: np.ndarray) -> np.ndarray:
+        return self._cap(self.model.energy_kT_numpy(positions_nm))
+
+    def energy_and_forces_kT(self, positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        energy, forces = self.model.energy_and_forces_kT_numpy(positions_nm)
+        energy = self._cap(energy)
+        forces[~np.isfinite(energy)] = 0.0
+        return energy, forces
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -107,7 +107,7 @@ class CopyLayout:
     sites_nm: np.ndarray  # [n_copies, 3]
 
     def slices(self) -> list[slice]:
-        return [slice(o, o + n) for o, n in zip(self.offsets, self.sizes)]
+        return [slice(o, o + n) for o, n in zip(self.offsets, self.sizes, strict=True)]
 
 
 def _radius_bound_nm(n_residues: int) -> float:
@@ -124,7 +124,7 @@ def combine_copies(topologies: list[app.Topology], positions_nm: list[np.ndarray
                      dtype=float) * spacing
     modeller = app.Modeller(app.Topology(), [])
     offsets, sizes = [], []
-    for top, pos, site in zip(topologies, positions_nm, sites):
+    for top, pos, site in zip(topologies, positions_nm, sites, strict=True):
         offsets.append(modeller.topology.getNumAtoms())
         sizes.append(top.getNumAtoms())
         modeller.add(top, (pos - pos.mean(axis=0) + site) * unit.nanometer)
@@ -136,7 +136,7 @@ def recentre(positions_nm: np.ndarray, layout: CopyLayout, cutoff_nm: float) -> 
     """Translate every copy's centroid back to its lattice site; fail if two copies came within the cutoff."""
     out = positions_nm.copy()
     centroids, radii = [], []
-    for sl, site in zip(layout.slices(), layout.sites_nm):
+    for sl, site in zip(layout.slices(), layout.sites_nm, strict=True):
         c = positions_nm[sl].mean(axis=0)
         centroids.append(c)
         radii.append(np.linalg.norm(positions_nm[sl] - c, axis=1).max())
@@ -222,7 +222,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
             openmm.LocalEnergyMinimizer.minimize(context, 10.0, 0)
         context.setVelocitiesToTemperature(protocol.temperature_K * unit.kelvin, protocol.seed)
         _run_steps(context, protocol.burn_in_steps, chunk, layout, cutoff, systems, 0)
-        for s, p in zip(systems, partials):
+        for s, p in zip(systems, partials, strict=True):
             trajectory_io.create(p, s.topology, {**record, **s.extra_attrs, "system": s.name})
         frames_done = 0
         _write_checkpoint(context, frames_done, ckpt_path)
@@ -246,7 +246,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
             last_ckpt = time.monotonic()
     bar.close()
 
-    for s, p in zip(systems, partials):
+    for s, p in zip(systems, partials, strict=True):
         s.output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(p, s.output)
     shutil.rmtree(work_dir)
@@ -269,7 +269,7 @@ def _run_steps(context, n_steps, chunk, layout, cutoff, systems, first_step) -> 
         x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not np.isfinite(x).all() or not math.isfinite(e) or abs(e) > MAX_ABS_ENERGY_KJ_PER_MOL * len(systems):
-            bad = [s.name for s, sl in zip(systems, layout.slices()) if not np.isfinite(x[sl]).all()]
+            bad = [s.name for s, sl in zip(systems, layout.slices(), strict=True) if not np.isfinite(x[sl]).all()]
             raise SimulationBlowUp(
                 f"MD blew up at step {first_step + done} (potential energy {e:.4g} kJ/mol"
                 f"{'; non-finite positions in ' + ', '.join(bad) if bad else ''}) in systems "
@@ -286,7 +286,7 @@ def _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame, 
     frames = np.stack([b[0] for b in buffer])
     times = np.array([b[1] for b in buffer])
     n = 0
-    for i, (s, p, sl) in enumerate(zip(systems, partials, layout.slices())):
+    for i, (s, p, sl) in enumerate(zip(systems, partials, layout.slices(), strict=True)):
         xs = frames[:, sl] - layout.sites_nm[i]  # the copy's own frame: its lattice site moved to the origin
         energies = np.array([per_copy(i, xi) for xi in xs])
         bad = ~np.isfinite(energies) | (np.abs(energies) > MAX_ABS_ENERGY_KJ_PER_MOL)

@@ -86,7 +86,7 @@ def platform_by_name(name: str = "auto") -> openmm.Platform:
     return openmm.Platform.getPlatformByName(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _platform_works(name: str) -> bool:
     """A GPU platform can be compiled in yet have no device; try a one-particle context."""
     if name in ("CPU", "Reference"):

@@ -166,6 +166,11 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
     n_frames = len(data)
     if n_frames <= lag:
         raise ValueError(f"{n_frames} frames is not more than the lag {lag}")
+    n_features = features_of(0, 1).shape[1]
+    if koopman and n_frames - lag <= n_features:
+        raise ValueError(
+            f"Koopman-reweighted TICA needs more time-lagged pairs ({n_frames - lag}) than features ({n_features}): "
+            "the covariance matrices are singular. Use a longer reference trajectory (or a smaller stride).")
 
     def chunks():
         return _lagged_chunks(features_of, n_frames, lag, chunk_frames)

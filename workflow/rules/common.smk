@@ -4,7 +4,15 @@ import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from proseflow.config import ConfigError, check_config, md_protocol, n_batches, sequence_set
+from proseflow.config import (
+    ConfigError,
+    check_config,
+    md_protocol,
+    n_batches,
+    sequence_set,
+    tica_lag_frames,
+    train_settings,
+)
 from proseflow.sequences import validate_sequence
 
 try:
@@ -30,6 +38,7 @@ wildcard_constraints:
     seq="[A-Za-z]+",
     batch=r"\d{5}",
     split="train|val",
+    model="[A-Za-z0-9_]+",
 
 
 def valid_target(seq):
@@ -49,10 +58,24 @@ def md_batches(split):
     return [f"results/md/{split}/batch{i:05d}" for i in range(n)]
 
 
+EVAL_MODEL = config["sampling"]["model"]
+
+
+def sampler_files(seq):
+    names = ["snis", *(s for s in config["samplers"] if s != "snis")]
+    return [f"results/samples/{EVAL_MODEL}/{seq}/{name}.npz" for name in names]
+
+
+def dataset_stores(split):
+    return [f"results/dataset/{split}/batch{i:05d}.zarr" for i in range(N_TRAIN_BATCHES if split == "train" else N_VAL_BATCHES)]
+
+
 def all_targets():
     return [
         "results/sequences/train.csv",
         *md_batches("train"),
         *md_batches("val"),
         *[f"results/md/{s}.h5" for s in TEST],
+        *[f"results/models/{m}/model.pt" for m in config["train_models"]],
+        "results/eval/summary.html",
     ]

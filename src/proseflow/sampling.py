@@ -1,0 +1,179 @@
+"""Proposal sampling from a trained flow and the flow-as-proposal adapters the samplers use.
+
+Conventions: the flow lives in normalised, uncentred coordinates x (nm / scale, centroid c = mean of the
+real atoms); a sample's configuration is its centred form in nm, ``to_nm(x)``. ``log_q`` of a sample is
+the density of that centred configuration in nm (:func:`proseflow.flow.preprocess.proposal_log_prob_nm`,
+with the paper's centre-of-mass correction by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from proseflow.chirality import fix_chirality
+from proseflow.features import pad_permutations, system_features
+from proseflow.flow.preprocess import (
+    SCALE_NM,
+    centroid,
+    com_log_density,
+    n_atoms,
+    proposal_log_prob_nm,
+    to_nm,
+)
+
+log = logging.getLogger(__name__)
+
+
+def system_batch(topology_or_sequence, n: int, device="cpu", n_max: int | None = None) -> dict:
+    """A batch of ``n`` copies of one system's conditioning (the loader's batch layout, without x)."""
+    f = system_features(topology_or_sequence)
+    n_real = len(f["atom_type"])
+    n_max = n_real if n_max is None else n_max
+
+    def padded(a):
+        out = np.zeros(n_max, dtype=np.int64)
+        out[:n_real] = a
+        return torch.from_numpy(out)[None].expand(n, -1).contiguous().to(device)
+
+    mask = torch.zeros(n, n_max, dtype=torch.bool, device=device)
+    mask[:, :n_real] = True
+    perms = torch.from_numpy(pad_permutations(f["permutations"], n_max))[None].expand(n, -1, -1).contiguous()
+    return {
+        "mask": mask,
+        "atom_type": padded(f["atom_type"]),
+        "residue_type": padded(f["residue_type"]),
+        "residue_index": padded(f["residue_index"]),
+        "chain_length": torch.full((n,), f["chain_length"], dtype=torch.int64, device=device),
+        "permutations": perms.to(device),
+    }
+
+
+def check_fits_model(model, topology_or_sequence) -> int:
+    """Number of atoms; a clear error if the system is larger than the model accepts."""
+    n = len(system_features(topology_or_sequence)["atom_type"])
+    max_atoms = getattr(model.config, "max_atoms", None)
+    if max_atoms is not None and n > max_atoms:
+        raise ValueError(f"system {topology_or_sequence!r} has {n} atoms, more than the model's max_atoms={max_atoms}")
+    return n
+
+
+@dataclass
+class Proposals:
+    positions_nm: np.ndarray  # [n, N, 3] float32, centred, chirality-fixed
+    log_q: np.ndarray  # [n] float64, density of the centred configuration in nm
+    x_flow: np.ndarray  # [n, N, 3] float32, the raw flow sample (normalised, uncentred)
+    n_chirality_fixed: int
+    n_chirality_unfixable: int
+    chirality_ok: np.ndarray  # [n] bool
+    wall_time_s: float
+
+
+@torch.no_grad()
+def draw_proposals(model, topology, n: int, batch_size: int = 1024, prior_std: float = 1.0,
+                   scale_nm: float = SCALE_NM, com_correction: str = "chi", seed: int = 0,
+                   device: str | torch.device = "cpu", progress: bool = True) -> Proposals:
+    """``n`` proposals with exact log q, batched; wrong-handed samples are mirrored (log q is unchanged:
+    mirroring is an isometry, and the mirrored sample is what the samplers use)."""
+    check_fits_model(model, topology)
+    t0 = time.time()
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    xs, log_qs, flows = [], [], []
+    for start in tqdm(range(0, n, batch_size), desc="proposals", unit="batch", disable=not progress):
+        b = min(batch_size, n - start)
+        batch = system_batch(topology, b, device)
+        x, log_q, used = model.sample(batch, prior_std=prior_std, generator=generator)
+        mask = used["mask"]
+        xs.append(to_nm(x, mask, scale_nm).cpu().numpy().astype(np.float32))
+        log_qs.append(proposal_log_prob_nm(log_q.double(), x.double(), mask, scale_nm, com_correction).cpu().numpy())
+        flows.append(x.cpu().numpy().astype(np.float32))
+    positions = np.concatenate(xs)
+    fixed, n_fixed, n_unfixable, ok = fix_chirality(positions, topology)
+    return Proposals(positions_nm=np.asarray(fixed, dtype=np.float32), log_q=np.concatenate(log_qs),
+                     x_flow=np.concatenate(flows), n_chirality_fixed=int(n_fixed),
+                     n_chirality_unfixable=int(n_unfixable), chirality_ok=np.asarray(ok),
+                     wall_time_s=time.time() - t0)
+
+
+class FlowExtendedEnergy:
+    """E_q(x) = -log q(x) + log h(c) in the flow's own coordinates (normalised, uncentred), with forces.
+
+    SMC runs in the flow's coordinates on the extended space (centred configuration y, centroid c), where
+    the proposal is the flow and the target is pi(y) h(c) with h = N(0, I/N) (the training augmentation):
+    both are smooth densities of x, so Langevin moves need no special treatment of the centroid.
+    """
+
+    def __init__(self, model, topology, device="cpu", chunk_size: int = 256):
+        self.model, self.topology, self.device, self.chunk_size = model, topology, device, chunk_size
+
+    def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        es, fs = [], []
+        for start in range(0, len(x), self.chunk_size):
+            xb = torch.tensor(x[start : start + self.chunk_size], dtype=torch.float32, device=self.device)
+            xb.requires_grad_(True)
+            batch = system_batch(self.topology, len(xb), self.device)
+            mask = batch["mask"]
+            e = -self.model.log_prob(xb, batch) + com_log_density(centroid(xb, mask), n_atoms(mask), "gaussian")
+            (grad,) = torch.autograd.grad(e.sum(), xb)
+            es.append(e.detach().double().cpu().numpy())
+            fs.append(-grad.double().cpu().numpy())
+        return np.concatenate(es), np.concatenate(fs)
+
+
+class TargetExtendedEnergy:
+    """E(x) = E_MD(to_nm(x)) / kT - log h(c), h = N(0, I/N): the extended target in flow coordinates."""
+
+    def __init__(self, energy_api, scale_nm: float = SCALE_NM):
+        self.energy, self.scale = energy_api, scale_nm
+
+    def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = x.shape[1]
+        c = x.mean(axis=1, keepdims=True)
+        e_kT, f_kT_per_nm = self.energy.energy_and_forces_kT(((x - c) * self.scale).astype(np.float64))
+        # -log h(c) = N |c|^2 / 2 + const; d/dx_i of it is c (dc/dx_i = 1/N)
+        e = e_kT + 0.5 * n * (c[:, 0] ** 2).sum(-1) - 1.5 * math.log(n / (2 * math.pi))
+        f = f_kT_per_nm * self.scale - c
+        bad = ~np.isfinite(e)
+        f[bad] = 0.0
+        return e, f
+
+
+def flow_to_nm(x: np.ndarray, scale_nm: float = SCALE_NM) -> np.ndarray:
+    """Centred configuration in nm of flow-coordinate samples ``[B, N, 3]`` (no padding)."""
+    return ((x - x.mean(axis=1, keepdims=True)) * scale_nm).astype(np.float32)
+
+
+def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: int = 0, scale_nm: float = SCALE_NM,
+            batch_size: int = 1024, device="cpu", **smc_overrides):
+    """SMC from the flow (PAPER.md section 4) in the flow's extended coordinates; returns (result, positions_nm,
+    energy_kT, n_fixed, n_unfixable, ok). Final particles are equally weighted; the force field is achiral, so
+    wrong-handed final particles are mirrored like proposals."""
+    from proseflow.smc import SMCConfig, smc
+
+    check_fits_model(model, topology)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    xs, log_qs = [], []
+    with torch.no_grad():
+        for start in range(0, n_particles, batch_size):
+            batch = system_batch(topology, min(batch_size, n_particles - start), device)
+            x, log_q, used = model.sample(batch, generator=generator)
+            mask = used["mask"]
+            xs.append(x.double().cpu().numpy())
+            # the extended-space density of x: flow density over the 3N coordinates, minus log h(c)
+            log_qs.append((log_q.double() - com_log_density(centroid(x, mask), n_atoms(mask), "gaussian").double())
+                          .cpu().numpy())
+    x0, log_q0 = np.concatenate(xs), np.concatenate(log_qs)
+    config = SMCConfig.paper(kernel, **smc_overrides)
+    result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device), TargetExtendedEnergy(energy_api, scale_nm),
+                 config, np.random.default_rng(seed))
+    n = x0.shape[1]
+    c = result.x.mean(axis=1)
+    energy_kT = result.target_energy - 0.5 * n * (c**2).sum(-1) + 1.5 * math.log(n / (2 * math.pi))
+    positions, n_fixed, n_unfixable, ok = fix_chirality(flow_to_nm(result.x, scale_nm), topology)
+    return result, np.asarray(positions, dtype=np.float32), energy_kT, n_fixed, n_unfixable, ok

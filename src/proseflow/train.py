@@ -1,0 +1,532 @@
+"""Training of the Prose flow (PAPER.md section 3), resumable and DDP-aware.
+
+Recipe: loss = -log q(x) / 3N over the real atoms, mean over the systems of the global batch; AdamW
+(lr 1e-4, betas 0.9/0.95, weight decay 4e-4); one-cycle cosine schedule (5% warm-up from lr/500);
+grad-norm clip 1.0; EMA 0.999; batch 512; 500k steps; fp32 with TF32 off. Inputs: frames in nm from
+:class:`proseflow.dataset.FrameLoader`, centred, divided by 0.35 nm, randomly rotated, plus one
+Gaussian centroid shift of std 1/sqrt(N) (:mod:`proseflow.flow.preprocess`).
+
+Everything random in a step is a pure function of ``(seed, step)``: the loader's batch and the
+augmentation (drawn for the whole global batch, then sliced per rank). So a run resumed from
+``checkpoint.pt`` and a run on any number of DDP ranks see exactly the same inputs.
+
+Outputs in ``out_dir``: ``train_log.csv``, ``loss_curve.png``, ``checkpoint.pt`` (every
+``checkpoint_every`` steps, atomically) and, only once all steps are done, ``settings.json`` and then
+``model.pt`` (EMA weights + FlowConfig + feature vocabulary; read it with :func:`load_model`).
+Launch under ``torchrun --nproc-per-node G`` for DDP (nccl on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from proseflow import features
+from proseflow.dataset import FrameLoader
+from proseflow.flow.model import PERMUTATION_NAMES, FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
+from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
+from proseflow.sequences import AMINO_ACIDS
+
+log = logging.getLogger("proseflow")
+
+LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "steps_per_s", "val_nll")
+VAL_SEED = 0  # the held-out validation frames (and their augmentation) are the same in every run
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults are the paper's recipe."""
+
+    model_preset: str = "paper"  # FlowConfig.preset name: paper / small / tiny
+    model: dict = field(default_factory=dict)  # FlowConfig overrides: arch, transition, grad_checkpoint, ...
+    batch_size: int = 512  # global batch (split evenly over DDP ranks)
+    max_steps: int = 500_000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 4e-4
+    warmup_frac: float = 0.05  # one-cycle: cosine warm-up over this fraction of the steps ...
+    start_lr_div: float = 500.0  # ... from lr / start_lr_div, then cosine decay ...
+    final_div_factor: float = 1e4  # ... to lr / start_lr_div / final_div_factor (torch OneCycleLR defaults)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    scale_nm: float = 0.35
+    rotation: bool = True
+    com_augment: bool = True
+    tf32: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda
+    n_max: int | None = None  # pad every batch to this many atoms (default: the largest training system)
+    train_split: str = "train"  # FrameLoader split of the training stores
+    val_split: str = "all"  # ... and of the validation stores
+    val_every: int = 5000  # validation NLL/3N of the EMA model every this many steps (and at the end)
+    val_frames: int = 2048  # number of held-out frames (fixed draw from the validation stores)
+    val_batch_size: int = 256
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    stop_after_s: float | None = None  # stop cleanly (checkpoint, no model.pt) after this wall time
+    progress: bool = True
+    prefetch: bool = True  # load the next batch in a background thread
+    num_threads: int | None = None  # torch CPU threads
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.model = dict(self.model)
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "val_every", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Settings that may change when a run is resumed; any other difference is an error.
+_RESUMABLE_CHANGES = {
+    "device", "val_every", "val_frames", "val_batch_size", "checkpoint_every", "log_every", "stop_after_s",
+    "progress", "prefetch", "num_threads",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- model
+def _feature_permutation_name(model_name: str) -> str:
+    """model.PERMUTATION_NAMES entry -> features.PERMUTATION_NAMES entry (the loader's row names)."""
+    family = "bb" if model_name.startswith("backbone_first") else "rbr"
+    kind = "var" if "_variant" in model_name else "std"
+    return f"{family}_{kind}{'_flip' if model_name.endswith('_flip') else ''}"
+
+
+def flow_config(config: TrainConfig) -> FlowConfig:
+    """The FlowConfig of a run, with ``perm_order`` translated to the loader's permutation rows.
+
+    ``FlowConfig.permutation_order()`` indexes :data:`proseflow.flow.model.PERMUTATION_NAMES`
+    (bb, bb_flip, bb_var, bb_var_flip, rbr, ...), while the loader's rows follow
+    :data:`proseflow.features.PERMUTATION_NAMES` (bb_std, bb_std_flip, rbr_std, rbr_std_flip, bb_var, ...).
+    Unless the overrides give ``perm_order`` explicitly (as loader rows), every block's intended
+    permutation is looked up by name, e.g. prose -> (0, 1, 4, 5, 2, 3, 6, 7).
+    """
+    cfg = FlowConfig.preset(config.model_preset, **config.model)
+    if cfg.perm_order is None:
+        order = tuple(
+            features.PERMUTATION_NAMES.index(_feature_permutation_name(PERMUTATION_NAMES[i]))
+            for i in cfg.permutation_order()
+        )
+        cfg = dataclasses.replace(cfg, perm_order=order)
+    if cfg.n_atom_types < features.N_ATOM_TYPES or cfg.n_residue_types < features.N_RESIDUE_TYPES:
+        raise ValueError("FlowConfig vocabulary is smaller than proseflow.features'")
+    if cfg.n_permutations != features.N_PERMUTATIONS:
+        raise ValueError(f"FlowConfig.n_permutations must be {features.N_PERMUTATIONS}")
+    return cfg
+
+
+class EMA:
+    """Exponential moving average of the parameters: ema <- decay * ema + (1 - decay) * param."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+class _NLL(nn.Module):
+    """NLL/3N per system; wraps the flow so that DDP sees the forward pass."""
+
+    def __init__(self, flow: ProseFlow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self.flow.nll_per_dim(x, batch)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """One-cycle cosine schedule (as torch OneCycleLR, anneal_strategy="cos"), as a multiple of lr."""
+    start = 1.0 / config.start_lr_div
+    end = start / config.final_div_factor
+    warm = max(1, round(config.warmup_frac * config.max_steps))
+    if step < warm:
+        return start + (1 - start) * (1 - math.cos(math.pi * step / warm)) / 2
+    t = min(1.0, (step - warm) / max(1, config.max_steps - warm))
+    return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+def augment(
+    x_nm: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, rows: slice, n_global: int,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Training transform of rows ``rows`` of a global batch of ``n_global`` systems: centre, scale,
+    rotate, centroid shift. The random draws are made for the whole global batch (on CPU), so every
+    system gets the same augmentation whatever the number of ranks."""
+    x = normalise(x_nm, mask, config.scale_nm)
+    rot = random_rotations(n_global, generator)[rows].to(x)
+    eps = torch.randn(n_global, 1, 3, generator=generator)[rows].to(x)
+    if config.rotation:
+        x = rotate(x, rot)
+    if config.com_augment:
+        x = x + eps * n_atoms(mask).to(x.dtype).rsqrt()[:, None, None]
+    return x * mask[..., None].to(x.dtype)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validation_nll(model: ProseFlow, loader: FrameLoader, n_frames: int, config: TrainConfig) -> float:
+    """Mean NLL/3N over a fixed draw of ``n_frames`` held-out frames (fixed augmentation)."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(math.ceil(n_frames / loader.batch_size)):
+        batch = _to_device(loader.batch(i), device)
+        n = min(loader.batch_size, n_frames - i * loader.batch_size)
+        batch = {k: v[:n] for k, v in batch.items()}
+        x = augment(batch["x"], batch["mask"], _generator(VAL_SEED, i, 1), slice(0, n), n, config)
+        total += float(model.nll_per_dim(x, batch).sum())
+        count += n
+    return total / count
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _CSVLog:
+    """train_log.csv; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path, self.rows = path, []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def append(self, row: dict) -> None:
+        row = {k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS}
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, LOG_COLUMNS).writerow(row)
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(key):
+            pts = [(int(r["step"]), float(r[key])) for r in self.rows if r[key] not in ("", None)]
+            return list(zip(*pts, strict=True)) if pts else ([], [])
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*series("loss"), lw=1, label="train (batch)")
+        ax.plot(*series("val_nll"), "o-", ms=3, label="validation (EMA)")
+        ax.set(xlabel="step", ylabel="NLL / 3N (normalised units)", title="Prose training")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    import zarr
+
+    from proseflow import __version__
+
+    return {
+        "proseflow": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "numpy": np.__version__, "zarr": zarr.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }  # fmt: skip
+
+
+def _hardware(world_size: int) -> dict:
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "gpus": gpus, "world_size": world_size,
+        "hostname": platform.node(),
+    }  # fmt: skip
+
+
+def feature_vocabulary() -> dict:
+    """What a sampler needs to build conditioning the way the training data was built."""
+    return {
+        "atom_names": list(features.ATOM_NAMES), "n_atom_types": features.N_ATOM_TYPES,
+        "amino_acids": AMINO_ACIDS, "n_residue_types": features.N_RESIDUE_TYPES,
+        "permutation_names": list(features.PERMUTATION_NAMES),
+    }  # fmt: skip
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ProseFlow:
+    """The EMA model of ``model.pt`` in eval mode on ``device``. ``model.meta`` holds scale_nm, the
+    feature vocabulary, the training config and the step."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = ProseFlow(FlowConfig(**state["flow_config"])).to(device)
+    model.load_state_dict(state["model"])
+    model.meta = {k: v for k, v in state.items() if k != "model"}
+    return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------- training
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owned: bool = False  # the process group was created here (and is destroyed at the end)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(config: TrainConfig) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{d.local_rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        d.owned = True
+    return d, device
+
+
+def _rng_states() -> dict:
+    return {
+        "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _agree(flag: bool, ddp: _Dist, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is True on any rank (so all ranks stop at the same step)."""
+    if ddp.world_size == 1:
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    now = config.to_dict()
+    bad = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if bad:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in bad)
+        raise ValueError(f"checkpoint.pt was written with other settings ({diff}); use a new out_dir")
+
+
+def train(
+    config: TrainConfig,
+    train_stores: list[str | os.PathLike],
+    val_stores: list[str | os.PathLike] | None,
+    out_dir: str | os.PathLike,
+) -> dict:
+    """Train (or resume from ``out_dir/checkpoint.pt``) and write the outputs listed in the module doc.
+
+    Returns a summary: step, completed (False if stopped by ``stop_after_s``), final val_nll, paths.
+    Only rank 0 writes files; every rank returns the summary.
+    """
+    t_start = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    ddp, device = _setup_distributed(config)
+    if config.batch_size % ddp.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size {ddp.world_size}")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+
+    cfg = flow_config(config)
+    model = ProseFlow(cfg).to(device)
+    if config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        set_fp32_numerics()
+    ema = EMA(model, config.ema_decay)
+    loss_fn = _NLL(model)
+    if ddp.world_size > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    loader = FrameLoader(
+        train_stores, config.batch_size, config.seed, n_max=config.n_max, split=config.train_split,
+        rank=ddp.rank, world_size=ddp.world_size,
+    )  # fmt: skip
+    if loader.n_max > cfg.max_atoms:
+        raise ValueError(f"systems of {loader.n_max} atoms exceed FlowConfig.max_atoms={cfg.max_atoms}")
+    val_loader = None
+    if val_stores and ddp.main:
+        val_loader = FrameLoader(val_stores, config.val_batch_size, VAL_SEED, split=config.val_split)
+        if val_loader.n_max > cfg.max_atoms:
+            raise ValueError(f"validation systems of {val_loader.n_max} atoms exceed max_atoms={cfg.max_atoms}")
+
+    step, ckpt_path = 0, out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_resumable(ckpt["config"], config)
+        model.load_state_dict(ckpt["model"])
+        ema.model.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        loader.load_state_dict(ckpt["loader"])
+        _set_rng_states(ckpt["rng"])
+        step = ckpt["step"]
+        if loader.step != step:
+            raise ValueError(f"checkpoint at step {step} has loader step {loader.step}")
+        log.info("resuming from %s at step %d", ckpt_path, step)
+        del ckpt
+    csv_log = _CSVLog(out / "train_log.csv", step) if ddp.main else None
+    n_params = count_parameters(model)
+    if ddp.main:
+        log.info("training %s (%s, %.1fM parameters) on %s x%d, %d systems, %d frames", config.model_preset,
+                 cfg.arch, n_params / 1e6, device, ddp.world_size, len(loader.systems), loader.n_frames_total)
+
+    def save_checkpoint() -> None:
+        loader.step = step
+        _atomic_save({
+            "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(), "rng": _rng_states(), "config": config.to_dict(),
+            "flow_config": cfg.to_dict(),
+        }, ckpt_path)  # fmt: skip
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=step, disable=not (ddp.main and config.progress), unit="step",
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    local = loader.local_batch_size
+    rows = slice(ddp.rank * local, (ddp.rank + 1) * local)
+    pool = ThreadPoolExecutor(1) if config.prefetch else None
+    fetch = (lambda s: pool.submit(loader.batch, s)) if pool else None
+    pending = fetch(step) if pool and step < config.max_steps else None
+    loss_sum, n_window, t_window = torch.zeros((), device=device), 0, time.perf_counter()
+    val_nll, completed = None, True
+    model.train()
+    try:
+        while step < config.max_steps:
+            if config.stop_after_s is not None and _agree(time.time() - t_start > config.stop_after_s, ddp, device):
+                completed = False
+                break
+            cpu_batch = pending.result() if pool else loader.batch(step)
+            pending = fetch(step + 1) if pool and step + 1 < config.max_steps else None
+            batch = _to_device(cpu_batch, device)
+            x = augment(batch["x"], batch["mask"], _generator(config.seed, step), rows, config.batch_size, config)
+
+            loss = loss_fn(x, batch).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
+            scheduler.step()
+            ema.update(model)
+            step += 1
+            bar.update(1)
+
+            loss = loss.detach()
+            if ddp.world_size > 1:
+                dist.all_reduce(loss)  # sum (gloo has no AVG)
+                loss /= ddp.world_size
+            loss_sum += loss
+            n_window += 1
+            do_val = val_loader is not None and (step % config.val_every == 0 or step == config.max_steps)
+            if ddp.main and (step % config.log_every == 0 or do_val or step == config.max_steps):
+                if do_val:
+                    val_nll = validation_nll(ema.model, val_loader, config.val_frames, config)
+                now = time.perf_counter()
+                row = {"step": step, "loss": f"{float(loss_sum) / n_window:.6g}", "lr": f"{lr:.6g}",
+                       "grad_norm": f"{float(grad_norm):.6g}", "steps_per_s": f"{n_window / (now - t_window):.4g}",
+                       "val_nll": None if not do_val else f"{val_nll:.6g}"}  # fmt: skip
+                csv_log.append(row)
+                bar.set_postfix(loss=row["loss"], **({"val": row["val_nll"]} if do_val else {}), refresh=False)
+                loss_sum.zero_()
+                n_window, t_window = 0, time.perf_counter()
+            if ddp.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
+                save_checkpoint()
+                csv_log.plot(out / "loss_curve.png")
+        if ddp.main and not completed:
+            save_checkpoint()
+            csv_log.plot(out / "loss_curve.png")
+            log.warning("stopped after %.0f s at step %d of %d; rerun to resume", time.time() - t_start,
+                        step, config.max_steps)
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    if ddp.main and completed:
+        csv_log.plot(out / "loss_curve.png")
+        settings = {
+            "train_config": config.to_dict(), "flow_config": cfg.to_dict(), "n_parameters": n_params,
+            "block_permutations": [features.PERMUTATION_NAMES[b.permutation.index] for b in model.blocks],
+            "train_stores": [str(p) for p in train_stores], "val_stores": [str(p) for p in val_stores or []],
+            "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total,
+            "steps": step, "final_val_nll": val_nll, "wall_time_s_last_session": time.time() - t_start,
+            "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }  # fmt: skip
+        _atomic_write_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
+        _atomic_save({
+            "model": ema.model.state_dict(), "flow_config": cfg.to_dict(), "features": feature_vocabulary(),
+            "scale_nm": config.scale_nm, "train_config": config.to_dict(), "step": step,
+        }, out / "model.pt")  # fmt: skip
+    if ddp.owned:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step, "completed": completed, "val_nll": val_nll, "out_dir": str(out)}

@@ -1,0 +1,172 @@
+"""HTML reports and summary tables: self-contained pages, table values, paper numbers, headless render."""
+
+import base64
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from proseflow import report
+
+CHROMIUM = "/usr/bin/chromium"
+SAMPLERS = ["proposal", "snis", "smc_mala", "md_equal_budget"]
+
+
+def synthetic_system(seq: str, seed: int = 0, n_ref: int = 3000, n: int = 2000) -> dict:
+    rng = np.random.default_rng(seed)
+    L = len(seq)
+    d = 2 * (L - 1)
+
+    def angles(k, spread):
+        return np.angle(np.exp(1j * (rng.normal(-1.2, spread, (k, d)))))
+
+    ref = {"energy_kT": rng.normal(-100 * L, 5 * np.sqrt(L), n_ref), "phi_psi": angles(n_ref, 0.4),
+           "tica": rng.normal(0, 1, (n_ref, 2)) + rng.choice([-2, 2], (n_ref, 1))}
+    samplers, metrics = {}, {}
+    for i, name in enumerate(SAMPLERS):
+        w = None if name in ("proposal", "md_equal_budget") else rng.dirichlet(np.ones(n))
+        e = rng.normal(-100 * L + 10, 8 * np.sqrt(L), n)
+        e[:5] = np.inf  # failed samples must not break the figures
+        samplers[name] = {"energy_kT": e, "weights": w, "phi_psi": angles(n, 0.6),
+                          "tica": rng.normal(0.3, 1.2, (n, 2))}
+        metrics[name] = {"ess": 0.1 / (i + 1), "energy_w2": 1.2345 + i, "torus_w2": 0.5 - 0.1 * i,
+                         "tica_w2": float("nan"), "n_samples": n, "n_energy_evals": 10_000 + i}
+    metrics["snis"].pop("tica_w2")  # missing metric
+    return {"sequence": seq, "metrics": metrics, "reference": ref, "samplers": samplers,
+            "metadata": {"model": "prose-tiny", "checkpoint": "results/models/prose/last.pt",
+                         "wall_time_s": 12.5, "hardware": "2 CPU cores <test>", "in_training_set": False,
+                         "temperature_K": 310.0}}
+
+
+def image_sources(text: str) -> list[str]:
+    return re.findall(r'<img[^>]*\bsrc="([^"]*)"', text)
+
+
+def assert_self_contained(text: str):
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', text, re.I), "external resource"
+    assert "<link" not in text.lower() and "@import" not in text
+    srcs = image_sources(text)
+    assert srcs and len(srcs) == text.count("<img")
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        png = base64.b64decode(s.split(",", 1)[1], validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+        w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert 50 < w < 2000 and 50 < h < 3000, (w, h)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    systems = {seq: synthetic_system(seq, i) for i, seq in enumerate(["WA", "DGVAHALS"])}
+    paths = {seq: report.write_system_report(out / f"{seq}.html", s, summary_href="summary.html")
+             for seq, s in systems.items()}
+    return out, systems, paths
+
+
+def test_ramachandran_pairs():
+    assert report.ramachandran_pairs(2) == [("phi 2 / psi 1", 0, 1)]
+    pairs = report.ramachandran_pairs(4)  # columns: phi2 phi3 phi4 psi1 psi2 psi3
+    assert pairs == [("residue 2", 0, 4), ("residue 3", 1, 5)]
+    assert len(report.ramachandran_pairs(8)) == 6
+
+
+def test_system_report_self_contained(pages):
+    out, systems, paths = pages
+    for seq, path in paths.items():
+        text = path.read_text()
+        assert_self_contained(text)
+        ids = re.findall(r'<img id="([^"]+)" alt="[^"]+"', text)
+        assert ids == ["energy", "ramachandran", "tica"]
+        assert text.count("<figcaption>") == 3
+        assert path.stat().st_size < 1_500_000
+        for name, m in systems[seq]["metrics"].items():
+            assert f">{name}</td>" in text
+            for key, v in m.items():
+                assert f">{report.format_value(v, key)}</td>" in text
+        assert ">10,000</td>" in text and ">1.234</td>" in text and ">–</td>" in text
+        assert "prose-tiny" in text and "2 CPU cores &lt;test&gt;" in text
+    assert "backbone pair phi of residue 2" in paths["WA"].read_text()
+    assert "same residue" in paths["DGVAHALS"].read_text()
+    assert report.best_sampler(systems["WA"]) == "smc_mala"
+
+
+def summary_rows():
+    rows = []
+    for seq, val in [("WA", 1.0), ("CE", 3.0), ("ARIP", 2.0), ("DGVAHALS", 5.0), ("YQNPDGSQA", 7.0)]:
+        for sampler, off in [("snis", 0.0), ("smc_mala", 0.5)]:
+            rows.append({"sequence": seq, "length": len(seq), "sampler": sampler, "ess": val / 10,
+                         "energy_w2": val + off, "torus_w2": val * 2, "tica_w2": np.nan if len(seq) == 2 else val})
+    rows.append({"sequence": "WA", "length": 2, "sampler": "snis", "model": "tarflow", "ess": 0.5,
+                 "energy_w2": 9.0, "torus_w2": 1.0, "tica_w2": np.nan})
+    return rows
+
+
+def test_summary_tables(tmp_path):
+    paths = report.write_summary(tmp_path / "summary.html", tmp_path / "tables", summary_rows())
+    assert set(paths) == {"per_system", "table2", "table3", "table4", "html"}
+    per = pd.read_csv(paths["per_system"])
+    assert len(per) == 11 and list(per.columns[:4]) == ["sequence", "length", "model", "sampler"]
+
+    t2 = pd.read_csv(paths["table2"])
+    run = t2[t2.source == "this run"].set_index(["model", "sampler"])
+    assert run.loc[("prose", "snis"), "2AA E-W2"] == pytest.approx(2.0)  # mean of WA 1, CE 3
+    assert run.loc[("prose", "snis"), "2AA n"] == 2
+    assert run.loc[("prose", "smc_mala"), "4AA E-W2"] == pytest.approx(2.5)
+    assert run.loc[("prose", "snis"), "8AA T-W2"] == pytest.approx(10.0)
+    assert run.loc[("prose", "snis"), "9AA ESS"] == pytest.approx(0.7)
+    assert np.isnan(run.loc[("prose", "snis"), "2AA TICA-W2"])
+    assert run.loc[("tarflow", "snis"), "2AA E-W2"] == pytest.approx(9.0)
+    paper = t2[t2.source == "paper"].set_index("paper_label")
+    assert paper.loc["Prose", "8AA E-W2"] == pytest.approx(10.038)
+    assert paper.loc["TarFlow", "4AA ESS"] == pytest.approx(0.045)
+    assert np.isnan(paper.loc["BioEmu", "2AA ESS"]) and np.isnan(paper.loc["Prose", "9AA ESS"])
+
+    t4 = pd.read_csv(paths["table4"])
+    assert "2AA ESS" not in t4 and "tarflow" not in set(t4.get("model", []))
+    run4 = t4[t4.source == "this run"].set_index("sampler")
+    assert run4.loc["snis", "2AA E-W2"] == pytest.approx(2.0)  # the tarflow row is not in Table 4
+    p4 = t4[t4.source == "paper"].set_index("sampler")
+    assert p4.loc["smc_mala", "8AA E-W2"] == pytest.approx(7.672)
+    assert p4.loc["self_improve", "4AA TICA-W2"] == pytest.approx(0.345)
+
+    t3 = pd.read_csv(paths["table3"])
+    assert list(t3.model) == ["tarflow"]
+
+    text = paths["html"].read_text()
+    assert_self_contained(text) if "<img" in text else None
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?(?:https?:)?//', text)
+    for seq in ("WA", "ARIP", "DGVAHALS", "YQNPDGSQA"):
+        assert f'<a href="{seq}.html">{seq}</a>' in text
+    assert ">10.04</td>" in text and ">193.9</td>" in text  # paper numbers rendered
+
+
+def test_summary_without_model_key(tmp_path):
+    rows = [r for r in summary_rows() if "model" not in r]
+    paths = report.write_tables(tmp_path, rows)
+    assert set(paths) == {"per_system", "table2", "table4"}
+
+
+def _browser_check():
+    spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).parents[1] / "ci/browser_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("browser_check", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_pages_render_in_chromium(pages, tmp_path):
+    out, _, paths = pages
+    bc = _browser_check()
+    for path in paths.values():
+        imgs = bc.check_images(path, CHROMIUM)
+        assert [i[0] for i in imgs] == ["energy", "ramachandran", "tica"]
+        assert all(loaded and visible for _, loaded, visible in imgs), imgs
+    png = bc.screenshot(paths["DGVAHALS"], tmp_path / "shot.png", CHROMIUM, size="1280,1600")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bc.main([str(p) for p in paths.values()]) == 0

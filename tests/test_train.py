@@ -1,0 +1,220 @@
+"""Training: the loss falls, a SIGKILLed run resumes exactly, EMA, two-rank DDP == one process."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from proseflow import features
+from proseflow.dataset import FrameLoader, write_store
+from proseflow.flow import FlowConfig, ProseFlow
+from proseflow.structures import build_peptide
+from proseflow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train
+
+torch.set_num_threads(1)
+
+
+def noisy_frames(sequences, n_frames, seed):
+    """Built structure + 0.02 nm Gaussian noise: a tiny, learnable 'trajectory' on a real topology."""
+    for i, seq in enumerate(sequences):
+        _, pos = build_peptide(seq, minimize=False)
+        rng = np.random.default_rng([seed, i])
+        yield seq, (pos[None] + rng.normal(0, 0.02, (n_frames, *pos.shape))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    train_store = write_store(root / "train.zarr", noisy_frames(["AG", "VS"], 48, 0), subsample_every=1)
+    val_store = write_store(root / "val.zarr", noisy_frames(["GA"], 16, 1), subsample_every=1)
+    return [str(train_store)], [str(val_store)]
+
+
+def tiny(**overrides) -> TrainConfig:
+    kw = dict(model_preset="tiny", batch_size=8, max_steps=16, lr=3e-3, log_every=1, checkpoint_every=6,
+              val_every=8, val_frames=16, val_batch_size=16, progress=False, num_threads=1)  # fmt: skip
+    return TrainConfig(**{**kw, **overrides})
+
+
+def read_log(out):
+    with open(out / "train_log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def losses(rows):
+    return np.array([[int(r["step"]), float(r["loss"]), float(r["lr"]), float(r["grad_norm"])] for r in rows])
+
+
+def final_state(out):
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    return ckpt["model"], ckpt["ema"]
+
+
+def assert_states_close(a, b, atol):
+    assert a.keys() == b.keys()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= atol, diff
+
+
+def test_paper_recipe_defaults_and_schedule():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay) == (1e-4, (0.9, 0.95), 4e-4, 1.0, 0.999)
+    assert (cfg.batch_size, cfg.max_steps, cfg.scale_nm, cfg.tf32) == (512, 500_000, 0.35, False)
+    assert lr_factor(0, cfg) == pytest.approx(1 / 500)
+    assert lr_factor(25_000, cfg) == pytest.approx(1.0)  # end of the 5% warm-up
+    assert lr_factor(12_500, cfg) == pytest.approx((1 + 1 / 500) / 2)
+    assert lr_factor(500_000, cfg) == pytest.approx(1 / 500 / 1e4)
+
+
+def test_permutation_order_follows_names():
+    """Each block gets the model's intended permutation, found by name among the loader's rows."""
+    model_names = ("backbone_first", "backbone_first_flip", "backbone_first_variant", "backbone_first_variant_flip",
+                   "residue_by_residue", "residue_by_residue_flip", "residue_by_residue_variant",
+                   "residue_by_residue_variant_flip")  # fmt: skip
+    feature_names = ("bb_std", "bb_std_flip", "bb_var", "bb_var_flip", "rbr_std", "rbr_std_flip", "rbr_var", "rbr_var_flip")
+    order = flow_config(TrainConfig()).perm_order
+    assert [features.PERMUTATION_NAMES[i] for i in order] == list(feature_names)
+    assert order == (0, 1, 4, 5, 2, 3, 6, 7)
+    assert flow_config(TrainConfig(model={"backbone_first": False})).perm_order == features.RESIDUE_BY_RESIDUE_IDX
+    assert [features.PERMUTATION_NAMES[i] for i in flow_config(TrainConfig(model={"arch": "tarflow"})).perm_order] == [
+        "rbr_std", "rbr_std_flip"]  # fmt: skip
+    assert len(model_names) == 8
+
+
+def test_ema_update_formula():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    e0 = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for e, p0, p in zip(ema.model.parameters(), e0, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * p0 + 0.1 * p, rtol=0, atol=1e-7)
+        assert not e.requires_grad
+    expected = [0.9 * e.detach().clone() + 0.1 * 2 * p for e, p in zip(ema.model.parameters(), model.parameters(), strict=True)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    ema.update(model)
+    for e, x in zip(ema.model.parameters(), expected, strict=True):
+        torch.testing.assert_close(e, x, rtol=0, atol=1e-6)
+
+
+def test_training_reduces_loss_and_writes_outputs(stores, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny(max_steps=40, batch_size=16, checkpoint_every=20, val_every=20), *stores, out)
+    assert result["completed"] and result["step"] == 40
+    rows = read_log(out)
+    loss = losses(rows)[:, 1]
+    assert len(rows) == 40
+    assert loss[-5:].mean() < loss[:5].mean() - 0.2, loss
+    assert [r["step"] for r in rows if r["val_nll"]] == ["20", "40"]
+    assert np.isfinite(float(rows[-1]["val_nll"]))
+    for name in ("checkpoint.pt", "model.pt", "settings.json", "loss_curve.png"):
+        assert (out / name).stat().st_size > 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["train_config"]["lr"] == 3e-3 and settings["steps"] == 40
+    assert settings["block_permutations"] == ["bb_std", "bb_std_flip"]
+    assert {"torch", "python"} <= settings["versions"].keys() and "cpu_count" in settings["hardware"]
+
+    model = load_model(out / "model.pt")
+    assert_states_close(model.state_dict(), final_state(out)[1], atol=0)  # model.pt holds the EMA weights
+    loader = FrameLoader(stores[1], 2, seed=0, split="all")
+    x, log_q, _ = model.sample(loader.batch(0), n=2, generator=torch.Generator().manual_seed(0))
+    assert x.shape[0] == 4 and torch.isfinite(x).all() and torch.isfinite(log_q).all()
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    import proseflow.train as T
+
+    kill_at, cfg, train_store, val_store, out = int(sys.argv[1]), json.loads(sys.argv[2]), *sys.argv[3:]
+    append = T._CSVLog.append
+
+    def append_then_die(self, row):  # SIGKILL mid-interval: 2 steps after the last checkpoint
+        append(self, row)
+        if row["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    T._CSVLog.append = append_then_die
+    T.train(T.TrainConfig(**cfg), [train_store], [val_store], out)
+    """
+)
+
+
+def test_sigkilled_run_resumes_exactly(stores, tmp_path):
+    cfg = tiny()  # 16 steps, checkpoints at 6 and 12, validation at 8 and 16
+    train(cfg, *stores, tmp_path / "straight")
+
+    out = tmp_path / "resumed"
+    args = [sys.executable, "-c", KILLED_CHILD, "14", json.dumps(cfg.to_dict()), *stores[0], *stores[1], str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 12
+    assert len(read_log(out)) == 14 and not (out / "model.pt").exists()
+
+    train(cfg, *stores, out)  # same arguments: continues from step 12
+    straight, resumed = read_log(tmp_path / "straight"), read_log(out)
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6, atol=0)
+    assert [r["val_nll"] for r in resumed] == [r["val_nll"] for r in straight]
+    for a, b in zip(final_state(out), final_state(tmp_path / "straight"), strict=True):
+        assert_states_close(a, b, atol=1e-6)
+
+
+def test_time_limit_stops_cleanly_and_settings_must_match(stores, tmp_path):
+    result = train(tiny(stop_after_s=0.0), *stores, tmp_path)
+    assert not result["completed"] and result["step"] == 0
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "model.pt").exists()
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny(lr=1e-3), *stores, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, cfg, stores, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    train(TrainConfig(**cfg), *stores, out)
+
+
+def test_two_rank_ddp_matches_one_process(stores, tmp_path):
+    cfg = tiny(max_steps=8, checkpoint_every=8, val_every=8)
+    # the ranks' shares of every global batch are its two halves
+    halves = [FrameLoader(stores[0], 8, seed=0, rank=r, world_size=2).batch(3)["frame"] for r in range(2)]
+    whole = FrameLoader(stores[0], 8, seed=0).batch(3)["frame"]
+    assert torch.equal(torch.cat(halves), whole)
+
+    train(cfg, *stores, tmp_path / "single")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), stores, tmp_path / "ddp"), nprocs=2, join=True)
+    assert (tmp_path / "ddp" / "model.pt").exists()
+    np.testing.assert_allclose(losses(read_log(tmp_path / "ddp")), losses(read_log(tmp_path / "single")),
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    for a, b in zip(final_state(tmp_path / "ddp"), final_state(tmp_path / "single"), strict=True):
+        assert_states_close(a, b, atol=1e-4)
+
+
+def test_loaded_model_matches_trained_flow_config(stores, tmp_path):
+    train(tiny(max_steps=2, model={"arch": "tarflow"}), *stores, tmp_path)
+    model = load_model(tmp_path / "model.pt")
+    assert isinstance(model, ProseFlow) and not model.training
+    assert model.config == FlowConfig(**{**FlowConfig.preset("tiny", arch="tarflow").to_dict(), "perm_order": (2, 3)})
+    assert model.meta["features"]["permutation_names"] == list(features.PERMUTATION_NAMES)
+    assert model.meta["scale_nm"] == 0.35

@@ -1,0 +1,47 @@
+rule evaluate_system:
+    """Every configured sampler of one system against its reference MD: metrics JSON + HTML page."""
+    input:
+        md="results/md/{seq}.h5",
+        tica="results/tica/{seq}.npz",
+        structure="results/structures/{seq}.pdb",
+        samplers=lambda w: sampler_files(valid_target(w.seq)),
+        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/proposals.npz",
+        model=f"results/models/{EVAL_MODEL}/model.pt",
+        train="results/sequences/train.csv",
+    output:
+        json="results/eval/{seq}.json",
+        html=report("results/eval/{seq}.html", caption="../report/system_report.rst", category="Systems",
+                    labels={"system": "{seq}"}),
+    params:
+        model=EVAL_MODEL,
+        temperature_K=config["md"]["temperature_K"],
+        reference_frames=config["eval"]["reference_frames"],
+        n_metric=config["eval"]["n_metric"],
+        k=config["eval"]["kmeans_k"],
+        seed=config["sampling"]["seed"],
+    threads: 1
+    log:
+        "logs/eval/{seq}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
+        " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
+        " --model-name {params.model} --model-path {input.model} --temperature-K {params.temperature_K}"
+        " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
+        " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+
+
+rule summarise:
+    """Summary page and the paper's tables over the test set."""
+    input:
+        expand("results/eval/{seq}.json", seq=TEST),
+    output:
+        html=report("results/eval/summary.html", caption="../report/summary.rst", category="Summary"),
+        table2="results/tables/table2.csv",
+    log:
+        "logs/eval/summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{PF} summary --evals {input} --tables-dir results/tables --out-html {output.html} > {log} 2>&1"

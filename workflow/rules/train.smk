@@ -1,0 +1,22 @@
+rule train_model:
+    """Train one flow variant; a restarted job resumes from results/models/{model}/checkpoint.pt."""
+    input:
+        train=dataset_stores("train"),
+        val=dataset_stores("val"),
+    output:
+        model="results/models/{model}/model.pt",
+        curve=report("results/models/{model}/loss_curve.png", caption="../report/loss_curve.rst",
+                     category="Training", labels={"model": "{model}"}),
+    params:
+        train=lambda w: shlex.quote(json.dumps(train_settings(config, w.model))),
+    threads: 2
+    resources:
+        gpu=1,
+        runtime=lambda w, attempt: 48 * 60 * attempt,
+    log:
+        "logs/train/{model}.log",
+    conda:
+        "../../envs/flow.yaml"
+    shell:
+        "{PF} train --train {params.train} --train-stores {input.train} --val-stores {input.val}"
+        " --out-dir results/models/{wildcards.model} > {log} 2>&1"
