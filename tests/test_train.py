@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from proseflow import features
 from proseflow.dataset import FrameLoader, write_store
-from proseflow.flow import FlowConfig, ProseFlow
+from proseflow.flow import ProseFlow
 from proseflow.structures import build_peptide
 from proseflow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train
 
@@ -75,18 +75,15 @@ def test_paper_recipe_defaults_and_schedule():
 
 
 def test_permutation_order_follows_names():
-    """Each block gets the model's intended permutation, found by name among the loader's rows."""
-    model_names = ("backbone_first", "backbone_first_flip", "backbone_first_variant", "backbone_first_variant_flip",
-                   "residue_by_residue", "residue_by_residue_flip", "residue_by_residue_variant",
-                   "residue_by_residue_variant_flip")  # fmt: skip
-    feature_names = ("bb_std", "bb_std_flip", "bb_var", "bb_var_flip", "rbr_std", "rbr_std_flip", "rbr_var", "rbr_var_flip")
-    order = flow_config(TrainConfig()).perm_order
-    assert [features.PERMUTATION_NAMES[i] for i in order] == list(feature_names)
-    assert order == (0, 1, 4, 5, 2, 3, 6, 7)
-    assert flow_config(TrainConfig(model={"backbone_first": False})).perm_order == features.RESIDUE_BY_RESIDUE_IDX
-    assert [features.PERMUTATION_NAMES[i] for i in flow_config(TrainConfig(model={"arch": "tarflow"})).perm_order] == [
-        "rbr_std", "rbr_std_flip"]  # fmt: skip
-    assert len(model_names) == 8
+    """Each block gets the model's intended permutation, looked up by name among the loader's rows."""
+    def names(**model):
+        return [features.PERMUTATION_NAMES[i] for i in flow_config(TrainConfig(model=model)).perm_order]
+
+    assert names() == ["bb_std", "bb_std_flip", "bb_var", "bb_var_flip", "rbr_std", "rbr_std_flip", "rbr_var",
+                       "rbr_var_flip"]  # fmt: skip  (model.PERMUTATION_NAMES order: all backbone-first first)
+    assert names(backbone_first=False) == ["rbr_std", "rbr_std_flip", "rbr_var", "rbr_var_flip"]
+    assert names(arch="tarflow") == ["rbr_std", "rbr_std_flip"]
+    assert flow_config(TrainConfig(model={"perm_order": (3, 2)})).perm_order == (3, 2)  # explicit: loader rows
 
 
 def test_ema_update_formula():
@@ -215,6 +212,6 @@ def test_loaded_model_matches_trained_flow_config(stores, tmp_path):
     train(tiny(max_steps=2, model={"arch": "tarflow"}), *stores, tmp_path)
     model = load_model(tmp_path / "model.pt")
     assert isinstance(model, ProseFlow) and not model.training
-    assert model.config == FlowConfig(**{**FlowConfig.preset("tiny", arch="tarflow").to_dict(), "perm_order": (2, 3)})
+    assert model.config == flow_config(tiny(model={"arch": "tarflow"}))
     assert model.meta["features"]["permutation_names"] == list(features.PERMUTATION_NAMES)
     assert model.meta["scale_nm"] == 0.35
