@@ -138,21 +138,30 @@ def test_summary_tables(tmp_path):
     assert list(t3.model) == ["tarflow"]
 
     text = paths["html"].read_text()
-    assert_self_contained(text) if "<img" in text else None
+    assert "<img" not in text and "<link" not in text
     assert not re.search(r'(?:src|href)\s*=\s*["\']?(?:https?:)?//', text)
     for seq in ("WA", "ARIP", "DGVAHALS", "YQNPDGSQA"):
         assert f'<a href="{seq}.html">{seq}</a>' in text
-    assert ">10.04</td>" in text and ">193.9</td>" in text  # paper numbers rendered
+    assert ">10.038</td>" in text and ">193.9</td>" in text and "SMC discrete (paper)" in text
 
 
-def test_summary_without_model_key(tmp_path):
+def test_summary_without_model_variants(tmp_path):
     rows = [r for r in summary_rows() if "model" not in r]
-    paths = report.write_tables(tmp_path, rows)
-    assert set(paths) == {"per_system", "table2", "table4"}
+    assert set(report.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
+    rows = [{**r, "model": "prose"} for r in rows]  # only the default model: no Table 3
+    assert set(report.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
+
+
+def test_weights():
+    w = report.sampler_weights({"log_weights": np.array([1000.0, 1000.0 + np.log(3), -np.inf, np.nan])})
+    np.testing.assert_allclose(report._norm_weights(w, 4), [0.25, 0.75, 0, 0])
+    np.testing.assert_allclose(report._norm_weights(np.array([np.inf, 1.0, np.inf]), 3), [0.5, 0, 0.5])
+    assert report.sampler_weights({"weights": None}) is None
 
 
 def _browser_check():
-    spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).parents[1] / "ci/browser_check.py")
+    path = Path(__file__).parents[1] / "ci" / "browser_check.py"
+    spec = importlib.util.spec_from_file_location("browser_check", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("browser_check", mod)
     spec.loader.exec_module(mod)
@@ -169,4 +178,5 @@ def test_pages_render_in_chromium(pages, tmp_path):
         assert all(loaded and visible for _, loaded, visible in imgs), imgs
     png = bc.screenshot(paths["DGVAHALS"], tmp_path / "shot.png", CHROMIUM, size="1280,1600")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert bc.main([str(p) for p in paths.values()]) == 0
+    assert bc.main(["--min-images", "3", *map(str, paths.values())]) == 0
+    assert bc.main(["--min-images", "4", str(paths["WA"])]) == 1

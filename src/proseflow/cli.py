@@ -221,7 +221,7 @@ def cmd_evaluate(args) -> None:
         metrics[name] = sampler_metrics(ref, proj, log_w, args.n_metric, args.seed, n_evals, args.kmeans_k)
         if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling)
             metrics[name]["ess"] = float(d["ess"])
-        sets[name] = {"energy_kT": proj.energy_kT, "weights": None if log_w is None else np.exp(log_w),
+        sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w,
                       "phi_psi": proj.phi_psi, "tica": proj.tica}
         meta_rows[f"{name} wall time (s)"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
     if args.proposals:
@@ -246,7 +246,7 @@ def cmd_evaluate(args) -> None:
     write_system_report(args.out_html, {"sequence": seq, "metrics": metrics, "metadata": metadata,
                                          "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                        "tica": ref.tica},
-                                         "samplers": sets})
+                                         "samplers": sets}, summary_href="summary.html")
     os.replace(tmp, json_path)
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in ("ess", "energy_w2", "torus_w2", "tica_w2")} for k, d in metrics.items()}))
 

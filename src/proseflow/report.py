@@ -36,6 +36,7 @@ LOWER_IS_BETTER = {"energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd"}
 INTEGER_METRICS = {"n_samples", "n_energy_evals"}
 TABLE2_METRICS = ["ess", "energy_w2", "torus_w2", "tica_w2"]
 TABLE4_METRICS = ["energy_w2", "torus_w2", "tica_w2"]
+DEFAULT_MODEL = "prose"  # rows without a model key belong to it; Table 4 uses its rows
 UNWEIGHTED = {"proposal"}  # samplers that are not reweighted (plus names starting with "md")
 
 NA = None  # "-" in the paper
@@ -68,7 +69,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}.scroll{overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right;white-space:nowrap}
-th{background:#f0f0f0}td.l,th.l{text-align:left}tr.paper td{color:#666;font-style:italic}
+th{background:#f0f0f0}th[colspan]{text-align:center}td.l,th.l{text-align:left}tr.paper td{color:#666;font-style:italic}
 td.best{font-weight:bold;background:#e8f4e8}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;max-width:900px}nav a{margin-right:1em}.small{font-size:.85em;color:#555}
@@ -77,7 +78,7 @@ figcaption{font-size:.9em;color:#444;max-width:900px}nav a{margin-right:1em}.sma
 
 # ---------------------------------------------------------------- formatting helpers
 def format_value(value, metric: str | None = None, digits: int = 4) -> str:
-    """Table text of one value: "–" for missing/NaN, thousands separators for counts, else ``digits`` significant."""
+    """Table text of one value: "–" if missing/NaN, thousands separators for counts, else ``digits`` significant."""
     if isinstance(value, str):
         return value
     if value is None or pd.isna(value):
@@ -118,7 +119,7 @@ def _figure(img_id: str, fig: Figure, alt: str, caption: str) -> str:
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def _html_table(df: pd.DataFrame, left_cols=(), best: dict | None = None, row_class=None, raw_cols=()) -> str:
+def _html_table(df: pd.DataFrame, left_cols=(), best: dict | None = None, raw_cols=()) -> str:
     """HTML table of ``df`` (index not shown; headers via LABELS); ``best``: column -> row to highlight."""
     best = best or {}
     head = "".join(f'<th class="{"l" if c in left_cols else ""}">{_esc(LABELS.get(c, c))}</th>'
@@ -130,18 +131,30 @@ def _html_table(df: pd.DataFrame, left_cols=(), best: dict | None = None, row_cl
             cls = "l" if c in left_cols else ("best" if best.get(c) == i else "")
             text = str(r[c]) if c in raw_cols else _esc(format_value(r[c], c))
             cells.append(f'<td class="{cls}">{text}</td>')
-        cls = f' class="{row_class(r)}"' if row_class and row_class(r) else ""
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 # ---------------------------------------------------------------- data helpers
 def _norm_weights(w, n: int) -> np.ndarray:
-    if w is None:
-        return np.full(n, 1.0 / n) if n else np.zeros(0)
-    w = np.nan_to_num(np.asarray(w, dtype=float), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
-    s = w.sum()
-    return w / s if s > 0 else np.full(n, 1.0 / n)
+    """Non-negative weights summing to 1 (uniform for None or all-zero weights)."""
+    if w is not None:
+        w = np.asarray(w, dtype=float)
+        if np.isposinf(w).any():  # overflowed exp(log w): the infinite ones share the mass
+            w = np.isposinf(w).astype(float)
+        w = np.nan_to_num(w, nan=0.0, neginf=0.0).clip(min=0)
+        if w.sum() > 0:
+            return w / w.sum()
+    return np.full(n, 1.0 / max(n, 1))
+
+
+def sampler_weights(s: dict):
+    """A sampler's weights: ``weights``, else softmax of ``log_weights``, else None (uniform)."""
+    if s.get("weights") is not None or s.get("log_weights") is None:
+        return s.get("weights")
+    lw = np.asarray(s["log_weights"], dtype=float)
+    lw = np.where(np.isfinite(lw), lw, -np.inf)
+    return np.exp(lw - lw.max()) if np.isfinite(lw).any() else None
 
 
 def _finite(x, w):
@@ -198,8 +211,13 @@ def _energy_figure(ref_e, samplers: dict, log_density: bool):
     ax.hist(ref_e, bins=bins, weights=ref_w, density=True, color="0.75", label="MD reference")
     outside = {}
     for name, s in samplers.items():
-        e, w = _finite(s["energy_kT"], s.get("weights"))
-        outside[name] = float(w[(e < lo) | (e > hi)].sum()) if len(e) else float("nan")
+        if s.get("energy_kT") is None:
+            continue
+        e, w = _finite(s["energy_kT"], sampler_weights(s))
+        if not len(e):
+            outside[name] = float("nan")  # no finite energy
+            continue
+        outside[name] = float(w[(e < lo) | (e > hi)].sum())
         ls = "--" if name == "proposal" else "-"
         ax.hist(e, bins=bins, weights=w, density=True, histtype="step", lw=1.5, ls=ls, label=name)
     ax.set(xlabel="energy (kT)", ylabel="density", xlim=(lo, hi))
@@ -284,22 +302,24 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     if summary_href:
         nav = f'<a href="{_esc(summary_href)}">&larr; summary</a>' + nav
     parts.append(f"<nav>{nav}</nav>")
-    if "in_training_set" in meta:
-        parts.append(f"<p class='small'>In training set: <b>{format_value(bool(meta['in_training_set']))}"
-                     "</b></p>")
+    in_train = [v for k, v in meta.items() if k.replace(" ", "_").lower() == "in_training_set"]
+    if in_train:
+        parts.append(f"<p class='small'>In training set: <b>{format_value(bool(in_train[0]))}</b></p>")
 
     # metrics
     parts.append('<h2 id="metrics">Metrics</h2>')
     if metrics:
         df, best = _metrics_frame(metrics)
-        parts.append(_html_table(df, left_cols=("sampler",), best=best) + "<p class='small'>Best value per column in bold (highest ESS, lowest W2/JSD). "
+        parts.append(_html_table(df, left_cols=("sampler",), best=best)
+                     + "<p class='small'>Best value per column in bold (highest ESS, lowest W2/JSD). "
                      "W2 and JSD against the MD reference; energies in kT, dihedrals in radians.</p>")
     else:
         parts.append("<p>No metrics.</p>")
 
     # energies
     fig, outside = _energy_figure(ref["energy_kT"], samplers, log_energy_density)
-    out_txt = ", ".join(f"{_esc(n)} {100 * f:.1f}%" for n, f in outside.items())
+    out_txt = ", ".join(f"{_esc(n)} " + (f"{100 * f:.1f}%" if np.isfinite(f) else "(no finite energy)")
+                        for n, f in outside.items())
     parts.append('<h2>Energies</h2>' + _figure(
         "energy", fig, f"Energy histograms of {seq}",
         "Energy distributions (kT) of the MD reference (grey) and of each sampler (weighted histograms; "
@@ -310,10 +330,9 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     pairs = ramachandran_pairs(n_res)
     best = best_sampler(system)
     sources = [("MD", ref["phi_psi"], None)]
-    if "proposal" in samplers:
-        sources.append(("proposal", samplers["proposal"]["phi_psi"], samplers["proposal"].get("weights")))
-    if best is not None:
-        sources.append((best, samplers[best]["phi_psi"], samplers[best].get("weights")))
+    for name in dict.fromkeys(n for n in ("proposal", best) if n in samplers):
+        if samplers[name].get("phi_psi") is not None:
+            sources.append((name, samplers[name]["phi_psi"], sampler_weights(samplers[name])))
     if pairs:
         panels = []
         for label, ci, cj in pairs:
@@ -331,7 +350,7 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
 
     # TICA
     panels = [("MD reference", ref["tica"], None)]
-    panels += [(n, s["tica"], s.get("weights")) for n, s in samplers.items() if s.get("tica") is not None]
+    panels += [(n, s["tica"], sampler_weights(s)) for n, s in samplers.items() if s.get("tica") is not None]
     fig = _map_grid(panels, _tica_extent(ref["tica"]), min(4, len(panels)), 2.8, "TIC 1", "TIC 2")
     parts.append('<h2>TICA free energy</h2>' + _figure(
         "tica", fig, f"TICA free-energy maps of {seq}",
@@ -361,7 +380,8 @@ def _rows_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _wide_means(df: pd.DataFrame, keys: list[str], metrics: list[str], groups: list[str]) -> pd.DataFrame:
-    """Means over systems per (keys, length group), wide: one row per key, columns "<group> <metric>", "<group> n"."""
+    """Means over systems per (keys, length group), wide: one row per key,
+    columns "<group> <metric>" and "<group> n" (number of systems)."""
     df = df.copy()
     for m in metrics:
         df[m] = pd.to_numeric(df[m], errors="coerce") if m in df else np.nan
@@ -373,7 +393,7 @@ def _wide_means(df: pd.DataFrame, keys: list[str], metrics: list[str], groups: l
     for grp in groups:
         for m in metrics + ["n"]:
             out[f"{grp} {LABELS.get(m, m)}"] = wide[(m, grp)] if (m, grp) in wide else np.nan
-        out[f"{grp} n"] = out[f"{grp} n"].fillna(0).astype(int)
+        out[f"{grp} n"] = out[f"{grp} n"].fillna(0).astype("Int64")
     return out.reset_index()
 
 
@@ -385,9 +405,10 @@ def _paper_frame(table: dict, metrics: list[str], groups: list[str], key: str, n
             vals = per_group.get(grp)
             for m, v in zip(metrics, vals or [None] * len(metrics), strict=True):
                 rec[f"{grp} {LABELS[m]}"] = np.nan if v is None else v
-            rec[f"{grp} n"] = 30 if vals and any(v is not None for v in vals) else 0
+            rec[f"{grp} n"] = 30 if vals and any(v is not None for v in vals) else pd.NA
         recs.append(rec)
-    return pd.DataFrame(recs)
+    out = pd.DataFrame(recs)
+    return out.astype({c: "Int64" for c in out.columns if c.endswith(" n")})
 
 
 def _groups(df: pd.DataFrame) -> list[str]:
@@ -404,13 +425,13 @@ def _with_paper(run: pd.DataFrame, paper: pd.DataFrame, key_cols: list[str]) -> 
 def _is_default_model(df: pd.DataFrame) -> pd.Series:
     if "model" not in df:
         return pd.Series(True, index=df.index)
-    return df["model"].isna() | df["model"].isin(["", "prose"])
+    return df["model"].isna() | df["model"].isin(["", DEFAULT_MODEL])
 
 
 def table2(rows: list[dict]) -> pd.DataFrame:
     """Table 2 layout: rows = (model, sampler) of this run then the paper's models; means per length group."""
     df = _rows_frame(rows)
-    df["model"] = df["model"].fillna("prose") if "model" in df else "prose"
+    df["model"] = df["model"].fillna(DEFAULT_MODEL) if "model" in df else DEFAULT_MODEL
     groups = _groups(df)
     run = _wide_means(df, ["model", "sampler"], TABLE2_METRICS, groups)
     paper = _paper_frame(PAPER_TABLE2, TABLE2_METRICS, groups, "model", PAPER_MODEL_NAMES).assign(sampler="snis")
@@ -430,9 +451,10 @@ def table4(rows: list[dict]) -> pd.DataFrame | None:
 
 
 def table3(rows: list[dict]) -> pd.DataFrame | None:
-    """Model-variant table (prose, ablations, tarflow): rows carrying a ``model`` key; None if none do."""
+    """Model-variant table (prose, ablations, tarflow): rows carrying a ``model`` key, written only when some
+    row names a model other than DEFAULT_MODEL; else None."""
     df = _rows_frame(rows)
-    if "model" not in df or df["model"].isna().all():
+    if _is_default_model(df).all():
         return None
     df = df[df["model"].notna()]
     return _wide_means(df, ["model", "sampler"], TABLE2_METRICS, _groups(df))
@@ -451,10 +473,14 @@ def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
 
 def write_tables(tables_dir, rows: list[dict]) -> dict[str, Path]:
     """Write per_system.csv, table2.csv and (when such rows exist) table3.csv, table4.csv; returns the paths."""
+    return _write_csvs(tables_dir, _tables(rows))
+
+
+def _write_csvs(tables_dir, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
     d = Path(tables_dir)
     d.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, t in _tables(rows).items():
+    for name, t in tables.items():
         paths[name] = d / f"{name}.csv"
         t.to_csv(paths[name], index=False)
     return paths
@@ -482,8 +508,8 @@ def _grouped_table(t: pd.DataFrame, key_cols: list[str], paper_key: str | None =
 def write_summary(path_html, tables_dir, rows: list[dict], *, title: str = "proseflow summary") -> dict[str, Path]:
     """Write the CSV tables (``write_tables``) and a self-contained summary page linking to ``{sequence}.html``;
     returns the paths (keys per_system, table2, table3/table4 when written, html)."""
-    paths = write_tables(tables_dir, rows)
     tables = _tables(rows)
+    paths = _write_csvs(tables_dir, tables)
     df = _rows_frame(rows)
     counts = ", ".join(f"{g}: {n}" for g, n in df.groupby("group", sort=False)["sequence"].nunique().items())
     parts = [f"<h1>{_esc(title)}</h1>",
