@@ -35,7 +35,7 @@ TEST = sequence_set(config, "test")
 
 
 wildcard_constraints:
-    seq="[A-Za-z]+",
+    seq="[A-Z]+",
     batch=r"\d{5}",
     split="train|val",
     model="[A-Za-z0-9_]+",
