@@ -339,7 +339,11 @@ class TorchEnergy(torch.nn.Module):
         self.register_buffer("_diagonal", torch.eye(self.num_atoms, dtype=dtype))
         self.to(device=device)
         self.compiled = compile
-        self._total_kJ = torch.compile(self._eager_total_kJ, dynamic=False) if compile else self._eager_total_kJ
+        self._total_kJ = self._eager_total_kJ
+        if compile:
+            # dynamo caches per code object: every instance (system, dtype, device, grad mode) is one entry
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._total_kJ = torch.compile(self._eager_total_kJ, dynamic=False)
 
     @classmethod
     def from_sequence(cls, sequence: str, temperature_K: float, **kwargs) -> TorchEnergy:

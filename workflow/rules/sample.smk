@@ -56,7 +56,7 @@ rule reweight_snis:
     log:
         "logs/samples/{model}/{seq}.snis.log",
     conda:
-        "../../envs/md.yaml"
+        "../../envs/flow.yaml"
     shell:
         "{PF} snis --proposals {input.proposals} --structure {input.structure} --temperature-K {params.temperature_K}"
         " --energy-backend {params.backend} --drop-top-fraction {params.drop} --seed {params.seed}"
