@@ -229,6 +229,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
 
     buffer: list[tuple[np.ndarray, float]] = []
     last_ckpt = time.monotonic()
+    t_run, frames_at_start = time.monotonic(), frames_done
     bar = tqdm(total=n_frames, initial=frames_done, desc=f"MD {names[0]}" + ("..." if len(names) > 1 else ""),
                unit="frame", disable=not progress, mininterval=5)
     step0 = protocol.burn_in_steps
@@ -245,6 +246,11 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
             _write_checkpoint(context, frames_done, ckpt_path)
             last_ckpt = time.monotonic()
     bar.close()
+    elapsed = time.monotonic() - t_run
+    if frames_done > frames_at_start and elapsed > 0:
+        rate = (frames_done - frames_at_start) * steps_per_frame / elapsed
+        for p in partials:  # measured on this machine, for comparisons at equal wall time
+            trajectory_io.update_protocol(p, md_steps_per_s=rate, md_copy_steps_per_s=rate * len(systems))
 
     for s, p in zip(systems, partials, strict=True):
         s.output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ After the last round, ``n_final`` proposals from the fine-tuned model are SNIS-r
 Files in ``out_dir``: ``model.pt`` (rewritten after every round, the format of :func:`proseflow.train.load_model`;
 with ``keep_round_models`` also ``model_round{k}.pt``) and ``rounds.json`` (per-round metrics, rewritten after
 every round).
+
+Importing this module is light (no torch): :func:`add_parser` is called when the CLI parser is built, also in
+environments without torch.
 """
 
 from __future__ import annotations
@@ -32,11 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from proseflow.flow.preprocess import SCALE_NM, preprocess_train
-from proseflow.reweight import snis
-from proseflow.sampling import draw_proposals, system_batch
 
 log = logging.getLogger("proseflow")
 
@@ -78,8 +76,10 @@ def _seed(*key: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
-def finetune_loss(model, initial, x: torch.Tensor, batch: dict, reg_weight: float):
+def finetune_loss(model, initial, x, batch: dict, reg_weight: float):
     """(loss, nll, reg) of one augmented batch ``x`` (normalised flow coordinates); see the module doc."""
+    import torch
+
     dims = 3 * batch["mask"].sum(dim=1)
     log_q = model.log_prob(x, batch)
     with torch.no_grad():
@@ -92,6 +92,11 @@ def finetune_loss(model, initial, x: torch.Tensor, batch: dict, reg_weight: floa
 def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, config: SelfImproveConfig,
              scale_nm: float, seed: int, device) -> dict:
     """``config.steps`` steps on batches of ``positions_nm`` (centred nm), epochs of random permutations."""
+    import torch
+
+    from proseflow.flow.preprocess import preprocess_train
+    from proseflow.sampling import system_batch
+
     data = torch.as_tensor(np.asarray(positions_nm), dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     cond = system_batch(topology, config.batch_size, device)
@@ -121,6 +126,9 @@ def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, conf
 
 def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, scale_nm: float, seed: int,
               device, progress: bool):
+    from proseflow.reweight import snis
+    from proseflow.sampling import draw_proposals
+
     p = draw_proposals(model, topology, n, batch_size=config.sample_batch_size, scale_nm=scale_nm,
                        com_correction=config.com_correction, seed=seed, device=device, progress=progress)
     e_kT = np.asarray(energy_api.energy_kT(p.positions_nm), dtype=np.float64)
@@ -136,6 +144,8 @@ def _atomic(path: Path, write) -> None:
 
 def save_model(model, path: Path, meta: dict) -> None:
     """``model.pt`` in the format of :func:`proseflow.train.load_model`."""
+    import torch
+
     _atomic(path, lambda p: torch.save({**meta, "model": model.state_dict()}, p))
 
 
@@ -156,6 +166,10 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     Returns {"model": the fine-tuned model (eval mode), "rounds": per-round metrics, "final": the arrays of the
     sampler's .npz (``cmd_snis`` layout plus round_ess, round_n_energy_evals, chirality counts)}.
     """
+    import torch
+
+    from proseflow.flow.preprocess import SCALE_NM
+
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +231,8 @@ def _json_arg(text: str) -> dict:
 
 def cli_main(args) -> None:
     """Self-improvement of one system: fine-tuned model in --out-model-dir, final SNIS set in --out."""
+    import torch
+
     from proseflow.cli import _save_npz
     from proseflow.energy import make_energy
     from proseflow.structures import load_pdb

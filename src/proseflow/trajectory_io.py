@@ -60,6 +60,14 @@ def truncate(path: str | os.PathLike, n_frames: int) -> None:
                 f[name].resize(n_frames, axis=0)
 
 
+def update_protocol(path: str | os.PathLike, **extra) -> None:
+    """Add run facts known only at the end (e.g. measured steps/s) to the protocol attribute."""
+    with h5py.File(path, "a") as f:
+        record = json.loads(f.attrs["proseflow_protocol"])
+        record.update(extra)
+        f.attrs["proseflow_protocol"] = json.dumps(record, sort_keys=True)
+
+
 def n_frames(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as f:
         return int(f["coordinates"].shape[0])

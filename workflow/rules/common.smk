@@ -58,7 +58,12 @@ def md_batches(split):
     return [f"results/md/{split}/batch{i:05d}" for i in range(n)]
 
 
+
+
 EVAL_MODEL = config["sampling"]["model"]
+VARIANTS = [m for m in config["train_models"] if m != EVAL_MODEL]
+EXTRA = [valid_target(s) for s in config.get("extrapolation_targets", [])]
+EVAL_SYSTEMS = [*TEST, *(s for s in EXTRA if s not in TEST)]
 
 
 def sampler_files(seq):

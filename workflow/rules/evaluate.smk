@@ -32,10 +32,42 @@ rule evaluate_system:
         " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
 
 
-rule summarise:
-    """Summary page and the paper's tables over the test set."""
+rule evaluate_variant:
+    """SNIS of another trained variant (ablations, TarFlow baseline) on one system, for Table 3."""
     input:
-        expand("results/eval/{seq}.json", seq=TEST),
+        md="results/md/{seq}.h5",
+        tica="results/tica/{seq}.npz",
+        structure="results/structures/{seq}.pdb",
+        samplers="results/samples/{model}/{seq}/snis.npz",
+        proposals="results/samples/{model}/{seq}/proposals.npz",
+        model="results/models/{model}/model.pt",
+        train="results/sequences/train.csv",
+    output:
+        json="results/eval/models/{model}/{seq}.json",
+        html="results/eval/models/{model}/{seq}.html",
+    params:
+        temperature_K=config["md"]["temperature_K"],
+        reference_frames=config["eval"]["reference_frames"],
+        n_metric=config["eval"]["n_metric"],
+        k=config["eval"]["kmeans_k"],
+        seed=config["sampling"]["seed"],
+    log:
+        "logs/eval/models/{model}/{seq}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
+        " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
+        " --model-name {wildcards.model} --model-path {input.model} --temperature-K {params.temperature_K}"
+        " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
+        " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+
+
+rule summarise:
+    """Summary page and the paper's tables over the test set (and extrapolation targets, variants)."""
+    input:
+        expand("results/eval/{seq}.json", seq=EVAL_SYSTEMS),
+        expand("results/eval/models/{model}/{seq}.json", model=VARIANTS, seq=TEST),
     output:
         html=report("results/eval/summary.html", caption="../report/summary.rst", category="Summary"),
         table2="results/tables/table2.csv",
