@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_smc)
+
+    from proseflow.self_improve import add_parser as add_self_improve_parser
+
+    add_self_improve_parser(sub)
     return p
 
 

@@ -89,3 +89,41 @@ rule sample_smc:
         "{PF} smc --model {input.model} --structure {input.structure} --kernel {wildcards.kernel}"
         " --n-particles {params.n} --smc {params.smc} --temperature-K {params.temperature_K}"
         " --energy-backend {params.backend} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule self_improve:
+    """Self-improvement fine-tuning (PAPER.md section 4), then the SNIS set of the fine-tuned flow."""
+    input:
+        model="results/models/{model}/model.pt",
+        structure="results/structures/{seq}.pdb",
+    output:
+        samples="results/samples/{model}/{seq}/self_improve.npz",
+        model="results/self_improve/{model}/{seq}/model.pt",
+        rounds="results/self_improve/{model}/{seq}/rounds.json",
+    params:
+        settings=lambda w: shlex.quote(
+            json.dumps(
+                {
+                    "n_final": config["sampling"]["n_proposals"],
+                    "sample_batch_size": config["sampling"]["batch_size"],
+                    "com_correction": config["sampling"]["com_correction"],
+                    "drop_top_fraction": config["sampling"]["drop_top_fraction"],
+                    **config["self_improve"],
+                }
+            )
+        ),
+        temperature_K=config["md"]["temperature_K"],
+        backend=config["sampling"]["energy_backend"],
+        seed=config["sampling"]["seed"],
+        out_dir=lambda w: f"results/self_improve/{w.model}/{w.seq}",
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/samples/{model}/{seq}.self_improve.log",
+    conda:
+        "../../envs/flow.yaml"
+    shell:
+        "{PF} self-improve --model {input.model} --structure {input.structure} --temperature-K {params.temperature_K}"
+        " --energy-backend {params.backend} --settings {params.settings} --seed {params.seed}"
+        " --out {output.samples} --out-model-dir {params.out_dir} > {log} 2>&1"
