@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from proseflow.artefacts import save_npz
+
 log = logging.getLogger("proseflow")
 
 
@@ -136,17 +138,6 @@ def cmd_tica(args) -> None:
              args.stride, args.lag_frames, args.out)
 
 
-def _save_npz(path, **arrays) -> None:
-    """Atomic .npz write (a killed job never leaves a complete-looking file)."""
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def cmd_sample(args) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
     import torch
@@ -162,7 +153,7 @@ def cmd_sample(args) -> None:
     p = draw_proposals(model, topology, args.n, batch_size=args.batch_size, prior_std=args.prior_std,
                        scale_nm=model.meta.get("scale_nm", 0.35), com_correction=args.com_correction,
                        seed=args.seed, device=device)
-    _save_npz(args.out, positions_nm=p.positions_nm, log_q=p.log_q, chirality_ok=p.chirality_ok,
+    save_npz(args.out, positions_nm=p.positions_nm, log_q=p.log_q, chirality_ok=p.chirality_ok,
               n_chirality_fixed=p.n_chirality_fixed, n_chirality_unfixable=p.n_chirality_unfixable,
               wall_time_s=p.wall_time_s, prior_std=args.prior_std, model=str(args.model),
               device=str(device), com_correction=args.com_correction)
@@ -185,7 +176,7 @@ def cmd_snis(args) -> None:
     e_kT = energy.energy_kT(prop["positions_nm"])
     log_q = prop["log_q"]
     r = snis(-e_kT, log_q, drop_top_fraction=args.drop_top_fraction, rng=args.seed)
-    _save_npz(args.out, positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
+    save_npz(args.out, positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
               log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_nonfinite=r.n_nonfinite,
               n_dropped=r.n_dropped, n_energy_evals=len(e_kT), temperature_K=args.temperature_K,
               wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
@@ -282,7 +273,7 @@ def cmd_smc(args) -> None:
     result, positions, e_kT, n_fixed, n_unfixable, ok = run_smc(
         model, topology, energy, args.n_particles, args.kernel, seed=args.seed,
         scale_nm=model.meta.get("scale_nm", 0.35), device=device, **args.smc)
-    _save_npz(args.out, positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
+    save_npz(args.out, positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
               ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess),
               acceptance=np.asarray(result.acceptance, dtype=float), step_sizes=np.asarray(result.step_sizes),
               t_schedule=np.asarray(result.t_schedule), n_energy_evals=result.n_energy_evals,

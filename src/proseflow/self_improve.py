@@ -233,7 +233,7 @@ def cli_main(args) -> None:
     """Self-improvement of one system: fine-tuned model in --out-model-dir, final SNIS set in --out."""
     import torch
 
-    from proseflow.cli import _save_npz
+    from proseflow.artefacts import save_npz
     from proseflow.energy import make_energy
     from proseflow.structures import load_pdb
     from proseflow.train import load_model
@@ -249,7 +249,7 @@ def cli_main(args) -> None:
         close = getattr(energy, "close", None)
         if close is not None:
             close()
-    _save_npz(args.out, **{**result["final"], "temperature_K": args.temperature_K, "model": str(args.model),
+    save_npz(args.out, **{**result["final"], "temperature_K": args.temperature_K, "model": str(args.model),
                            "device": str(device), "com_correction": config.com_correction})
 
 

@@ -1,0 +1,464 @@
+"""MD versus the flow at equal cost (paper Figure 1 and Figure 4; PAPER.md section 6).
+
+Cost is counted in energy evaluations. MD spends one per integration step, so a budget of B evaluations
+is the first B steps after burn-in: the first floor(B / steps_per_frame) saved frames, with
+steps_per_frame = save_interval_ps * 1000 / timestep_fs (frame k is saved after (k + 1) * steps_per_frame
+steps). The flow spends one per proposal: a budget of B is the first B proposals of a SNIS set, re-weighted
+on their own (SNIS redone on the subset, same top-fraction drop), so the ESS is that of B proposals.
+
+Both are scored with ``evaluate.sampler_metrics`` against the same reference ``Projection`` (evenly spaced
+frames of the reference MD). Only the <= ``n_metric`` configurations the metrics use are projected
+(dihedrals, TICA), so budgets of 1e6 evaluations cost no more to score than 1e4: the result equals
+``sampler_metrics`` on the whole projected set (same seed, same resampling indices).
+
+Wall time: MD from ``md_steps_per_s`` in the trajectory's protocol (measured by ``md.simulate``; burn-in not
+counted), NaN when absent; the flow from ``wall_time_s`` of the SNIS file (sampling + energies) pro rata.
+
+Rows are tidy dicts (``ROW_KEYS``); budgets that cannot be served (fewer than 2 MD frames, more MD than was
+run, more proposals than were drawn) are kept as rows with ``status`` "skipped: <reason>" and NaN metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from proseflow import trajectory_io
+from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
+from proseflow.reweight import kish_ess, snis
+from proseflow.system import kT_kJ_per_mol
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("md", "flow")
+SAMPLER_LABELS = {"md": "MD", "flow": "flow + SNIS"}
+COLORS = {"md": "tab:blue", "flow": "tab:orange"}
+CURVE_METRICS = ("energy_w2", "torus_w2", "tica_w2")
+ROW_KEYS = ("sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", "energy_w2", "torus_w2",
+            "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT", "n_energy_evals", "n_nonfinite")
+_NAN_METRICS = ("ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT")
+
+
+# ---------------------------------------------------------------- budgets
+def steps_per_frame(timestep_fs: float, save_interval_ps: float) -> int:
+    """Integration steps between two saved frames (a whole number, as ``md.MDProtocol`` enforces)."""
+    spf = float(save_interval_ps) * 1000.0 / float(timestep_fs)
+    n = int(round(spf))
+    if n < 1 or abs(spf - n) > 1e-6 * spf:
+        raise ValueError(f"save_interval_ps {save_interval_ps} is not a whole number of {timestep_fs} fs steps")
+    return n
+
+
+def md_frames_for_budget(budget: float, timestep_fs: float, save_interval_ps: float) -> int:
+    """Saved frames within the first ``budget`` steps after burn-in: floor(B * timestep_fs / 1000 / save_interval)."""
+    return int(budget) // steps_per_frame(timestep_fs, save_interval_ps)
+
+
+def _budgets(budgets) -> list[int]:
+    out = sorted({int(round(float(b))) for b in budgets})
+    if not out or out[0] < 1:
+        raise ValueError(f"budgets must be positive energy-evaluation counts, got {list(budgets)}")
+    return out
+
+
+def _row(sampler: str, budget: int, sequence: str | None, status: str, wall_time_s: float, metrics: dict | None,
+         n_samples: int) -> dict:
+    base = {"sequence": sequence, "sampler": sampler, "budget": int(budget), "status": status,
+            "n_samples": int(n_samples), "wall_time_s": float(wall_time_s)}
+    if metrics is None:
+        metrics = {**{k: float("nan") for k in _NAN_METRICS}, "n_energy_evals": int(budget), "n_nonfinite": 0}
+    row = {**base, **{k: v for k, v in metrics.items() if k not in base}}
+    return {k: row.get(k) for k in ROW_KEYS} | {k: v for k, v in row.items() if k not in ROW_KEYS}
+
+
+def _scored(ref: Projection, energy_kT: np.ndarray, positions_of, log_weights: np.ndarray | None, n_metric: int,
+            seed: int, n_energy_evals: int, topology, tica_model, kmeans_k: int) -> tuple[dict, Projection]:
+    """``sampler_metrics`` of the set (energy_kT, positions), projecting only the configurations it scores.
+
+    Mirrors sampler_metrics' selection (non-finite energies dropped from an unweighted set, then at most
+    n_metric without replacement; a weighted set resampled multinomially), projects those, and scores them
+    as an equally weighted set, whose selection then keeps every one in order: the same numbers as
+    sampler_metrics on the full projection. Returns the metrics and the scored (equally weighted) samples.
+    """
+    energy_kT = np.asarray(energy_kT, dtype=np.float64)
+    n = len(energy_kT)
+    if log_weights is None:
+        finite = np.flatnonzero(np.isfinite(energy_kT))
+        idx = finite[resample_for_metrics(None, len(finite), n_metric, seed)] if len(finite) else finite
+    else:
+        idx = resample_for_metrics(log_weights, n, n_metric, seed)
+    if len(idx):
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        samples = project(positions_of(uniq), energy_kT[uniq], topology, tica_model).take(inverse.ravel())
+    else:
+        samples = Projection(np.zeros(0), np.zeros((0, ref.phi_psi.shape[1])), np.zeros((0, ref.tica.shape[1])))
+    metrics = sampler_metrics(ref, samples, None, n_metric, seed, n_energy_evals, kmeans_k)
+    metrics.update(n_samples=int(n), n_nonfinite=int((~np.isfinite(energy_kT)).sum()))
+    if log_weights is not None:
+        metrics["ess"] = float(kish_ess(log_weights, n_total=n))
+    return metrics, samples
+
+
+# ---------------------------------------------------------------- MD
+class _MDFile:
+    """Lazy access to one MD trajectory file: energies (kT) of a prefix, coordinates of chosen frames."""
+
+    def __init__(self, path, temperature_K: float | None = None):
+        self.path = Path(path)
+        self.protocol = trajectory_io.protocol(path)
+        self.n_frames = trajectory_io.n_frames(path)
+        self.temperature_K = float(temperature_K if temperature_K is not None else self.protocol["temperature_K"])
+        self.steps_per_frame = steps_per_frame(self.protocol["timestep_fs"], self.protocol["save_interval_ps"])
+        rate = self.protocol.get("md_steps_per_s")
+        self.seconds_per_step = 1.0 / float(rate) if rate else float("nan")
+
+    def energy_kT(self, n: int) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:  # trajectory_io layout; read() would load every coordinate
+            e = f["potentialEnergy"][:n]
+        return e.astype(np.float64) / kT_kJ_per_mol(self.temperature_K)
+
+    def positions(self, sorted_idx: np.ndarray) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return f["coordinates"][np.asarray(sorted_idx, dtype=np.int64)]
+
+
+def md_budget_curve(md_path, topology, tica_model, ref: Projection, budgets, n_metric: int = 10_000, seed: int = 0,
+                    *, sequence: str | None = None, temperature_K: float | None = None,
+                    kmeans_k: int = 20) -> list[dict]:
+    """Metrics of the MD prefix of B energy evaluations (= B steps after burn-in) for each budget B.
+
+    ``temperature_K`` (energies -> kT) defaults to the trajectory's protocol. A prefix is scored as an
+    equally weighted set (log_weights None), its frames subsampled to ``n_metric`` when longer.
+    """
+    md = _MDFile(md_path, temperature_K)
+    rows = []
+    for b in _budgets(budgets):
+        n = b // md.steps_per_frame
+        wall = b * md.seconds_per_step
+        if n < 2 or n > md.n_frames:
+            why = (f"{n} frame(s) < 2" if n < 2 else f"needs {n} frames, the trajectory has {md.n_frames}")
+            log.info("MD budget %d skipped: %s", b, why)
+            rows.append(_row("md", b, sequence, f"skipped: {why}", wall, None, max(n, 0)))
+            continue
+        metrics, _ = _scored(ref, md.energy_kT(n), md.positions, None, n_metric, seed, b, topology, tica_model,
+                             kmeans_k)
+        rows.append(_row("md", b, sequence, "ok", wall, metrics, n))
+    return rows
+
+
+# ---------------------------------------------------------------- flow
+class _SnisFile:
+    def __init__(self, path):
+        with np.load(path) as d:
+            self.positions_nm = d["positions_nm"]
+            self.log_q = np.asarray(d["log_q"], dtype=np.float64)
+            self.energy_kT = np.asarray(d["energy_kT"], dtype=np.float64)
+            wall = float(d["wall_time_s"]) if "wall_time_s" in d else float("nan")
+        self.n = len(self.log_q)
+        self.seconds_per_proposal = wall / self.n if self.n else float("nan")
+
+    def positions(self, idx: np.ndarray) -> np.ndarray:
+        return self.positions_nm[idx]
+
+
+def flow_budget_curve(snis_npz_path, topology, tica_model, ref: Projection, budgets, n_metric: int = 10_000,
+                      seed: int = 0, drop_top_fraction: float = 0.002, *, sequence: str | None = None,
+                      kmeans_k: int = 20) -> list[dict]:
+    """Metrics (and SNIS ESS) of the first B proposals of a SNIS file, re-weighted on their own, per budget B."""
+    flow = _SnisFile(snis_npz_path)
+    rows = []
+    for b in _budgets(budgets):
+        wall = b * flow.seconds_per_proposal
+        if b > flow.n:
+            why = f"needs {b} proposals, the file has {flow.n}"
+            log.info("flow budget %d skipped: %s", b, why)
+            rows.append(_row("flow", b, sequence, f"skipped: {why}", wall, None, 0))
+            continue
+        e, lq = flow.energy_kT[:b], flow.log_q[:b]
+        r = snis(-e, lq, drop_top_fraction=drop_top_fraction, rng=seed, n_resample=0)
+        metrics, _ = _scored(ref, e, flow.positions, r.log_weights, n_metric, seed, b, topology, tica_model,
+                             kmeans_k)
+        metrics.update(ess=float(r.ess), n_nonfinite=int(r.n_nonfinite), n_dropped=int(r.n_dropped))
+        rows.append(_row("flow", b, sequence, "ok", wall, metrics, b))
+    return rows
+
+
+def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float, n_metric: int = 10_000,
+                     seed: int = 0, drop_top_fraction: float = 0.002,
+                     temperature_K: float | None = None) -> tuple[np.ndarray, np.ndarray, None]:
+    """(MD TICA [n, 2], flow TICA [n, 2], None) at ``budget`` evaluations (Figure 4): the equally weighted sets
+    the metrics score (the MD prefix; the flow's SNIS set resampled). A budget beyond what was run uses all of it."""
+    b = int(round(float(budget)))
+    md = _MDFile(md_path, temperature_K)
+    n_md = min(max(b // md.steps_per_frame, 1), md.n_frames)
+    e_md = md.energy_kT(n_md)
+    finite = np.flatnonzero(np.isfinite(e_md))
+    idx = finite[resample_for_metrics(None, len(finite), n_metric, seed)] if len(finite) else finite
+    md_tica = tica_model.transform(md.positions(idx).astype(np.float32)) if len(idx) else np.zeros((0, 2))
+    flow = _SnisFile(snis_npz_path)
+    m = min(b, flow.n)
+    r = snis(-flow.energy_kT[:m], flow.log_q[:m], drop_top_fraction=drop_top_fraction, rng=seed, n_resample=0)
+    idx = resample_for_metrics(r.log_weights, m, n_metric, seed)
+    if len(idx):
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        flow_tica = tica_model.transform(flow.positions(uniq).astype(np.float32))[inverse.ravel()]
+    else:
+        flow_tica = np.zeros((0, 2))
+    return np.asarray(md_tica), np.asarray(flow_tica), None
+
+
+# ---------------------------------------------------------------- tables
+def _flat(rows) -> list[dict]:
+    """Rows from a list, or from a dict sequence -> rows (the sequence filled in)."""
+    if isinstance(rows, dict):
+        return [{**r, "sequence": r.get("sequence") or seq} for seq, rs in rows.items() for r in rs]
+    return list(rows)
+
+
+def _frame(rows) -> pd.DataFrame:
+    df = pd.DataFrame(_flat(rows))
+    for k in ROW_KEYS:
+        if k not in df:
+            df[k] = np.nan
+    return df[list(ROW_KEYS) + [c for c in df.columns if c not in ROW_KEYS]]
+
+
+def mean_curves(system_curves) -> pd.DataFrame:
+    """Mean over systems per (sampler, budget), at the budgets every system with that sampler served ("ok")."""
+    df = _frame(system_curves)
+    df = df[df["status"] == "ok"]
+    out = []
+    for sampler, d in df.groupby("sampler", sort=False):
+        n_sys = d["sequence"].nunique()
+        g = d.groupby("budget")
+        counts = g["sequence"].nunique()
+        means = g[["wall_time_s", "ess", *CURVE_METRICS]].mean()
+        means = means[counts == n_sys]
+        out.append(means.assign(sampler=sampler, n_systems=n_sys).reset_index())
+    cols = ["sampler", "budget", "n_systems", "wall_time_s", "ess", *CURVE_METRICS]
+    return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
+
+
+def write_budget_csv(path, rows) -> Path:
+    """All rows (a list, or a dict sequence -> rows) as CSV, skipped budgets included."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _frame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- page
+def _positive(values) -> bool:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return len(v) > 0 and bool((v > 0).all())
+
+
+def _curve_figure(ok: pd.DataFrame, means: pd.DataFrame | None, title: str) -> Figure:
+    """2 x 3 panels: rows = x axis (budget, wall time), columns = metrics; per-system lines thin, means thick."""
+    from proseflow.report import LABELS
+
+    fig = Figure(figsize=(11, 6.2), layout="constrained")
+    axes = fig.subplots(2, len(CURVE_METRICS), squeeze=False)
+    fig.suptitle(title, fontsize=10)
+    thin = means is not None
+    for row, xkey, xlabel in ((0, "budget", "energy evaluations"), (1, "wall_time_s", "wall time (s)")):
+        for col, metric in enumerate(CURVE_METRICS):
+            ax = axes[row, col]
+            ys = []
+            for sampler in SAMPLERS:
+                d = ok[ok["sampler"] == sampler]
+                for i, (_, ds) in enumerate(d.groupby("sequence", sort=False)):
+                    ds = ds.sort_values("budget")
+                    keep = np.isfinite(ds[xkey].astype(float)) & np.isfinite(ds[metric].astype(float))
+                    if not keep.any():
+                        continue
+                    ys.append(ds[metric][keep])
+                    ax.plot(ds[xkey][keep], ds[metric][keep], color=COLORS[sampler], marker="" if thin else "o",
+                            lw=0.7 if thin else 1.6, alpha=0.35 if thin else 1.0, ms=4,
+                            label=None if thin or i else SAMPLER_LABELS[sampler])
+                if thin:
+                    dm = means[means["sampler"] == sampler].sort_values("budget")
+                    keep = np.isfinite(dm[xkey].astype(float)) & np.isfinite(dm[metric].astype(float))
+                    if keep.any():
+                        ys.append(dm[metric][keep])
+                        ax.plot(dm[xkey][keep], dm[metric][keep], color=COLORS[sampler], marker="o", lw=2.2,
+                                ms=4, label=f"{SAMPLER_LABELS[sampler]} (mean)")
+            has_data = bool(ys)
+            if has_data:
+                ax.set_xscale("log")
+                if _positive(pd.concat(ys)):
+                    ax.set_yscale("log")
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no data" if xkey == "budget" else "no wall time recorded",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(LABELS.get(metric, metric), fontsize=8)
+            ax.tick_params(labelsize=7)
+    return fig
+
+
+def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = None, *,
+                      map_budget: float | None = None, title: str = "MD vs flow at equal cost") -> Path:
+    """Self-contained HTML page of the budget study (Figure 1 and Figure 4 style).
+
+    ``system_curves``: sequence -> rows (``md_budget_curve`` + ``flow_budget_curve``). ``tica_maps``: sequence
+    -> (md_tica [n, 2], flow_tica [n, 2], flow weights or None[, reference_tica [m, 2]]).
+    """
+    from proseflow.report import _esc, _figure, _html_table, _map_grid, _page, _tica_extent
+
+    df = _frame(system_curves)
+    ok = df[df["status"] == "ok"]
+    means = mean_curves(system_curves)
+    seqs = list(dict.fromkeys(df["sequence"]))
+    parts = [f"<h1>{_esc(title)}</h1>",
+             f"<p>{len(seqs)} system(s). Cost = energy evaluations: one per MD integration step (the first B "
+             "steps after burn-in), one per flow proposal (the first B proposals, SNIS redone on them). Wall time: "
+             "MD from its measured steps/s, the flow from its sampling + energy time, pro rata. All W2 against "
+             "evenly spaced frames of the reference MD (energies in kT, dihedrals in radians).</p>",
+             '<nav><a href="#mean">Mean over systems</a><a href="#systems">Per system</a>'
+             '<a href="#tica">TICA maps</a><a href="#table">Table</a></nav>']
+
+    parts.append('<h2 id="mean">Mean over systems</h2>')
+    if len(ok):
+        parts.append(_figure("budget-mean", _curve_figure(ok, means, "mean over systems (thick), systems (thin)"),
+                             "W2 metrics versus cost, mean over systems",
+                             "E-W2, T-W2 and TICA-W2 versus energy evaluations (top) and wall time (bottom), log "
+                             "axes. Thick: mean over systems at the budgets every system reached; thin: each "
+                             "system. Blue: MD; orange: flow + SNIS."))
+        parts.append(_html_table(means, left_cols=("sampler",)))
+    else:
+        parts.append("<p>No budget was served.</p>")
+
+    parts.append('<h2 id="systems">Per system</h2>')
+    for i, seq in enumerate(seqs):
+        d = ok[ok["sequence"] == seq]
+        if len(d):
+            parts.append(f"<h3>{_esc(seq)}</h3>" + _figure(
+                f"budget-{i}", _curve_figure(d, None, str(seq)), f"W2 metrics versus cost for {seq}",
+                f"{_esc(seq)}: W2 metrics versus energy evaluations (top) and wall time (bottom)."))
+        else:
+            parts.append(f"<h3>{_esc(seq)}</h3><p>No budget was served.</p>")
+
+    parts.append('<h2 id="tica">TICA free energy at equal cost</h2>')
+    budget_txt = f"{map_budget:.3g} energy evaluations" if map_budget else "the map budget"
+    for i, (seq, maps) in enumerate((tica_maps or {}).items()):
+        md_tica, flow_tica, weights = maps[:3]
+        ref_tica = maps[3] if len(maps) > 3 else None
+        panels = ([("MD reference", np.asarray(ref_tica), None)] if ref_tica is not None else [])
+        panels += [(f"MD, {budget_txt}", np.asarray(md_tica), None),
+                   (f"flow + SNIS, {budget_txt}", np.asarray(flow_tica), weights)]
+        basis = ref_tica if ref_tica is not None else np.concatenate([np.asarray(md_tica), np.asarray(flow_tica)])
+        fig = _map_grid(panels, _tica_extent(basis), len(panels), 2.8, "TIC 1", "TIC 2")
+        parts.append(f"<h3>{_esc(seq)}</h3>" + _figure(
+            f"tica-{i}", fig, f"TICA free-energy maps of {seq} at equal cost",
+            f"{_esc(seq)}: free energy -log p (kT, min 0) on the first two TICA components of short MD and of the "
+            f"flow + SNIS (resampled) at {budget_txt} (paper Figure 4: the short MD sees fewer metastable states)."))
+    if not tica_maps:
+        parts.append("<p>No maps.</p>")
+
+    parts.append('<h2 id="table">All rows</h2>')
+    table_cols = ["sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", *CURVE_METRICS]
+    parts.append('<div class="scroll">' + _html_table(df[table_cols], left_cols=("sequence", "sampler", "status"))
+                 + "</div>")
+
+    path = Path(path_html)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- CLI adapters (registered by cli.py)
+def cli_budget_curve(args) -> None:
+    """One system: MD and flow curves (JSON rows) and the TICA maps at --map-budget (npz)."""
+    from proseflow.evaluate import reference
+    from proseflow.structures import load_pdb
+    from proseflow.tica import TicaModel
+
+    topology, _ = load_pdb(args.structure)
+    tica_model = TicaModel.load(args.tica)
+    seq = args.sequence or Path(args.md).stem
+    ref = reference(args.md, topology, tica_model, args.temperature_K, args.reference_frames)
+    md_path = args.md_short or args.md
+    rows = md_budget_curve(md_path, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
+                           sequence=seq, temperature_K=args.temperature_K, kmeans_k=args.kmeans_k)
+    rows += flow_budget_curve(args.snis, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
+                              args.drop_top_fraction, sequence=seq, kmeans_k=args.kmeans_k)
+    md_tica, flow_tica, _ = budget_tica_maps(md_path, args.snis, topology, tica_model, args.map_budget,
+                                             args.n_metric, args.seed, args.drop_top_fraction, args.temperature_K)
+    maps = Path(args.out_maps)
+    maps.parent.mkdir(parents=True, exist_ok=True)
+    tmp = maps.with_name(f".{maps.stem}.tmp.npz")
+    np.savez(tmp, md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
+             map_budget=float(args.map_budget))
+    os.replace(tmp, maps)
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"sequence": seq, "md": str(md_path), "snis": str(args.snis), "rows": rows},
+                              indent=1, default=float))
+    os.replace(tmp, out)
+    log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows),
+             sum(r["status"] != "ok" for r in rows), out)
+
+
+def cli_budget_report(args) -> None:
+    """All systems: page (Figure 1 / Figure 4 style) and CSV."""
+    curves = {}
+    for p in args.curves:
+        d = json.loads(Path(p).read_text())
+        curves[d["sequence"]] = d["rows"]
+    maps, map_budget = {}, None
+    for p in args.maps or []:
+        with np.load(p) as m:
+            maps[str(m["sequence"])] = (m["md_tica"], m["flow_tica"], None, m["reference_tica"])
+            map_budget = float(m["map_budget"])
+    write_budget_csv(args.out_csv, curves)
+    write_budget_page(args.out_html, curves, maps, map_budget=map_budget)
+    log.info("budget study of %d systems -> %s, %s", len(curves), args.out_html, args.out_csv)
+
+
+def add_parsers(sub) -> None:
+    """Register ``budget-curve`` and ``budget-report`` on cli.py's subparsers."""
+    s = sub.add_parser("budget-curve", help="MD vs flow metrics at equal energy-evaluation budgets (one system)")
+    s.add_argument("--md", required=True, help="reference MD (.h5): the reference frames")
+    s.add_argument("--md-short", default=None, help="MD whose prefixes are the MD baseline (default: --md)")
+    s.add_argument("--snis", required=True, help="SNIS .npz with at least max(budgets) proposals")
+    s.add_argument("--structure", required=True)
+    s.add_argument("--tica", required=True)
+    s.add_argument("--budgets", type=float, nargs="+", required=True, help="energy evaluations, e.g. 1e3 1e4 1e5")
+    s.add_argument("--map-budget", type=float, default=1e6, help="budget of the TICA maps (Figure 4)")
+    s.add_argument("--temperature-K", type=float, required=True)
+    s.add_argument("--reference-frames", type=int, default=10_000)
+    s.add_argument("--n-metric", type=int, default=10_000)
+    s.add_argument("--kmeans-k", type=int, default=20)
+    s.add_argument("--drop-top-fraction", type=float, default=0.002)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sequence", default=None, help="default: stem of --md")
+    s.add_argument("--out-json", required=True)
+    s.add_argument("--out-maps", required=True, help=".npz of the TICA maps")
+    s.set_defaults(func=cli_budget_curve)
+
+    s = sub.add_parser("budget-report", help="page and CSV of the budget study")
+    s.add_argument("--curves", nargs="+", required=True, help="budget-curve JSON files")
+    s.add_argument("--maps", nargs="*", default=[], help="budget-curve map .npz files")
+    s.add_argument("--out-html", required=True)
+    s.add_argument("--out-csv", required=True)
+    s.set_defaults(func=cli_budget_report)
+
+
+__all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "md_frames_for_budget", "steps_per_frame",
+           "mean_curves", "write_budget_csv", "write_budget_page", "add_parsers", "cli_budget_curve",
+           "cli_budget_report"]
