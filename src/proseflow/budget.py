@@ -145,7 +145,7 @@ def md_budget_curve(md_path, topology, tica_model, ref: Projection, budgets, n_m
         if n < 2 or n > md.n_frames:
             why = (f"{n} frame(s) < 2" if n < 2 else f"needs {n} frames, the trajectory has {md.n_frames}")
             log.info("MD budget %d skipped: %s", b, why)
-            rows.append(_row("md", b, sequence, f"skipped: {why}", wall, None, max(n, 0)))
+            rows.append(_row("md", b, sequence, f"skipped: {why}", wall, None, 0))
             continue
         metrics, _ = _scored(ref, md.energy_kT(n), md.positions, None, n_metric, seed, b, topology, tica_model,
                              kmeans_k)
@@ -204,6 +204,9 @@ def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float
     md_tica = tica_model.transform(md.positions(idx).astype(np.float32)) if len(idx) else np.zeros((0, 2))
     flow = _SnisFile(snis_npz_path)
     m = min(b, flow.n)
+    if b // md.steps_per_frame > md.n_frames or m < b:
+        log.info("TICA maps at %d evaluations: MD has %d frames (%d steps), the flow %d proposals; using what exists",
+                 b, n_md, n_md * md.steps_per_frame, m)
     r = snis(-flow.energy_kT[:m], flow.log_q[:m], drop_top_fraction=drop_top_fraction, rng=seed, n_resample=0)
     idx = resample_for_metrics(r.log_weights, m, n_metric, seed)
     if len(idx):

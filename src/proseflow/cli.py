@@ -398,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     from proseflow.self_improve import add_parser as add_self_improve_parser
 
     add_self_improve_parser(sub)
+
+    from proseflow import budget, temperature
+
+    budget.add_parsers(sub)
+    temperature.add_parsers(sub)
     return p
 
 

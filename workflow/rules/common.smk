@@ -14,6 +14,7 @@ from proseflow.config import (
     train_settings,
 )
 from proseflow.sequences import validate_sequence
+from proseflow.temperature import prior_std_for
 
 try:
     check_config(config)
@@ -39,6 +40,8 @@ wildcard_constraints:
     batch=r"\d{5}",
     split="train|val",
     model="[A-Za-z0-9_]+",
+    temp=r"\d+(\.\d+)?",
+    prior="plain|scaled",
 
 
 def valid_target(seq):
@@ -49,8 +52,8 @@ def valid_target(seq):
         raise WorkflowError(f"invalid target: {e}") from None
 
 
-def protocol_json(kind):
-    return shlex.quote(json.dumps(md_protocol(config, kind).__dict__))
+def protocol_json(kind, **overrides):
+    return shlex.quote(json.dumps({**md_protocol(config, kind).__dict__, **overrides}))
 
 
 def md_batches(split):
@@ -71,6 +74,15 @@ def sampler_files(seq):
     return [f"results/samples/{EVAL_MODEL}/{seq}/{name}.npz" for name in names]
 
 
+def temperature_cases():
+    tt = config["temperature_transfer"]
+    return [(s, t, p) for s in tt["systems"] for t in tt["temperatures_K"] for p in tt["priors"]]
+
+
+def temperature_evals():
+    return [f"results/temperature/{s}_{t:g}K_{p}.json" for s, t, p in temperature_cases()]
+
+
 def dataset_stores(split):
     return [f"results/dataset/{split}/batch{i:05d}.zarr" for i in range(N_TRAIN_BATCHES if split == "train" else N_VAL_BATCHES)]
 
@@ -83,4 +95,6 @@ def all_targets():
         *[f"results/md/{s}.h5" for s in TEST],
         *[f"results/models/{m}/model.pt" for m in config["train_models"]],
         "results/eval/summary.html",
+        "results/eval/budget.html",
+        *(["results/eval/temperature.html"] if temperature_cases() else []),
     ]
