@@ -13,6 +13,7 @@ the projection matrix, so it projects positions [B, N, 3] nm of the same atom or
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +144,6 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
     Covariances are accumulated in chunks of ``chunk_frames`` (features of 5 us of an 8-mer would not fit
     in memory at once); the result equals deeptime's ``TICA.fit(features, weights=koopman_model)``.
     """
-    from deeptime.covariance import KoopmanWeightingEstimator
-    from deeptime.decomposition import TICA
 
     spec = None
     if isinstance(data, md.Trajectory):
@@ -175,6 +174,33 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
     def chunks():
         return _lagged_chunks(features_of, n_frames, lag, chunk_frames)
 
+    # deeptime's eigensolver (eig_qr) can fail on nearly singular covariances of short, strongly
+    # correlated trajectories; retry with a larger truncation epsilon and record the one used.
+    last_error = None
+    for eps in (epsilon, 1e-5, 1e-4, 1e-3):
+        if eps < epsilon:
+            continue
+        try:
+            model = _fit_with_epsilon(chunks, lag, dim, koopman, scaling, eps)
+            break
+        except (AssertionError, np.linalg.LinAlgError, ValueError) as e:  # noqa: PERF203
+            last_error = e
+            logging.getLogger(__name__).warning("TICA fit with epsilon %g failed (%s: %s); retrying", eps,
+                                                type(e).__name__, e)
+    else:
+        raise ValueError(f"TICA fit failed for every epsilon up to 1e-3: {type(last_error).__name__}: "
+                         f"{last_error}") from last_error
+    out_dim = model.output_dimension
+    return TicaModel(mean=np.asarray(model.mean_0, dtype=np.float64),
+                     projection=np.asarray(model.singular_vectors_left[:, :out_dim], dtype=np.float64),
+                     eigenvalues=np.asarray(model.singular_values[:out_dim], dtype=np.float64),
+                     lag_frames=int(lag), koopman=bool(koopman), scaling=scaling, spec=spec)
+
+
+def _fit_with_epsilon(chunks, lag, dim, koopman, scaling, epsilon):
+    from deeptime.covariance import KoopmanWeightingEstimator
+    from deeptime.decomposition import TICA
+
     weights = None
     if koopman:
         koopman_estimator = KoopmanWeightingEstimator(lagtime=lag, epsilon=epsilon)
@@ -184,10 +210,5 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
     covariance = TICA.covariance_estimator(lagtime=lag)
     for x, y in chunks():
         covariance.partial_fit((x, y), weights=weights)  # keyword: TICA.fit(X, w) would ignore w
-    model = TICA(lagtime=lag, dim=dim, scaling=scaling, epsilon=epsilon).fit_from_covariances(
+    return TICA(lagtime=lag, dim=dim, scaling=scaling, epsilon=epsilon).fit_from_covariances(
         covariance.fetch_model()).fetch_model()
-    out_dim = model.output_dimension
-    return TicaModel(mean=np.asarray(model.mean_0, dtype=np.float64),
-                     projection=np.asarray(model.singular_vectors_left[:, :out_dim], dtype=np.float64),
-                     eigenvalues=np.asarray(model.singular_values[:out_dim], dtype=np.float64),
-                     lag_frames=int(lag), koopman=bool(koopman), scaling=scaling, spec=spec)
