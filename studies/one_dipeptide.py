@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--length-ps", type=float, default=250.0)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--samples", type=int, default=5000)
     ap.add_argument("--out", default="results/studies/one_dipeptide")
     args = ap.parse_args()
@@ -64,7 +65,7 @@ def main():
         write_store(val_store, [(seq, frames[0])], 1, topologies={seq: top})
 
     # 3. Train
-    config = TrainConfig(model_preset=args.preset, batch_size=64, max_steps=args.steps, lr=5e-4, val_every=500,
+    config = TrainConfig(model_preset=args.preset, model={"channels": args.channels}, batch_size=32, max_steps=args.steps, lr=5e-4, val_every=500,
                          val_frames=250, checkpoint_every=250, log_every=50, seed=0, num_threads=2)
     summary = train(config, [train_store], [val_store], out / "model")
     t_train = time.time() - t0 - t_md
