@@ -27,7 +27,16 @@ except ConfigError as e:
 from snakemake.settings.types import DeploymentMethod
 
 _PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
-PF = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m proseflow"
+_ENV = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}"
+PF = f"{_ENV} {_PYTHON} -m proseflow"
+
+
+def launcher(wildcards, resources):
+    """The CLI, or under torchrun with one process per GPU when the job has several (DDP training)."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return f"{_ENV} {_PYTHON} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m proseflow"
+    return PF
 
 N_TRAIN_BATCHES = n_batches(config, "train")
 N_VAL_BATCHES = n_batches(config, "val")

@@ -1,5 +1,6 @@
 rule train_model:
-    """Train one flow variant; a restarted job resumes from results/models/{model}/checkpoint.pt."""
+    """Train one flow variant; a restarted job resumes from results/models/{model}/checkpoint.pt.
+    With resources gpu > 1 (set in a profile) it runs under torchrun, one DDP process per GPU."""
     input:
         train=dataset_stores("train"),
         val=dataset_stores("val"),
@@ -9,6 +10,7 @@ rule train_model:
                      category="Training", labels={"model": "{model}"}),
     params:
         train=lambda w: shlex.quote(json.dumps(train_settings(config, w.model))),
+        launch=launcher,
     threads: 2
     resources:
         gpu=1,
@@ -18,5 +20,5 @@ rule train_model:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{PF} train --train {params.train} --train-stores {input.train} --val-stores {input.val}"
+        "{params.launch} train --train {params.train} --train-stores {input.train} --val-stores {input.val}"
         " --out-dir results/models/{wildcards.model} > {log} 2>&1"
