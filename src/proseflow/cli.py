@@ -122,6 +122,8 @@ def cmd_train(args) -> None:
     config = TrainConfig(**args.train)
     summary = train(config, args.train_stores, args.val_stores or None, args.out_dir)
     log.info("training finished: %s", json.dumps(summary, default=str))
+    if not summary["completed"]:  # stopped by train.stop_after_s: checkpoint written, no model.pt
+        raise RuntimeError(f"training stopped at step {summary['step']} before max_steps; rerun to resume")
 
 
 def cmd_tica(args) -> None:
