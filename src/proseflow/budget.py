@@ -31,6 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow import trajectory_io
+from proseflow.artefacts import save_csv
 from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
 from proseflow.reweight import kish_ess, snis
 from proseflow.system import kT_kJ_per_mol
@@ -251,12 +252,7 @@ def mean_curves(system_curves) -> pd.DataFrame:
 
 def write_budget_csv(path, rows) -> Path:
     """All rows (a list, or a dict sequence -> rows) as CSV, skipped budgets included."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _frame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return save_csv(path, _frame(rows))
 
 
 # ---------------------------------------------------------------- page

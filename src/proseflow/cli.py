@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from proseflow.artefacts import save_npz
+from proseflow.artefacts import save_csv, save_npz
 
 log = logging.getLogger("proseflow")
 
@@ -24,8 +24,6 @@ def _json(text: str):
 
 
 def cmd_sequences(args) -> None:
-    import pandas as pd
-
     from proseflow.config import sequence_set, train_counts
     from proseflow.sequences import check_disjoint, draw_uniform, to_frame
 
@@ -36,10 +34,7 @@ def cmd_sequences(args) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, seqs in (("train", train), ("val", val), ("test", test)):
-        frame: pd.DataFrame = to_frame(seqs)
-        tmp = out / f".{name}.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out / f"{name}.csv")
+        save_csv(out / f"{name}.csv", to_frame(seqs))
         log.info("%s: %d sequences", name, len(seqs))
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from proseflow.artefacts import save_csv
+
 log = logging.getLogger(__name__)
 
 PRIOR_MODES = ("plain", "scaled")
@@ -50,12 +52,7 @@ def _frame(rows) -> pd.DataFrame:
 
 
 def write_temperature_csv(path, rows) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _frame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return save_csv(path, _frame(rows))
 
 
 def _figure_metrics(df: pd.DataFrame) -> Figure:
