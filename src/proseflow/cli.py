@@ -220,7 +220,7 @@ def cmd_evaluate(args) -> None:
             metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
     train = ({line.split(",")[0] for line in Path(args.train_sequences).read_text().split()[1:]}
              if args.train_sequences else set())
-    seq = Path(args.md).stem
+    seq = Path(args.structure).stem  # results/structures/{seq}.pdb (the MD may be {seq}_{T}K.h5)
     metadata = {"sequence": seq, "model": args.model_name, "checkpoint": args.model_path,
                 "temperature (K)": args.temperature_K, "reference MD": args.md,
                 "reference frames used": len(ref.energy_kT), "in training set": seq in train,
