@@ -224,6 +224,7 @@ def cmd_evaluate(args) -> None:
     metadata = {"sequence": seq, "model": args.model_name, "checkpoint": args.model_path,
                 "temperature (K)": args.temperature_K, "reference MD": args.md,
                 "reference frames used": len(ref.energy_kT), "in training set": seq in train,
+                "TICA Koopman-weighted": bool(tica_model.koopman), "TICA lag (frames)": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
     out = {"sequence": seq, "length": len(seq), "model": args.model_name, "metrics": metrics, "metadata": metadata}

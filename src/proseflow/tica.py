@@ -174,22 +174,28 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
     def chunks():
         return _lagged_chunks(features_of, n_frames, lag, chunk_frames)
 
-    # deeptime's eigensolver (eig_qr) can fail on nearly singular covariances of short, strongly
-    # correlated trajectories; retry with a larger truncation epsilon and record the one used.
-    last_error = None
-    for eps in (epsilon, 1e-5, 1e-4, 1e-3):
-        if eps < epsilon:
-            continue
+    # deeptime's eigensolvers can fail on nearly singular covariances of short, strongly correlated
+    # trajectories (eig_qr assertions, NaN Koopman weights); retry with a larger truncation epsilon, and as
+    # a last resort fit without Koopman weights (recorded in the model, logged as a warning).
+    log = logging.getLogger(__name__)
+    attempts = [(koopman, eps) for eps in (epsilon, 1e-5, 1e-4, 1e-3) if eps >= epsilon]
+    if koopman:
+        attempts.append((False, epsilon))
+    errors = []
+    for use_koopman, eps in attempts:
         try:
-            model = _fit_with_epsilon(chunks, lag, dim, koopman, scaling, eps)
+            model = _fit_with_epsilon(chunks, lag, dim, use_koopman, scaling, eps)
+            if not np.isfinite(model.singular_vectors_left[:, : model.output_dimension]).all():
+                raise ValueError("non-finite TICA projection")
             break
         except (AssertionError, np.linalg.LinAlgError, ValueError) as e:  # noqa: PERF203
-            last_error = e
-            logging.getLogger(__name__).warning("TICA fit with epsilon %g failed (%s: %s); retrying", eps,
-                                                type(e).__name__, e)
+            errors.append(f"koopman={use_koopman}, epsilon={eps:g}: {type(e).__name__}: {e}")
+            log.warning("TICA fit failed (%s); retrying", errors[-1])
     else:
-        raise ValueError(f"TICA fit failed for every epsilon up to 1e-3: {type(last_error).__name__}: "
-                         f"{last_error}") from last_error
+        raise ValueError("TICA fit failed: " + "; ".join(errors))
+    if koopman and not use_koopman:
+        log.warning("Koopman reweighting could not be estimated on this trajectory; TICA fitted WITHOUT it")
+    koopman = use_koopman
     out_dim = model.output_dimension
     return TicaModel(mean=np.asarray(model.mean_0, dtype=np.float64),
                      projection=np.asarray(model.singular_vectors_left[:, :out_dim], dtype=np.float64),
