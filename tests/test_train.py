@@ -107,6 +107,15 @@ def test_ema_update_formula():
         torch.testing.assert_close(e, x, rtol=0, atol=1e-6)
 
 
+def test_ema_decay_warms_up_then_stays():
+    ema = EMA(torch.nn.Linear(2, 2), decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999
+    # after 2,000 warmed-up steps the initial weights carry (almost) no weight in the average
+    w_init = np.prod([ema.decay_at(s) for s in range(2000)])
+    assert w_init < 1e-3 < 0.999**2000
+
+
 def test_training_reduces_loss_and_writes_outputs(stores, tmp_path):
     out = tmp_path / "run"
     result = train(tiny(max_steps=40, batch_size=16, checkpoint_every=20, val_every=20), *stores, out)

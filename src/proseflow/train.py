@@ -135,16 +135,26 @@ def flow_config(config: TrainConfig) -> FlowConfig:
 
 
 class EMA:
-    """Exponential moving average of the parameters: ema <- decay * ema + (1 - decay) * param."""
+    """Exponential moving average of the parameters: ema <- d * ema + (1 - d) * param.
+
+    With ``step`` (the number of optimizer steps taken before this update) the decay warms up,
+    d = min(decay, (1 + step) / (10 + step)), so a short run's EMA is not dominated by the initial
+    (identity) flow: with d = 0.999 fixed, 13.5% of the EMA would still be the initial weights after
+    2,000 steps. The warm-up is a function of the step alone, so a resumed run stays exact.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)
 
@@ -475,7 +485,7 @@ def train(
             else:
                 log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
             scheduler.step()
-            ema.update(model)
+            ema.update(model, step)
             step += 1
             bar.update(1)
 
