@@ -77,3 +77,11 @@ def test_generated_sets_are_disjoint():
     check_config(config)
     val, test = sequence_set(config, "val"), sequence_set(config, "test")
     assert len(test) == 60 and not set(val) & set(test)
+
+
+def test_sequence_files_keep_NA_as_a_sequence(tmp_path):
+    """'NA' (Asn-Ala) is in the paper's 2AA test set; pandas reads it as a missing value by default."""
+    from proseflow.sequences import read_sequences, to_frame
+
+    to_frame(["NA", "NAN", "AA"]).to_csv(tmp_path / "s.csv", index=False)
+    assert read_sequences(tmp_path / "s.csv") == ["NA", "NAN", "AA"]

@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     for split in ("train", "val"):
         per_job = int(config["md"][split]["systems_per_job"])
         csv = slurm / seq_dir / f"{split}.csv"
-        seqs = pd.read_csv(csv)["sequence"].tolist() if csv.is_file() else []
+        seqs = pd.read_csv(csv, dtype={"sequence": str}, keep_default_na=False)["sequence"].tolist() if csv.is_file() else []
         for b in range(n_batches(config, split)):
             d = slurm / f"results/md/{split}/batch{b:05d}"
             mine = seqs[b * per_job:(b + 1) * per_job]

@@ -71,12 +71,11 @@ def cmd_md(args) -> None:
 
 def cmd_md_batch(args) -> None:
     """Training/validation MD: systems_per_job sequences of a split as copies in one context."""
-    import pandas as pd
-
     from proseflow.md import MDSystem, simulate, stable_seed
+    from proseflow.sequences import read_sequences
     from proseflow.structures import build_peptide, write_pdb
 
-    seqs = pd.read_csv(args.sequences_csv)["sequence"].tolist()
+    seqs = read_sequences(args.sequences_csv)
     mine = seqs[args.batch * args.systems_per_job : (args.batch + 1) * args.systems_per_job]
     out = Path(args.out_dir)
     tmp_dir = out.with_name(f".{out.name}.tmp")

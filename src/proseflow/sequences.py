@@ -109,3 +109,10 @@ def check_disjoint(named_sets: Mapping[str, Sequence[str]]) -> None:
 
 def to_frame(sequences: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"sequence": list(sequences), "length": [len(s) for s in sequences]})
+
+
+def read_sequences(path) -> list[str]:
+    """Sequences of a ``results/sequences/*.csv`` file. Read as plain strings: pandas' default would turn
+    the dipeptide ``NA`` (Asn-Ala, in the paper's test set) into a missing value."""
+    frame = pd.read_csv(path, dtype={"sequence": str}, keep_default_na=False)
+    return [validate_sequence(s) for s in frame["sequence"]]
