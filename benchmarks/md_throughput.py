@@ -40,7 +40,7 @@ def main():
     args = ap.parse_args()
     n_steps = 2000 if args.quick else 10000
     print(f"CPU platform, {args.threads} threads, {n_steps} steps, 1 fs")
-    print(f"{'system':10s} {'mode':>14s} {'steps/s':>10s} {'ns/day/system':>14s} {'ratio':>7s}")
+    print(f"{'system':10s} {'mode':>14s} {'steps/s':>10s} {'ns/day (all)':>14s} {'ratio':>7s}")
     for seq in ("AA", "RLMM"):
         top, pos = build_peptide(seq)
         single = steps_per_s(top, pos, n_steps, args.threads)

@@ -48,7 +48,7 @@ def main():
 
     x = prop.positions_nm[: min(args.n, 2000)]
     for name, backend in (("energies torch", energy), ("energies openmm (all cores)", make_energy(top, 310.0))):
-        backend.energy_and_forces_kT(x[:64])  # warm up (worker start-up, allocations)
+        backend.energy_and_forces_kT(x[:256])  # warm up (worker processes start, allocations)
         t0 = time.perf_counter()
         backend.energy_and_forces_kT(x)
         rows.append((name, (time.perf_counter() - t0) * args.n / len(x), args.n))
