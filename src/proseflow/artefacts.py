@@ -1,27 +1,41 @@
-"""Atomic writes of small artefacts: a killed job never leaves a file that looks complete."""
+"""Atomic writes of artefacts: a killed job never leaves a file that looks complete.
+
+Every writer writes to a temporary name beside the target and renames it into place (``os.replace``).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
-def save_npz(path: str | os.PathLike, **arrays) -> None:
-    """Write ``arrays`` to ``path`` (.npz) through a temporary file renamed into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffix: str = "") -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``.
+
+    ``suffix`` keeps an extension that a writer insists on (``np.savez`` appends ``.npz``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> Path:
+    return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def save_csv(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame to ``path`` (CSV, no index) through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    """A pandas DataFrame as CSV, without the index."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def save_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import h5py
@@ -31,7 +30,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow import trajectory_io
-from proseflow.artefacts import save_csv
+from proseflow.artefacts import save_csv, save_npz, save_text
 from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
 from proseflow.reweight import kish_ess, snis
 from proseflow.system import kT_kJ_per_mol
@@ -371,12 +370,7 @@ def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = N
     parts.append('<div class="scroll">' + _html_table(df[table_cols], left_cols=("sequence", "sampler", "status"))
                  + "</div>")
 
-    path = Path(path_html)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return save_text(path_html, _page(title, "\n".join(parts)))
 
 
 # ---------------------------------------------------------------- CLI adapters (registered by cli.py)
@@ -397,18 +391,10 @@ def cli_budget_curve(args) -> None:
                               args.drop_top_fraction, sequence=seq, kmeans_k=args.kmeans_k)
     md_tica, flow_tica, _ = budget_tica_maps(md_path, args.snis, topology, tica_model, args.map_budget,
                                              args.n_metric, args.seed, args.drop_top_fraction, args.temperature_K)
-    maps = Path(args.out_maps)
-    maps.parent.mkdir(parents=True, exist_ok=True)
-    tmp = maps.with_name(f".{maps.stem}.tmp.npz")
-    np.savez(tmp, md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
+    save_npz(args.out_maps, md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
              map_budget=float(args.map_budget))
-    os.replace(tmp, maps)
-    out = Path(args.out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"sequence": seq, "md": str(md_path), "snis": str(args.snis), "rows": rows},
-                              indent=1, default=float))
-    os.replace(tmp, out)
+    out = save_text(args.out_json, json.dumps({"sequence": seq, "md": str(md_path), "snis": str(args.snis),
+                                               "rows": rows}, indent=1, default=float))
     log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows),
              sum(r["status"] != "ok" for r in rows), out)
 

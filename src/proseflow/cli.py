@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from proseflow.artefacts import save_csv, save_npz
+from proseflow.artefacts import save_csv, save_npz, save_text
 
 log = logging.getLogger("proseflow")
 
@@ -127,9 +127,7 @@ def cmd_tica(args) -> None:
     data = trajectory_io.read(args.md, stride=args.stride)
     topology = trajectory_io.mdtraj_topology(args.md)
     model = fit_tica(data["positions_nm"], lag=args.lag_frames, dim=args.dim, koopman=True, topology=topology)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}")
-    model.save(tmp)
-    os.replace(tmp, args.out)
+    model.save(args.out)  # atomic (proseflow.artefacts)
     log.info("TICA of %s: %d frames (stride %d), lag %d frames -> %s", args.md, len(data["positions_nm"]),
              args.stride, args.lag_frames, args.out)
 
@@ -227,15 +225,11 @@ def cmd_evaluate(args) -> None:
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
     out = {"sequence": seq, "length": len(seq), "model": args.model_name, "metrics": metrics, "metadata": metadata}
-    json_path = Path(args.out_json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=1, default=float))
     write_system_report(args.out_html, {"sequence": seq, "metrics": metrics, "metadata": metadata,
                                          "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                        "tica": ref.tica},
                                          "samplers": sets}, summary_href="summary.html")
-    os.replace(tmp, json_path)
+    save_text(args.out_json, json.dumps(out, indent=1, default=float))  # last: the JSON marks completion
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in ("ess", "energy_w2", "torus_w2", "tica_w2")} for k, d in metrics.items()}))
 
 

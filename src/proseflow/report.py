@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from proseflow.artefacts import save_text
+
 DPI = 90
 FREE_ENERGY_MAX_KT = 8.0  # colour-scale cap of the -log density maps
 METRICS = ["ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
@@ -365,7 +367,7 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     parts.append(_html_table(md_df, left_cols=("key", "value")) if meta else "<p>No metadata.</p>")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(f"{seq} - proseflow report", "\n".join(parts)), encoding="utf-8")
+    save_text(path, _page(f"{seq} - proseflow report", "\n".join(parts)))
     return path
 
 
@@ -533,6 +535,6 @@ def write_summary(path_html, tables_dir, rows: list[dict], *, title: str = "pros
                  + _html_table(per, left_cols=("sequence", "model", "sampler"), raw_cols=("sequence",)))
     path = Path(path_html)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
+    save_text(path, _page(title, "\n".join(parts)))
     paths["html"] = path
     return paths

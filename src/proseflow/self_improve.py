@@ -29,12 +29,13 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from proseflow.artefacts import atomic_write, save_text
 
 log = logging.getLogger("proseflow")
 
@@ -136,17 +137,11 @@ def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, sc
     return p, e_kT, r
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model, path: Path, meta: dict) -> None:
     """``model.pt`` in the format of :func:`proseflow.train.load_model`."""
     import torch
 
-    _atomic(path, lambda p: torch.save({**meta, "model": model.state_dict()}, p))
+    atomic_write(path, lambda p: torch.save({**meta, "model": model.state_dict()}, p))
 
 
 def _base_meta(model, scale_nm: float) -> dict:
@@ -199,7 +194,7 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
         save_model(model, out / "model.pt", round_meta)
         if config.keep_round_models:
             save_model(model, out / f"model_round{k}.pt", round_meta)
-        _atomic(out / "rounds.json", lambda f: f.write_text(json.dumps(rounds, indent=1)))
+        save_text(out / "rounds.json", json.dumps(rounds, indent=1))
         log.info("self-improvement round %d/%d: ESS %.4f (%d energy evaluations so far), nll %s, reg %s",
                  k, config.n_rounds, r.ess, n_evals, row["nll"], row["reg"])
 

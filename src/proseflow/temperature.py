@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from proseflow.artefacts import save_csv
+from proseflow.artefacts import save_csv, save_text
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +102,7 @@ def write_temperature_page(path_html, rows, *, title: str = "Temperature transfe
         parts.append("<h2>All rows</h2>" + _html_table(df[list(ROW_KEYS)], left_cols=("sequence", "prior")))
     else:
         parts.append("<p>No rows.</p>")
-    path = Path(path_html)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return save_text(path_html, _page(title, "\n".join(parts)))
 
 
 def rows_from_evals(eval_paths, priors, sampler: str = "snis") -> list[dict]:

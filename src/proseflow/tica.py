@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mdtraj as md
 import numpy as np
+
+from proseflow.artefacts import save_npz
 
 FEATURE_ELEMENTS = ("C", "N", "S")
 
@@ -111,10 +112,7 @@ class TicaModel:
         if self.spec is not None:
             arrays.update(pair_indices=self.spec.pair_indices, dihedral_indices=self.spec.dihedral_indices)
         info = dict(lag_frames=self.lag_frames, koopman=self.koopman, scaling=self.scaling, meta=self.meta)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:  # np.savez would append .npz to a path without it
-            np.savez(fh, info=np.array(json.dumps(info)), **arrays)
+        save_npz(path, info=np.array(json.dumps(info)), **arrays)
 
     @classmethod
     def load(cls, path) -> TicaModel:

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from proseflow import features
+from proseflow.artefacts import atomic_write, save_text
 from proseflow.dataset import FrameLoader
 from proseflow.flow.model import PERMUTATION_NAMES, FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
@@ -225,15 +226,7 @@ def validation_nll(model: ProseFlow, loader: FrameLoader, n_frames: int, config:
 
 # ----------------------------------------------------------------------------------------------- files
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class _CSVLog:
@@ -531,7 +524,7 @@ def train(
             "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
-        _atomic_write_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
+        save_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
         _atomic_save({
             "model": ema.model.state_dict(), "flow_config": cfg.to_dict(), "features": feature_vocabulary(),
             "scale_nm": config.scale_nm, "train_config": config.to_dict(), "step": step,
