@@ -154,6 +154,14 @@ def test_summary_without_model_variants(tmp_path):
     assert set(report.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
 
 
+def test_summary_links_to_experiment_pages(tmp_path):
+    paths = report.write_summary(tmp_path / "summary.html", tmp_path, summary_rows(),
+                                 links={"Temperature transfer": "temperature.html"})
+    html = Path(paths["html"]).read_text()
+    assert '<a href="temperature.html">Temperature transfer</a>' in html
+    assert 'href="WA.html"' in html
+
+
 def test_weights():
     w = report.sampler_weights({"log_weights": np.array([1000.0, 1000.0 + np.log(3), -np.inf, np.nan])})
     np.testing.assert_allclose(report._norm_weights(w, 4), [0.25, 0.75, 0, 0])

@@ -242,7 +242,8 @@ def cmd_summary(args) -> None:
         for sampler, m in d["metrics"].items():
             rows.append({"sequence": d["sequence"], "length": d["length"], "model": d["model"], "sampler": sampler,
                          **m})
-    write_summary(args.out_html, args.tables_dir, rows)
+    links = dict(link.split("=", 1) for link in args.link)
+    write_summary(args.out_html, args.tables_dir, rows, links=links)
     log.info("summary of %d systems -> %s", len(args.evals), args.out_html)
 
 
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--tables-dir", required=True)
     s.add_argument("--out-html", required=True)
+    s.add_argument("--link", action="append", default=[], help="LABEL=HREF of another page to link")
     s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("smc", help="SMC sampler with the flow as proposal")

@@ -507,9 +507,11 @@ def _grouped_table(t: pd.DataFrame, key_cols: list[str], paper_key: str | None =
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def write_summary(path_html, tables_dir, rows: list[dict], *, title: str = "proseflow summary") -> dict[str, Path]:
-    """Write the CSV tables (``write_tables``) and a self-contained summary page linking to ``{sequence}.html``;
-    returns the paths (keys per_system, table2, table3/table4 when written, html)."""
+def write_summary(path_html, tables_dir, rows: list[dict], *, title: str = "proseflow summary",
+                  links: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write the CSV tables (``write_tables``) and a self-contained summary page linking to ``{sequence}.html``
+    (and to the pages in ``links``: label -> relative href); returns the paths (keys per_system, table2,
+    table3/table4 when written, html)."""
     tables = _tables(rows)
     paths = _write_csvs(tables_dir, tables)
     df = _rows_frame(rows)
@@ -518,6 +520,9 @@ def write_summary(path_html, tables_dir, rows: list[dict], *, title: str = "pros
              f"<p>{df['sequence'].nunique()} test systems ({counts}). Means over the systems of each length "
              "group (n: systems averaged); paper rows (PAPER.md section 6, 30 systems each) in grey italics; "
              "'–': not available.</p>"]
+    if links:
+        parts.append("<p>Experiments: " + " · ".join(f'<a href="{_esc(href)}">{_esc(label)}</a>'
+                                                    for label, href in links.items()) + "</p>")
     specs = (("table2", "Models: ESS / E-W2 / T-W2 / TICA-W2 (paper Table 2: SNIS, 1e4 energy evaluations)",
               ["model", "sampler"], "model"),
              ("table4", "Samplers with the Prose proposal (paper Table 4: 1e6 energy evaluations)",

@@ -71,9 +71,18 @@ rule summarise:
     output:
         html=report("results/eval/summary.html", caption="../report/summary.rst", category="Summary"),
         table2="results/tables/table2.csv",
+    params:
+        links=" ".join(
+            shlex.quote(f"--link={label}={href}")
+            for label, href in (
+                ("MD vs flow at equal budget", "budget.html"),
+                *((("Temperature transfer", "temperature.html"),) if temperature_cases() else ()),
+            )
+        ),
     log:
         "logs/eval/summary.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{PF} summary --evals {input} --tables-dir results/tables --out-html {output.html} > {log} 2>&1"
+        "{PF} summary --evals {input} --tables-dir results/tables --out-html {output.html} {params.links}"
+        " > {log} 2>&1"
