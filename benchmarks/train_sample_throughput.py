@@ -56,7 +56,10 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--uncached-samples", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="tiny preset, few steps and samples")
     args = p.parse_args()
+    if args.quick:
+        args.preset, args.steps, args.samples, args.uncached_samples = "tiny", 4, 8, 2
     torch.set_num_threads(args.threads)
 
     from proseflow.dataset import FrameLoader
