@@ -55,6 +55,11 @@ def system_batch(topology_or_sequence, n: int, device="cpu", n_max: int | None =
     }
 
 
+def first_rows(batch: dict, n: int) -> dict:
+    """The first ``n`` rows of a batch (conditioning is computed once, then sliced per chunk)."""
+    return {k: v[:n] for k, v in batch.items()}
+
+
 def check_fits_model(model, topology_or_sequence) -> int:
     """Number of atoms; a clear error if the system is larger than the model accepts."""
     n = len(system_features(topology_or_sequence)["atom_type"])
@@ -85,9 +90,9 @@ def draw_proposals(model, topology, n: int, batch_size: int = 1024, prior_std: f
     t0 = time.time()
     generator = torch.Generator(device=device).manual_seed(int(seed))
     xs, log_qs, flows = [], [], []
+    full = system_batch(topology, min(batch_size, n), device)
     for start in tqdm(range(0, n, batch_size), desc="proposals", unit="batch", disable=not progress):
-        b = min(batch_size, n - start)
-        batch = system_batch(topology, b, device)
+        batch = first_rows(full, min(batch_size, n - start))
         x, log_q, used = model.sample(batch, prior_std=prior_std, generator=generator)
         mask = used["mask"]
         xs.append(to_nm(x, mask, scale_nm).cpu().numpy().astype(np.float32))
@@ -110,14 +115,15 @@ class FlowExtendedEnergy:
     """
 
     def __init__(self, model, topology, device="cpu", chunk_size: int = 256):
-        self.model, self.topology, self.device, self.chunk_size = model, topology, device, chunk_size
+        self.model, self.device, self.chunk_size = model, device, chunk_size
+        self.batch = system_batch(topology, chunk_size, device)
 
     def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         es, fs = [], []
         for start in range(0, len(x), self.chunk_size):
             xb = torch.tensor(x[start : start + self.chunk_size], dtype=torch.float32, device=self.device)
             xb.requires_grad_(True)
-            batch = system_batch(self.topology, len(xb), self.device)
+            batch = first_rows(self.batch, len(xb))
             mask = batch["mask"]
             e = -self.model.log_prob(xb, batch) + com_log_density(centroid(xb, mask), n_atoms(mask), "gaussian")
             (grad,) = torch.autograd.grad(e.sum(), xb)
@@ -159,9 +165,10 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
     check_fits_model(model, topology)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     xs, log_qs = [], []
+    full = system_batch(topology, min(batch_size, n_particles), device)
     with torch.no_grad():
         for start in range(0, n_particles, batch_size):
-            batch = system_batch(topology, min(batch_size, n_particles - start), device)
+            batch = first_rows(full, min(batch_size, n_particles - start))
             x, log_q, used = model.sample(batch, generator=generator)
             mask = used["mask"]
             xs.append(x.double().cpu().numpy())
