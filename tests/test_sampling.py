@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from proseflow.energy import make_energy
-from proseflow.flow.model import FlowConfig, ProseFlow
+from proseflow.flow.model import ProseFlow
 from proseflow.flow.preprocess import proposal_log_prob_nm, to_nm
 from proseflow.sampling import (
     FlowExtendedEnergy,
@@ -24,7 +24,7 @@ def flow():
     torch.manual_seed(0)
     model = ProseFlow(flow_config(TrainConfig(model_preset="tiny")))
     with torch.no_grad():  # move away from the identity so the test has teeth
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() > 1:
                 p.add_(0.02 * torch.randn_like(p))
     return model.eval()
