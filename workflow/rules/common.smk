@@ -78,6 +78,17 @@ EXTRA = [valid_target(s) for s in config.get("extrapolation_targets", [])]
 EVAL_SYSTEMS = [*TEST, *(s for s in EXTRA if s not in TEST)]
 
 
+# The shell command of every evaluation rule (per system, per variant, per temperature): each rule
+# provides the same input/output/params names.
+EVALUATE = (
+    "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
+    " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
+    " --model-name {params.model} --model-path {input.model} --temperature-K {params.temperature_K}"
+    " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
+    " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+)
+
+
 def sampler_files(seq):
     names = ["snis", *(s for s in config["samplers"] if s != "snis")]
     return [f"results/samples/{EVAL_MODEL}/{seq}/{name}.npz" for name in names]

@@ -25,11 +25,7 @@ rule evaluate_system:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
-        " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
-        " --model-name {params.model} --model-path {input.model} --temperature-K {params.temperature_K}"
-        " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
-        " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+        EVALUATE
 
 
 rule evaluate_variant:
@@ -46,6 +42,7 @@ rule evaluate_variant:
         json="results/eval/models/{model}/{seq}.json",
         html="results/eval/models/{model}/{seq}.html",
     params:
+        model=lambda w: w.model,
         temperature_K=config["md"]["temperature_K"],
         reference_frames=config["eval"]["reference_frames"],
         n_metric=config["eval"]["n_metric"],
@@ -56,11 +53,7 @@ rule evaluate_variant:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
-        " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
-        " --model-name {wildcards.model} --model-path {input.model} --temperature-K {params.temperature_K}"
-        " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
-        " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+        EVALUATE
 
 
 rule summarise:

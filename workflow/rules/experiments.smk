@@ -127,6 +127,8 @@ rule evaluate_at_temperature:
         json="results/temperature/{seq}_{temp}K_{prior}.json",
         html="results/temperature/{seq}_{temp}K_{prior}.html",
     params:
+        model=EVAL_MODEL,
+        temperature_K=lambda w: w.temp,
         reference_frames=config["eval"]["reference_frames"],
         n_metric=config["eval"]["n_metric"],
         k=config["eval"]["kmeans_k"],
@@ -136,11 +138,7 @@ rule evaluate_at_temperature:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
-        " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
-        " --model-name {EVAL_MODEL} --model-path {input.model} --temperature-K {wildcards.temp}"
-        " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
-        " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
+        EVALUATE
 
 
 rule temperature_report:
