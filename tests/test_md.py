@@ -142,3 +142,23 @@ def test_blow_up_names_system_and_step_and_leaves_no_output(tmp_path, peptide):
     with pytest.raises(SimulationBlowUp, match=r"AA.*steps? \d+|steps? \d+.*AA"):
         simulate([MDSystem("AA", top, bad, out)], protocol, tmp_path / "work", threads=1, progress=False)
     assert not out.exists()
+
+
+def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
+    """replicas = 3: one file per system with 3 x n_frames frames; each replica its own dynamics (same start)."""
+    top, pos = peptide("AA")
+    protocol = replace(TINY, replicas=3)
+    out = tmp_path / "AA.h5"
+    simulate([MDSystem("AA", top, pos, out)], protocol, tmp_path / "work", threads=1, progress=False)
+    data = trajectory_io.read(out)
+    n = TINY.n_frames
+    assert data["positions_nm"].shape == (3 * n, top.getNumAtoms(), 3)
+    assert data["protocol"]["replicas"] == 3 and data["protocol"]["frames_per_replica"] == n
+    assert trajectory_io.segments(out) == 3
+    np.testing.assert_allclose(data["time_ps"].reshape(3, n), np.tile(data["time_ps"][:n], (3, 1)))
+    last = data["positions_nm"].reshape(3, n, -1, 3)[:, -1]
+    assert np.abs(last[0] - last[1]).max() > 1e-3 and np.abs(last[1] - last[2]).max() > 1e-3
+    assert mdtraj.load(str(out)).n_frames == 3 * n  # still an MDTraj file
+    assert not (tmp_path / "work").exists() and not (tmp_path / "work.replicas").exists()
+    with pytest.raises(ValueError, match="replicas"):
+        replace(TINY, replicas=0)

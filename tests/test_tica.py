@@ -87,3 +87,17 @@ def test_errors():
         fit_tica(np.zeros((5, 3)), lag=10)
     with pytest.raises(ValueError):
         fit_tica(np.zeros((50, 4, 3)), lag=2)
+
+
+def test_replicas_never_pair_across_boundaries():
+    """Two replicas one after another: the fit equals deeptime's on the list of the two trajectories."""
+    rng = np.random.default_rng(3)
+    a, b = (np.cumsum(rng.normal(size=(4000, 3)), axis=0) * 0.01 + rng.normal(size=(4000, 3)) for _ in range(2))
+    b += 50.0  # a jump at the boundary that a pair across it would see as a slow process
+    model = fit_tica(np.concatenate([a, b]), lag=10, dim=2, koopman=False, scaling=None, n_segments=2)
+    ref = TICA(lagtime=10, dim=2, scaling=None).fit([a, b]).fetch_model()
+    np.testing.assert_allclose(np.abs(model.projection), np.abs(ref.singular_vectors_left[:, :2]), atol=1e-6)
+    joined = fit_tica(np.concatenate([a, b]), lag=10, dim=2, koopman=False, scaling=None)
+    assert not np.allclose(np.abs(joined.projection), np.abs(model.projection), atol=1e-3)
+    with pytest.raises(ValueError, match="equal replicas"):
+        fit_tica(np.concatenate([a, b[:-1]]), lag=10, koopman=False, n_segments=2)

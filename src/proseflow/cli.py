@@ -24,13 +24,19 @@ def _json(text: str):
 
 
 def cmd_sequences(args) -> None:
-    from proseflow.config import sequence_set, train_counts
+    from proseflow.config import explicit_train, overlap_allowed, sequence_set, train_counts
     from proseflow.sequences import check_disjoint, draw_uniform, to_frame
 
     config = {"sequences": args.sequences}
     val, test = sequence_set(config, "val"), sequence_set(config, "test")
-    train = draw_uniform(train_counts(config), seed=args.sequences["seed"], exclude=[*val, *test])
-    check_disjoint({"train": train, "val": val, "test": test})
+    train = explicit_train(config)
+    if train is None:
+        train = draw_uniform(train_counts(config), seed=args.sequences["seed"], exclude=[*val, *test])
+    if overlap_allowed(config):
+        log.warning("sequences.allow_train_test_overlap: training, validation and test sets may share sequences "
+                    "(single-system study)")
+    else:
+        check_disjoint({"train": train, "val": val, "test": test})
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, seqs in (("train", train), ("val", val), ("test", test)):
@@ -80,7 +86,9 @@ def cmd_md_batch(args) -> None:
     out = Path(args.out_dir)
     tmp_dir = out.with_name(f".{out.name}.tmp")
     protocol = _md_protocol(args)
-    protocol = type(protocol)(**{**protocol.__dict__, "seed": stable_seed(protocol.seed, out.name, *mine)})
+    # the split is part of the seed: a single-system study simulates the same sequence for train and val
+    protocol = type(protocol)(**{**protocol.__dict__, "seed": stable_seed(protocol.seed, out.parent.name, out.name,
+                                                                          *mine)})
     tmp_dir.mkdir(parents=True, exist_ok=True)
     systems = []
     for s in mine:
@@ -124,9 +132,14 @@ def cmd_tica(args) -> None:
     from proseflow import trajectory_io
     from proseflow.tica import fit_tica
 
+    n_segments = trajectory_io.segments(args.md)
+    per_replica = trajectory_io.n_frames(args.md) // n_segments
+    if per_replica % args.stride:
+        raise ValueError(f"TICA stride {args.stride} does not divide the {per_replica} frames of each replica")
     data = trajectory_io.read(args.md, stride=args.stride)
     topology = trajectory_io.mdtraj_topology(args.md)
-    model = fit_tica(data["positions_nm"], lag=args.lag_frames, dim=args.dim, koopman=True, topology=topology)
+    model = fit_tica(data["positions_nm"], lag=args.lag_frames, dim=args.dim, koopman=True, topology=topology,
+                     n_segments=n_segments)
     model.save(args.out)  # atomic (proseflow.artefacts)
     log.info("TICA of %s: %d frames (stride %d), lag %d frames -> %s", args.md, len(data["positions_nm"]),
              args.stride, args.lag_frames, args.out)

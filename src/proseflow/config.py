@@ -52,6 +52,27 @@ def train_counts(config: Mapping) -> dict[int, int]:
     return out
 
 
+def overlap_allowed(config: Mapping) -> bool:
+    """A single-system study: training, validation and test sets may share sequences."""
+    return bool(config["sequences"].get("allow_train_test_overlap", False))
+
+
+def explicit_train(config: Mapping) -> list[str] | None:
+    """The explicit training list (``sequences.train``), validated, or None (draw from train_counts)."""
+    sq = config["sequences"]
+    if sq.get("train") is None:
+        return None
+    seqs = list(sq["train"])
+    for s in seqs:
+        try:
+            validate_sequence(s, min_length=sq["min_length"], max_length=sq["max_length"])
+        except SequenceError as e:
+            raise ConfigError(f"sequences.train: {e}") from None
+    if len(set(seqs)) != len(seqs):
+        raise ConfigError(f"sequences.train: duplicated sequence(s) {sorted({s for s in seqs if seqs.count(s) > 1})}")
+    return seqs
+
+
 def sequence_set(config: Mapping, name: str) -> list[str]:
     """The explicit or generated validation/test list, validated."""
     sq = config["sequences"]
@@ -86,13 +107,17 @@ def md_protocol(config: Mapping, kind: str, seed: int | None = None) -> MDProtoc
         temperature_K=md["temperature_K"], friction_per_ps=md["friction_per_ps"], timestep_fs=md["timestep_fs"],
         burn_in_ps=md["burn_in_ps"], length_ps=sub["length_ps"], save_interval_ps=sub["save_interval_ps"],
         seed=md["seed"] if seed is None else seed, platform=md["platform"],
-        checkpoint_interval_s=md["checkpoint_interval_s"],
+        checkpoint_interval_s=md["checkpoint_interval_s"], replicas=int(sub.get("replicas", 1)),
     )
 
 
 def n_batches(config: Mapping, split: str) -> int:
     """Number of batched MD jobs for ``split`` (train or val): known from the config alone."""
-    total = sum(train_counts(config).values()) if split == "train" else len(sequence_set(config, "val"))
+    if split == "train":
+        explicit = explicit_train(config)
+        total = len(explicit) if explicit is not None else sum(train_counts(config).values())
+    else:
+        total = len(sequence_set(config, "val"))
     return math.ceil(total / config["md"][split]["systems_per_job"])
 
 
@@ -119,11 +144,13 @@ def check_config(config: Mapping) -> None:
     if sq["max_target_length"] < sq["max_length"]:
         raise ConfigError(f"sequences.max_target_length {sq['max_target_length']} < max_length {sq['max_length']}")
     train_counts(config)
+    train = explicit_train(config)
     val, test = sequence_set(config, "val"), sequence_set(config, "test")
-    try:
-        check_disjoint({"val": val, "test": test})
-    except SequenceError as e:
-        raise ConfigError(str(e)) from None
+    if not overlap_allowed(config):
+        try:
+            check_disjoint({"val": val, "test": test, **({"train": train} if train is not None else {})})
+        except SequenceError as e:
+            raise ConfigError(f"{e} (set sequences.allow_train_test_overlap: true for a single-system study)") from None
     if "models" in config:
         for name in [*config["train_models"], config["sampling"]["model"]]:
             if name not in config["models"]:

@@ -9,7 +9,7 @@ Conditioning (index 0 is always padding):
 - ``residue_index`` 1..L and ``chain_length`` L.
 
 Permutations: ``perm[k]`` lists original atom indices in the order block ``k`` visits them
-(``x_permuted = x[perm[k]]``). The 8 rows, in :data:`PERMUTATION_NAMES` order:
+(``x_permuted = x[perm[k]]``). The 8 rows, in :data:`proseflow.permutations.PERMUTATION_NAMES` order:
 ``[bb_std, bb_std_flip, rbr_std, rbr_std_flip, bb_var, bb_var_flip, rbr_var, rbr_var_flip]``:
 - backbone-first (bb): N, CA, C, O (, OXT) of every residue in residue order; then per residue its
   backbone hydrogens (H, H2, H3, HA, HA2, HA3) and its side chain.
@@ -19,7 +19,7 @@ Permutations: ``perm[k]`` lists original atom indices in the order block ``k`` v
   atom-name order. The "variant" reverses the order of the roots and of every branch, so rings are
   walked the other way round (Phe CD2 before CD1, Pro from CD) and branches swap (Val CG2 before CG1).
 - flip: the same order reversed.
-The model uses block ``k`` -> ``perm[k % 8]``; without backbone-first only :data:`RESIDUE_BY_RESIDUE_IDX`.
+Which row each flow block uses: :data:`proseflow.permutations.SCHEDULES`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from proseflow.permutations import (  # noqa: F401 - re-exported: the loader's rows
+    BACKBONE_FIRST_IDX,
+    N_PERMUTATIONS,
+    PERMUTATION_NAMES,
+    RESIDUE_BY_RESIDUE_IDX,
+)
 from proseflow.sequences import AMINO_ACIDS, THREE_TO_ONE
 
 ATOM_NAMES: tuple[str, ...] = (
@@ -58,12 +64,6 @@ _NAME_ALIASES = {
 }
 _AROMATIC = {"HIS", "HIE", "HID", "HIP", "PHE", "TRP", "TYR"}
 
-PERMUTATION_NAMES = (
-    "bb_std", "bb_std_flip", "rbr_std", "rbr_std_flip", "bb_var", "bb_var_flip", "rbr_var", "rbr_var_flip",
-)  # fmt: skip
-BACKBONE_FIRST_IDX = (0, 1, 4, 5)
-RESIDUE_BY_RESIDUE_IDX = (2, 3, 6, 7)
-N_PERMUTATIONS = len(PERMUTATION_NAMES)
 
 
 def standard_atom_name(atom_name: str, residue_name: str) -> str:

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,11 @@ class MDProtocol:
     platform: str = "auto"
     checkpoint_interval_s: float = 300.0
     recentre_interval_ps: float = 0.5
+    replicas: int = 1  # independent runs of each system (copies in the same context), concatenated
+
+    def __post_init__(self) -> None:
+        if int(self.replicas) != self.replicas or self.replicas < 1:
+            raise ValueError(f"replicas must be a positive integer, got {self.replicas!r}")
 
     @property
     def steps_per_frame(self) -> int:
@@ -182,8 +187,13 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
     """Run (or resume) the batched MD of ``systems``; move each finished trajectory to ``system.output``.
 
     ``work_dir`` holds the partial trajectories and the checkpoint; it is removed after success.
+    With ``protocol.replicas = R > 1`` every system runs as R independent copies (own velocities and
+    noise, same start) and its file holds the R trajectories one after another (protocol attributes
+    ``replicas`` and ``frames_per_replica``; ``time`` restarts in each replica).
     """
     work_dir = Path(work_dir)
+    if protocol.replicas > 1:
+        return _simulate_replicas(systems, protocol, work_dir, threads, progress)
     work_dir.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
@@ -256,6 +266,21 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
         s.output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(p, s.output)
     shutil.rmtree(work_dir)
+    return [s.output for s in systems]
+
+
+def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: Path, threads, progress) -> list[Path]:
+    n = protocol.replicas
+    parts_dir = work_dir.with_name(work_dir.name + ".replicas")
+    copies = [MDSystem(f"{s.name}.r{k}", s.topology, s.positions_nm, parts_dir / f"{s.name}.r{k}.h5",
+                       {**s.extra_attrs, "replica": k}) for s in systems for k in range(n)]
+    if not all(c.output.exists() for c in copies):  # else a previous run finished them and died later
+        simulate(copies, replace(protocol, replicas=1), work_dir, threads, progress)
+    for i, s in enumerate(systems):
+        s.output.parent.mkdir(parents=True, exist_ok=True)
+        trajectory_io.concatenate([c.output for c in copies[i * n : (i + 1) * n]], s.output,
+                                  replicas=n, frames_per_replica=protocol.n_frames, system=s.name)
+    shutil.rmtree(parts_dir)
     return [s.output for s in systems]
 
 

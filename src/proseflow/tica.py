@@ -126,18 +126,24 @@ class TicaModel:
                        scaling=info["scaling"], spec=spec, meta=info.get("meta", {}))
 
 
-def _lagged_chunks(features_of, n_frames: int, lag: int, chunk_frames: int):
-    """(x_t, x_t+lag) blocks over all t in [0, T - lag); ``features_of(start, stop)`` gives rows start:stop."""
-    for start in range(0, n_frames - lag, chunk_frames):
-        stop = min(start + chunk_frames, n_frames - lag)
-        block = features_of(start, stop + lag)
-        yield block[: stop - start], block[lag:]
+def _lagged_chunks(features_of, n_frames: int, lag: int, chunk_frames: int, n_segments: int = 1):
+    """(x_t, x_t+lag) blocks over all t in [0, T - lag) of each of ``n_segments`` equal, independent
+    trajectories stored one after another (pairs never cross a boundary); ``features_of(start, stop)``
+    gives rows start:stop of the whole series."""
+    seg = n_frames // n_segments
+    for first in range(0, seg * n_segments, seg):
+        for start in range(first, first + seg - lag, chunk_frames):
+            stop = min(start + chunk_frames, first + seg - lag)
+            block = features_of(start, stop + lag)
+            yield block[: stop - start], block[lag:]
 
 
 def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=None,
-             scaling: str | None = "kinetic_map", epsilon: float = 1e-6, chunk_frames: int = 20_000) -> TicaModel:
+             scaling: str | None = "kinetic_map", epsilon: float = 1e-6, chunk_frames: int = 20_000,
+             n_segments: int = 1) -> TicaModel:
     """Fit TICA on ONE reference time series: an mdtraj Trajectory, positions [T, N, 3] nm (then ``topology``
     is required) or a features array [T, F]. ``lag`` in frames (100 frames = 1 ns at 10 ps/frame).
+    ``n_segments`` > 1: the series is that many independent replicas of equal length, one after another.
 
     Covariances are accumulated in chunks of ``chunk_frames`` (features of 5 us of an 8-mer would not fit
     in memory at once); the result equals deeptime's ``TICA.fit(features, weights=koopman_model)``.
@@ -161,16 +167,19 @@ def fit_tica(data, lag: int = 100, dim: int = 2, koopman: bool = True, topology=
         def features_of(start, stop):
             return features[start:stop]
     n_frames = len(data)
-    if n_frames <= lag:
-        raise ValueError(f"{n_frames} frames is not more than the lag {lag}")
+    if n_segments < 1 or n_frames % n_segments:
+        raise ValueError(f"{n_frames} frames do not split into {n_segments} equal replicas")
+    if n_frames // n_segments <= lag:
+        raise ValueError(f"{n_frames // n_segments} frames per replica is not more than the lag {lag}")
+    n_pairs = n_frames - n_segments * lag
     n_features = features_of(0, 1).shape[1]
-    if koopman and n_frames - lag <= n_features:
+    if koopman and n_pairs <= n_features:
         raise ValueError(
-            f"Koopman-reweighted TICA needs more time-lagged pairs ({n_frames - lag}) than features ({n_features}): "
+            f"Koopman-reweighted TICA needs more time-lagged pairs ({n_pairs}) than features ({n_features}): "
             "the covariance matrices are singular. Use a longer reference trajectory (or a smaller stride).")
 
     def chunks():
-        return _lagged_chunks(features_of, n_frames, lag, chunk_frames)
+        return _lagged_chunks(features_of, n_frames, lag, chunk_frames, n_segments)
 
     # deeptime's eigensolvers can fail on nearly singular covariances of short, strongly correlated
     # trajectories (eig_qr assertions, NaN Koopman weights); retry with a larger truncation epsilon, and as

@@ -1,7 +1,7 @@
 """Training of the Prose flow (PAPER.md section 3), resumable and DDP-aware.
 
 Recipe: loss = -log q(x) / 3N over the real atoms, mean over the systems of the global batch; AdamW
-(lr 1e-4, betas 0.9/0.95, weight decay 4e-4); one-cycle cosine schedule (5% warm-up from lr/500);
+(lr 1e-4, betas 0.9/0.95, weight decay 4e-4); one-cycle cosine schedule (5% warm-up from lr/500, cosine decay to lr/500);
 grad-norm clip 1.0; EMA 0.999; batch 512; 500k steps; fp32 with TF32 off. Inputs: frames in nm from
 :class:`proseflow.dataset.FrameLoader`, centred, divided by 0.35 nm, randomly rotated, plus one
 Gaussian centroid shift of std 1/sqrt(N) (:mod:`proseflow.flow.preprocess`).
@@ -10,7 +10,8 @@ Everything random in a step is a pure function of ``(seed, step)``: the loader's
 augmentation (drawn for the whole global batch, then sliced per rank). So a run resumed from
 ``checkpoint.pt`` and a run on any number of DDP ranks see exactly the same inputs.
 
-Outputs in ``out_dir``: ``train_log.csv``, ``loss_curve.png``, ``checkpoint.pt`` (every
+Outputs in ``out_dir``: ``train_log.csv``, ``loss_curve.png``, ``snapshots/step_NNNNNNN.pt`` (EMA model
+every ``snapshot_every`` steps, if set), ``checkpoint.pt`` (every
 ``checkpoint_every`` steps, atomically) and, only once all steps are done, ``settings.json`` and then
 ``model.pt`` (EMA weights + FlowConfig + feature vocabulary; read it with :func:`load_model`).
 Launch under ``torchrun --nproc-per-node G`` for DDP (nccl on CUDA, gloo on CPU).
@@ -41,7 +42,7 @@ from torch import nn
 from proseflow import features
 from proseflow.artefacts import atomic_write, save_text
 from proseflow.dataset import FrameLoader
-from proseflow.flow.model import PERMUTATION_NAMES, FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
+from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
 from proseflow.sequences import AMINO_ACIDS
 
@@ -64,7 +65,7 @@ class TrainConfig:
     weight_decay: float = 4e-4
     warmup_frac: float = 0.05  # one-cycle: cosine warm-up over this fraction of the steps ...
     start_lr_div: float = 500.0  # ... from lr / start_lr_div, then cosine decay ...
-    final_div_factor: float = 1e4  # ... to lr / start_lr_div / final_div_factor (torch OneCycleLR defaults)
+    final_div_factor: float = 1.0  # ... to lr / start_lr_div / final_div_factor (paper: OneCycleLR factor 1 -> lr/500)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     scale_nm: float = 0.35
@@ -80,6 +81,7 @@ class TrainConfig:
     val_frames: int = 2048  # number of held-out frames (fixed draw from the validation stores)
     val_batch_size: int = 256
     checkpoint_every: int = 1000
+    snapshot_every: int | None = None  # also keep the EMA model every this many steps: snapshots/step_NNNNNNN.pt
     log_every: int = 100
     stop_after_s: float | None = None  # stop cleanly (checkpoint, no model.pt) after this wall time
     progress: bool = True
@@ -99,35 +101,17 @@ class TrainConfig:
 
 # Settings that may change when a run is resumed; any other difference is an error.
 _RESUMABLE_CHANGES = {
-    "device", "val_every", "val_frames", "val_batch_size", "checkpoint_every", "log_every", "stop_after_s",
+    "device", "val_every", "val_frames", "val_batch_size", "checkpoint_every", "snapshot_every", "log_every",
+    "stop_after_s",
     "progress", "prefetch", "num_threads",
 }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- model
-def _feature_permutation_name(model_name: str) -> str:
-    """model.PERMUTATION_NAMES entry -> features.PERMUTATION_NAMES entry (the loader's row names)."""
-    family = "bb" if model_name.startswith("backbone_first") else "rbr"
-    kind = "var" if "_variant" in model_name else "std"
-    return f"{family}_{kind}{'_flip' if model_name.endswith('_flip') else ''}"
-
-
 def flow_config(config: TrainConfig) -> FlowConfig:
-    """The FlowConfig of a run, with ``perm_order`` translated to the loader's permutation rows.
-
-    ``FlowConfig.permutation_order()`` indexes :data:`proseflow.flow.model.PERMUTATION_NAMES`
-    (bb, bb_flip, bb_var, bb_var_flip, rbr, ...), while the loader's rows follow
-    :data:`proseflow.features.PERMUTATION_NAMES` (bb_std, bb_std_flip, rbr_std, rbr_std_flip, bb_var, ...).
-    Unless the overrides give ``perm_order`` explicitly (as loader rows), every block's intended
-    permutation is looked up by name, e.g. prose -> (0, 1, 4, 5, 2, 3, 6, 7).
-    """
+    """The FlowConfig of a run (its permutation rows index the loader's :data:`proseflow.permutations`)."""
     cfg = FlowConfig.preset(config.model_preset, **config.model)
-    if cfg.perm_order is None:
-        order = tuple(
-            features.PERMUTATION_NAMES.index(_feature_permutation_name(PERMUTATION_NAMES[i]))
-            for i in cfg.permutation_order()
-        )
-        cfg = dataclasses.replace(cfg, perm_order=order)
+    cfg = dataclasses.replace(cfg, perm_order=cfg.permutation_order())  # recorded explicitly in the model file
     if cfg.n_atom_types < features.N_ATOM_TYPES or cfg.n_residue_types < features.N_RESIDUE_TYPES:
         raise ValueError("FlowConfig vocabulary is smaller than proseflow.features'")
     if cfg.n_permutations != features.N_PERMUTATIONS:
@@ -369,6 +353,14 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
         raise ValueError(f"checkpoint.pt was written with other settings ({diff}); use a new out_dir")
 
 
+def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int) -> dict:
+    """What ``model.pt`` (and each snapshot) holds: the EMA weights and everything needed to use them."""
+    return {
+        "model": ema.model.state_dict(), "flow_config": cfg.to_dict(), "features": feature_vocabulary(),
+        "scale_nm": config.scale_nm, "train_config": config.to_dict(), "step": step,
+    }  # fmt: skip
+
+
 def train(
     config: TrainConfig,
     train_stores: list[str | os.PathLike],
@@ -500,6 +492,8 @@ def train(
                 bar.set_postfix(loss=row["loss"], **({"val": row["val_nll"]} if do_val else {}), refresh=False)
                 loss_sum.zero_()
                 n_window, t_window = 0, time.perf_counter()
+            if ddp.main and config.snapshot_every and step % config.snapshot_every == 0:
+                _atomic_save(_model_file(ema, cfg, config, step), out / "snapshots" / f"step_{step:07d}.pt")
             if ddp.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
                 save_checkpoint()
                 csv_log.plot(out / "loss_curve.png")
@@ -525,10 +519,7 @@ def train(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
         save_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
-        _atomic_save({
-            "model": ema.model.state_dict(), "flow_config": cfg.to_dict(), "features": feature_vocabulary(),
-            "scale_nm": config.scale_nm, "train_config": config.to_dict(), "step": step,
-        }, out / "model.pt")  # fmt: skip
+        _atomic_save(_model_file(ema, cfg, config, step), out / "model.pt")
     if ddp.owned:
         dist.barrier()
         dist.destroy_process_group()

@@ -68,6 +68,33 @@ def update_protocol(path: str | os.PathLike, **extra) -> None:
         f.attrs["proseflow_protocol"] = json.dumps(record, sort_keys=True)
 
 
+def concatenate(parts: list, out: str | os.PathLike, **protocol_updates) -> None:
+    """One file of the frames of ``parts`` (same topology) in order; written beside ``out``, then renamed."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with h5py.File(parts[0], "r") as first:
+        record = {**json.loads(first.attrs["proseflow_protocol"]), **protocol_updates}
+        record.pop("replica", None)
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({k: v for k, v in first.attrs.items() if k != "proseflow_protocol"})
+            f.attrs["proseflow_protocol"] = json.dumps(record, sort_keys=True)
+            first.copy("topology", f)
+            for name in ("coordinates", "time", "potentialEnergy"):
+                src = first[name]
+                ds = f.create_dataset(name, shape=(0, *src.shape[1:]), maxshape=(None, *src.shape[1:]),
+                                      dtype=src.dtype, chunks=src.chunks)
+                ds.attrs.update(src.attrs)
+    for part in parts:
+        data = read(part)
+        append(tmp, data["positions_nm"], data["time_ps"], data["energy_kJ_per_mol"])
+    os.replace(tmp, out)
+
+
+def segments(path: str | os.PathLike) -> int:
+    """Number of independent trajectories (replicas) stored one after another in the file."""
+    return int(protocol(path).get("replicas", 1))
+
+
 def n_frames(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as f:
         return int(f["coordinates"].shape[0])

@@ -13,8 +13,8 @@ Batch convention (one dict of tensors, see ``ProseFlow.forward``):
     mask [B, N] bool (real atoms first, padding last), atom_type / residue_type / residue_index
     [B, N] int64 (0 = padding), chain_length [B] int64, permutations [B, P, N] int64 (each row a
     permutation of range(N) with the padding indices last). Which of the P permutations a block uses
-    is ``FlowConfig.permutation_order()``; the expected meaning of the P = 8 rows is
-    ``PERMUTATION_NAMES``.
+    is ``FlowConfig.permutation_order()``; the meaning of the P = 8 rows is
+    :data:`proseflow.permutations.PERMUTATION_NAMES` (one vocabulary for the loader and the model).
 
 Padding tokens never influence real atoms (key-padding mask in attention, lookahead masked, their
 affine parameters are zero so padding coordinates pass through unchanged), so a system's output does
@@ -32,23 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# Meaning of the P = 8 rows of ``batch["permutations"]`` (the data loader must produce them in this
-# order). "flip" is the reversed order of the real atoms (padding stays last); "variant" traverses
-# rings and branches the other way round.
-PERMUTATION_NAMES = (
-    "backbone_first",
-    "backbone_first_flip",
-    "backbone_first_variant",
-    "backbone_first_variant_flip",
-    "residue_by_residue",
-    "residue_by_residue_flip",
-    "residue_by_residue_variant",
-    "residue_by_residue_variant_flip",
-)
-
-
-def _perm_ids(*names: str) -> tuple[int, ...]:
-    return tuple(PERMUTATION_NAMES.index(n) for n in names)
+from proseflow.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
 
 
 def set_fp32_numerics() -> None:
@@ -69,6 +53,10 @@ class FlowConfig:
         LayerNorm, no QK norm, no transition, GELU MLP, permutations alternating residue-by-residue
         and its flip.
     backbone_first=False (ablation): only the four residue-by-residue permutations are cycled.
+    Block k uses permutation ``permutation_order()[k % len]``: the schedules of
+    :data:`proseflow.permutations.SCHEDULES` (prose: the paper's interleaved cycle of all 8 orders).
+    adaln_gate: "zero" (adaLN-Zero: the residual gates start at exactly 0) or "sigmoid" (the paper's code:
+    gate = sigmoid(linear), bias -2, so every gate starts at sigmoid(-2) = 0.12).
     """
 
     arch: str = "prose"
@@ -81,13 +69,14 @@ class FlowConfig:
     n_residue_types: int = 21  # 0 = padding, 1..20 amino acids
     cond_dim: int = 128  # width of each of the 4 conditioning features before the MLP
     max_atoms: int = 256  # length of the learned position embedding (8AA has at most 178 atoms)
-    n_permutations: int = 8
+    n_permutations: int = N_PERMUTATIONS
     backbone_first: bool = True
     transition: bool | None = None
     lookahead: bool | None = None
     qk_norm: bool | None = None
     perm_order: tuple[int, ...] | None = None  # explicit override of permutation_order()
     grad_checkpoint: bool = False  # recompute each layer's activations in backward (training memory)
+    adaln_gate: str = "zero"
 
     def __post_init__(self) -> None:
         if self.arch not in ("prose", "tarflow"):
@@ -98,28 +87,34 @@ class FlowConfig:
                 setattr(self, name, prose)
         if self.channels % self.head_dim:
             raise ValueError("channels must be a multiple of head_dim")
+        if self.adaln_gate not in ("zero", "sigmoid"):
+            raise ValueError(f"adaln_gate must be 'zero' or 'sigmoid', got {self.adaln_gate!r}")
+        if self.perm_order is not None:
+            self.perm_order = tuple(int(i) for i in self.perm_order)
 
     @property
     def adaptive(self) -> bool:
         return self.arch == "prose"
 
     def permutation_order(self) -> tuple[int, ...]:
-        """Indices into the P loader permutations, cycled over the blocks (block k uses order[k % len])."""
+        """Rows of the loader's permutations, cycled over the blocks (block k uses order[k % len])."""
         if self.perm_order is not None:
             return tuple(self.perm_order)
         if self.arch == "tarflow":
-            return _perm_ids("residue_by_residue", "residue_by_residue_flip")
-        if not self.backbone_first:
-            return _perm_ids(*PERMUTATION_NAMES[4:])
-        return tuple(range(len(PERMUTATION_NAMES)))
+            return schedule_indices("tarflow")
+        return schedule_indices("prose" if self.backbone_first else "no_backbone_first")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> FlowConfig:
-        """"paper" (~288M params for prose, ~117M for tarflow), "small" and "tiny" (CPU)."""
+        """"paper" (~288M params for prose, ~117M for tarflow), "small" and "tiny" (CPU).
+
+        Every preset keeps the paper's 8 blocks, so every model cycles all 8 permutations; the CPU presets
+        shrink the layers per block and the channels instead.
+        """
         sizes = {
             "paper": dict(channels=384, n_blocks=8, n_layers=8, head_dim=64, mlp_ratio=4, cond_dim=128),
-            "small": dict(channels=128, n_blocks=4, n_layers=2, head_dim=32, mlp_ratio=4, cond_dim=64),
-            "tiny": dict(channels=32, n_blocks=2, n_layers=1, head_dim=16, mlp_ratio=2, cond_dim=16),
+            "small": dict(channels=128, n_blocks=8, n_layers=1, head_dim=32, mlp_ratio=4, cond_dim=64),
+            "tiny": dict(channels=32, n_blocks=8, n_layers=1, head_dim=16, mlp_ratio=2, cond_dim=16),
         }
         return cls(**{**sizes[name], **overrides})
 
@@ -248,18 +243,27 @@ class Transition(nn.Module):
 
 
 class AdaLN(nn.Module):
-    """Shift, scale and gate from the conditioning; zero-initialised, so gate = 0 (adaLN-Zero)."""
+    """Shift, scale and gate from the conditioning; zero-initialised (shift = scale = 0 at start).
 
-    def __init__(self, channels: int):
+    gate="zero": the gate is the linear output itself, so it starts at exactly 0 (adaLN-Zero);
+    gate="sigmoid": gate = sigmoid(linear output) with bias -2, starting at 0.12 (the paper's code).
+    """
+
+    GATE_BIAS = -2.0
+
+    def __init__(self, channels: int, gate: str = "zero"):
         super().__init__()
+        self.sigmoid_gate = gate == "sigmoid"
         self.norm = nn.LayerNorm(channels, elementwise_affine=False)
         self.mod = nn.Linear(channels, 3 * channels)
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
+        if self.sigmoid_gate:
+            nn.init.constant_(self.mod.bias[2 * channels :], self.GATE_BIAS)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
-        return self.norm(h) * (1 + scale) + shift, gate
+        return self.norm(h) * (1 + scale) + shift, torch.sigmoid(gate) if self.sigmoid_gate else gate
 
 
 class Block(nn.Module):
@@ -276,11 +280,11 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.channels
         self.adaptive = cfg.adaptive
-        self.norm_attn = AdaLN(d) if self.adaptive else nn.LayerNorm(d)
+        self.norm_attn = AdaLN(d, cfg.adaln_gate) if self.adaptive else nn.LayerNorm(d)
         self.attn = Attention(d, cfg.head_dim, cfg.qk_norm)
         self.norm_mlp = nn.LayerNorm(d)
         self.mlp = MLP(d, cfg.mlp_ratio)
-        self.norm_tr = AdaLN(d) if cfg.transition else None
+        self.norm_tr = AdaLN(d, cfg.adaln_gate) if cfg.transition else None
         self.transition = Transition(d, cfg.mlp_ratio) if cfg.transition else None
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
