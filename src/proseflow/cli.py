@@ -147,6 +147,7 @@ def cmd_tica(args) -> None:
 
 def cmd_sample(args) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
+    import numpy as np
     import torch
 
     from proseflow.sampling import draw_proposals
@@ -163,7 +164,8 @@ def cmd_sample(args) -> None:
     save_npz(args.out, positions_nm=p.positions_nm, log_q=p.log_q, chirality_ok=p.chirality_ok,
               n_chirality_fixed=p.n_chirality_fixed, n_chirality_unfixable=p.n_chirality_unfixable,
               wall_time_s=p.wall_time_s, prior_std=args.prior_std, model=str(args.model),
-              device=str(device), com_correction=args.com_correction)
+              device=str(device), com_correction=args.com_correction,
+              centroid_flow=p.x_flow.astype(np.float64).mean(axis=1))  # for the other COM correction's ESS
     log.info("%d proposals in %.1f s; chirality fixed %d, unfixable %d", args.n, p.wall_time_s,
              p.n_chirality_fixed, p.n_chirality_unfixable)
 
@@ -186,6 +188,7 @@ def cmd_snis(args) -> None:
     save_npz(args.out, positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
               log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_nonfinite=r.n_nonfinite,
               n_dropped=r.n_dropped, n_energy_evals=len(e_kT), temperature_K=args.temperature_K,
+              drop_top_fraction=args.drop_top_fraction,
               wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
     log.info("SNIS: ESS %.4f over %d proposals (%d non-finite, %d dropped)", r.ess, len(e_kT), r.n_nonfinite,
              r.n_dropped)
@@ -197,7 +200,7 @@ def cmd_evaluate(args) -> None:
 
     import numpy as np
 
-    from proseflow.evaluate import project, reference, sampler_metrics
+    from proseflow.evaluate import project, reference, reference_indices, sampler_metrics
     from proseflow.report import write_system_report
     from proseflow.structures import load_pdb
     from proseflow.tica import TicaModel
@@ -222,12 +225,26 @@ def cmd_evaluate(args) -> None:
         sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w,
                       "phi_psi": proj.phi_psi, "tica": proj.tica}
         meta_rows[f"{name} wall time (s)"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
+    diagnostics = None
     if args.proposals:
         prop = np.load(args.proposals)
         n = len(prop["log_q"])
         for key in metrics:
             metrics[key]["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
             metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
+        snis_path = next((p for p in args.samplers if Path(p).stem == "snis"), None)
+        if snis_path is not None:  # why the weights look the way they do (proseflow.diagnostics)
+            from proseflow import trajectory_io
+            from proseflow.diagnostics import diagnose
+
+            d = np.load(snis_path)
+            idx = reference_indices(args.md, args.reference_frames)
+            diagnostics = diagnose(
+                topology, args.temperature_K, trajectory_io.read(args.md)["positions_nm"][idx], d["positions_nm"],
+                d["energy_kT"], d["log_q"], d["log_weights"],
+                centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
+                com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
+                drop_top_fraction=float(d["drop_top_fraction"]) if "drop_top_fraction" in d else 0.002)
     train = ({line.split(",")[0] for line in Path(args.train_sequences).read_text().split()[1:]}
              if args.train_sequences else set())
     seq = Path(args.structure).stem  # results/structures/{seq}.pdb (the MD may be {seq}_{T}K.h5)
@@ -237,8 +254,10 @@ def cmd_evaluate(args) -> None:
                 "TICA Koopman-weighted": bool(tica_model.koopman), "TICA lag (frames)": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
-    out = {"sequence": seq, "length": len(seq), "model": args.model_name, "metrics": metrics, "metadata": metadata}
+    out = {"sequence": seq, "length": len(seq), "model": args.model_name, "metrics": metrics, "metadata": metadata,
+           "diagnostics": diagnostics}
     write_system_report(args.out_html, {"sequence": seq, "metrics": metrics, "metadata": metadata,
+                                         "diagnostics": diagnostics,
                                          "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                        "tica": ref.tica},
                                          "samplers": sets}, summary_href="summary.html")

@@ -39,10 +39,15 @@ def project(positions_nm: np.ndarray, energy_kT: np.ndarray, topology, tica_mode
                       tica_model.transform(np.asarray(positions_nm, dtype=np.float32)))
 
 
+def reference_indices(md_path, n_frames: int) -> np.ndarray:
+    """Indices of ``n_frames`` evenly spaced frames of the reference MD (all frames if it has fewer)."""
+    total = trajectory_io.n_frames(md_path)
+    return np.unique(np.linspace(0, total - 1, min(n_frames, total)).round().astype(int))
+
+
 def reference(md_path, topology, tica_model, temperature_K: float, n_frames: int) -> Projection:
     """``n_frames`` evenly spaced frames of the reference MD (energies from the file, in kT)."""
-    total = trajectory_io.n_frames(md_path)
-    idx = np.unique(np.linspace(0, total - 1, min(n_frames, total)).round().astype(int))
+    idx = reference_indices(md_path, n_frames)
     data = trajectory_io.read(md_path)
     e_kT = data["energy_kJ_per_mol"][idx].astype(np.float64) / kT_kJ_per_mol(temperature_K)
     return project(data["positions_nm"][idx], e_kT, topology, tica_model)

@@ -300,7 +300,8 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     parts = [f"<h1>{_esc(seq)} <span class='small'>({n_res} residues)</span></h1>"]
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in
                   [("metrics", "Metrics"), ("fig-energy", "Energies"), ("fig-ramachandran", "Ramachandran"),
-                   ("fig-tica", "TICA"), ("metadata", "Run")])
+                   ("fig-tica", "TICA"), *([("diagnostics", "Diagnostics")] if system.get("diagnostics") else []),
+                   ("metadata", "Run")])
     if summary_href:
         nav = f'<a href="{_esc(summary_href)}">&larr; summary</a>' + nav
     parts.append(f"<nav>{nav}</nav>")
@@ -360,6 +361,9 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
         f"{FREE_ENERGY_MAX_KT:g}) on the first two TICA components (fitted on the MD reference), for MD and "
         "each sampler (weighted; proposal unweighted), all on the same axes (reference 0.1-99.9% range + 15%)."))
 
+    if system.get("diagnostics"):
+        parts.append(diagnostics_html(system["diagnostics"]))
+
     # metadata
     parts.append('<h2 id="metadata">Run</h2>')
     md_df = pd.DataFrame({"key": list(meta), "value": [format_value(v) if not isinstance(v, str) else v
@@ -369,6 +373,41 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     save_text(path, _page(f"{seq} - proseflow report", "\n".join(parts)))
     return path
+
+
+def diagnostics_html(diag: dict) -> str:
+    """The "why do the weights look like this" section (proseflow.diagnostics): three small tables."""
+    parts = ['<h2 id="diagnostics">Diagnostics: why the weights look like this</h2>']
+    terms = diag.get("energy_terms") or {}
+    if terms:
+        df = pd.DataFrame([{"term": k, "MD mean (kT)": v["md_mean_kT"], "proposal median (kT)": v["proposal_median_kT"],
+                            "SNIS-weighted mean (kT)": v["snis_mean_kT"]} for k, v in terms.items()])
+        parts.append("<h3>Energy by force term</h3>" + _html_table(df, left_cols=("term",)) +
+                     "<p class='small'>Potential energy by force-field term in kT (nonbonded = Lennard-Jones + "
+                     "Coulomb; implicit_solvent = GB-OBC1). A proposal median far above the MD mean in one term "
+                     "points at what the flow has not learnt (bonds: bond lengths too loose).</p>")
+    bonds = diag.get("bond_deviation") or {}
+    if bonds:
+        df = pd.DataFrame([{"element pair": k, "bonds": v["n_bonds"], "MD RMS dev (nm)": v["md_rms_nm"],
+                            "proposal RMS dev (nm)": v["proposal_rms_nm"], "ratio": v["ratio"]}
+                           for k, v in bonds.items()])
+        parts.append("<h3>Bond lengths</h3>" + _html_table(df, left_cols=("element pair",)) +
+                     "<p class='small'>RMS deviation of bond lengths from the force field's equilibrium length, "
+                     "per bonded element pair; ratio = proposal / MD (1 = MD-like bond geometry).</p>")
+    w = diag.get("weights") or {}
+    if w:
+        rows = [("samples (finite log w)", f"{w['n_samples']} ({w['n_finite']})"),
+                ("variance of log w", format_value(w.get("log_weight_var"))),
+                ("weight share of the top 1%", format_value(w.get("top1pct_weight_share"))),
+                ("ESS without the top-weight drop", format_value(w.get("ess_no_drop")))]
+        rows += [(f"ESS, {k} centre-of-mass correction", format_value(v)) for k, v in (w.get("ess") or {}).items()]
+        df = pd.DataFrame({"key": [r[0] for r in rows], "value": [r[1] for r in rows]})
+        parts.append("<h3>Importance weights</h3>" + _html_table(df, left_cols=("key", "value")) +
+                     "<p class='small'>log w = -E/kT - log q over the proposals. A perfect proposal has variance 0 "
+                     "and the top 1% hold 1% of the weight; one sample holding it all means the set has collapsed. "
+                     "chi is the paper's centre-of-mass correction, gaussian the exact one (about 1.7x the ESS of "
+                     "a perfect flow).</p>")
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- tables
