@@ -27,6 +27,7 @@ rule sample_proposals:
         batch_size=config["sampling"]["batch_size"],
         com=config["sampling"]["com_correction"],
         seed=config["sampling"]["seed"],
+        prior_std=config["sampling"].get("prior_std", 1.0),
     threads: 2
     resources:
         gpu=1,
@@ -37,7 +38,7 @@ rule sample_proposals:
     shell:
         "{PF} sample --model {input.model} --structure {input.structure} --n {params.n}"
         " --batch-size {params.batch_size} --com-correction {params.com} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --prior-std {params.prior_std} --out {output} > {log} 2>&1"
 
 
 rule reweight_snis:
