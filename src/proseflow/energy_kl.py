@@ -125,18 +125,19 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
                        u_med if u_med is not None else math.nan, float(grad_norm)))
         if step % config.log_every == 0 or step == config.steps:
             a = np.array(window)
-
-            def mean(col, stat=np.mean):
-                v = a[:, col][np.isfinite(a[:, col])]
-                return float(stat(v)) if v.size else None
-
-            row = {"step": step, "kl_per_dim": mean(0), "nll_per_dim": mean(1), "median_energy_kT": mean(2, np.median),
-                   "grad_norm": mean(3), "wall_s": round(time.time() - t0, 1)}
+            row = {"step": step, "kl_per_dim": _finite_stat(a[:, 0]), "nll_per_dim": _finite_stat(a[:, 1]),
+                   "median_energy_kT": _finite_stat(a[:, 2], np.median), "grad_norm": _finite_stat(a[:, 3]),
+                   "wall_s": round(time.time() - t0, 1)}
             rows.append(row)
             log.info("energy-KL step %d: %s", step, row)
             window.clear()
     model.eval()
     return rows
+
+
+def _finite_stat(v: np.ndarray, stat=np.mean) -> float | None:
+    v = v[np.isfinite(v)]
+    return float(stat(v)) if v.size else None
 
 
 def settings(config: EnergyKLConfig) -> dict:
