@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from proseflow.config import ConfigError, check_config, load_config, n_batches, sequence_set
+from proseflow.config import ConfigError, check_config, explicit_train, load_config, md_protocol, n_batches, sequence_set
 from proseflow.sequences import (
     AMINO_ACIDS,
     SequenceError,
@@ -85,3 +85,21 @@ def test_sequence_files_keep_NA_as_a_sequence(tmp_path):
 
     to_frame(["NA", "NAN", "AA"]).to_csv(tmp_path / "s.csv", index=False)
     assert read_sequences(tmp_path / "s.csv") == ["NA", "NAN", "AA"]
+
+
+def test_single_system_study_needs_the_explicit_flag():
+    """configs/study_aa.yaml: AA trains, validates and is evaluated; only with allow_train_test_overlap."""
+    config = load_config("config.yaml", "configs/study_aa.yaml")
+    check_config(config)
+    assert explicit_train(config) == ["AA"] and n_batches(config, "train") == 1
+    assert md_protocol(config, "train").replicas == 8 and md_protocol(config, "reference").replicas == 10
+    config["sequences"]["allow_train_test_overlap"] = False
+    with pytest.raises(ConfigError, match="'AA'.*allow_train_test_overlap"):
+        check_config(config)
+    config = load_config("config.yaml")
+    config["sequences"]["train"] = ["AA", "AX"]
+    with pytest.raises(ConfigError, match="sequences.train.*'X'"):
+        check_config(config)
+    config["sequences"]["train"] = ["CE"]  # a paper test dipeptide
+    with pytest.raises(ConfigError, match="'CE'"):
+        check_config(config)

@@ -1,0 +1,74 @@
+"""Fine-tune a trained single-system flow with the energy (reverse-KL) term mixed with likelihood.
+
+    python studies/energy_finetune.py --workdir /work/study_aa --system AA --steps 1000 --kl-weight 1 \
+        --nll-weight 1 --lr 1e-5 --out results/models/prose_kl/model.pt
+
+Reads the trained model (``results/models/{model}/model.pt``) and the training MD of the system
+(``results/md/train/batch*/{system}.h5``) from the study's working directory; writes the fine-tuned model
+in the same format as ``model.pt`` (so every sampler and ``studies/checkpoint_curve.py --snapshot`` use it),
+its settings and its log beside it. See :mod:`proseflow.energy_kl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> None:
+    from proseflow.energy_kl import EnergyKLConfig
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--system", default="AA")
+    ap.add_argument("--model", default="results/models/prose/model.pt")
+    ap.add_argument("--out", required=True, help="output model path, relative to the workdir")
+    ap.add_argument("--temperature-K", type=float, default=310.0)
+    ap.add_argument("--threads", type=int, default=2)
+    for f in dataclasses.fields(EnergyKLConfig):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    import torch
+
+    from proseflow import trajectory_io
+    from proseflow.energy_kl import finetune_energy
+    from proseflow.energy_torch import TorchEnergy
+    from proseflow.self_improve import save_model
+    from proseflow.structures import load_pdb
+    from proseflow.system import create_system
+    from proseflow.train import load_model
+
+    torch.set_num_threads(args.threads)
+    wd = args.workdir
+    config = EnergyKLConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EnergyKLConfig)})
+    model = load_model(wd / args.model, "cpu")
+    meta = copy.deepcopy(model.meta)
+    topology, _ = load_pdb(wd / "results" / "structures" / f"{args.system}.pdb")
+    md_files = sorted((wd / "results" / "md" / "train").glob(f"batch*/{args.system}.h5"))
+    if not md_files:
+        raise SystemExit(f"no training MD of {args.system} under {wd / 'results/md/train'}")
+    frames = np.concatenate([trajectory_io.read(p)["positions_nm"] for p in md_files])
+    energy = TorchEnergy(create_system(topology), args.temperature_K, dtype=torch.float64)
+    t0 = time.time()
+    model.requires_grad_(True)
+    rows = finetune_energy(model, topology, energy, frames, config, scale_nm=meta.get("scale_nm", 0.35))
+    out = wd / args.out
+    meta.update(energy_kl=dataclasses.asdict(config), energy_kl_from=str(args.model),
+                energy_kl_wall_s=round(time.time() - t0, 1))
+    save_model(model.requires_grad_(False), out, meta)
+    (out.parent / "energy_kl_log.json").write_text(json.dumps({"settings": dataclasses.asdict(config), "log": rows,
+                                                               "from": str(args.model)}, indent=1))
+    logging.info("fine-tuned model -> %s (%.0f s)", out, time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()
