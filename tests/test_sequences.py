@@ -2,7 +2,15 @@ from collections import Counter
 
 import pytest
 
-from proseflow.config import ConfigError, check_config, explicit_train, load_config, md_protocol, n_batches, sequence_set
+from proseflow.config import (
+    ConfigError,
+    check_config,
+    explicit_train,
+    load_config,
+    md_protocol,
+    n_batches,
+    sequence_set,
+)
 from proseflow.sequences import (
     AMINO_ACIDS,
     SequenceError,
