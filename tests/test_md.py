@@ -159,6 +159,12 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
     last = data["positions_nm"].reshape(3, n, -1, 3)[:, -1]
     assert np.abs(last[0] - last[1]).max() > 1e-3 and np.abs(last[1] - last[2]).max() > 1e-3
     assert mdtraj.load(str(out)).n_frames == 3 * n  # still an MDTraj file
+    # the training-store writer accepts it (time restarts per replica) and keeps every frame asked for
+    from proseflow.dataset import open_store, store_index, write_store
+
+    store = write_store(tmp_path / "AA.zarr", [("AA", out)], 2, expected_interval_ps=2 * TINY.save_interval_ps)
+    assert store_index(store)[0]["n_frames"] == 3 * n // 2
+    np.testing.assert_array_equal(open_store(store)["systems/AA/positions"][:], data["positions_nm"][::2])
     assert not (tmp_path / "work").exists() and not (tmp_path / "work.replicas").exists()
     with pytest.raises(ValueError, match="replicas"):
         replace(TINY, replicas=0)

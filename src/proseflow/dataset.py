@@ -22,6 +22,7 @@ Frames ``[0, n_train_frames)`` of every system are the training split, the rest 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -78,12 +79,21 @@ def _input_frames(sequence: str, source, input_interval_ps: float):
         fh = h5py.File(source, "r")
         coords = fh["coordinates"]
         time_ps = np.asarray(fh["time"][:], dtype=np.float64) if "time" in fh else None
-        if time_ps is not None and len(time_ps) >= 2:
-            interval = (time_ps[-1] - time_ps[0]) / (len(time_ps) - 1)
-            tol_ps = 4 * float(np.spacing(np.float32(np.abs(time_ps).max()))) + 1e-6 * interval
-            if not np.allclose(np.diff(time_ps), interval, rtol=0, atol=tol_ps):
+        protocol = json.loads(fh.attrs["proseflow_protocol"]) if "proseflow_protocol" in fh.attrs else {}
+        replicas = int(protocol.get("replicas", 1))  # independent runs one after another (proseflow.md)
+        if time_ps is not None and len(time_ps) >= 2 * replicas:
+            if len(time_ps) % replicas:
                 fh.close()
-                raise ValueError(f"system {sequence}: frames in {source} are not evenly spaced in time")
+                raise ValueError(f"system {sequence}: {len(time_ps)} frames in {source} do not split into "
+                                 f"{replicas} replicas")
+            runs = time_ps.reshape(replicas, -1)
+            interval = (runs[0, -1] - runs[0, 0]) / (runs.shape[1] - 1)
+            tol_ps = 4 * float(np.spacing(np.float32(np.abs(time_ps).max()))) + 1e-6 * interval
+            if not (np.allclose(np.diff(runs, axis=1), interval, rtol=0, atol=tol_ps)
+                    and np.allclose(runs[:, 0], runs[0, 0], rtol=0, atol=tol_ps)):
+                fh.close()
+                raise ValueError(f"system {sequence}: frames in {source} are not evenly spaced in time"
+                                 + (f" within each of its {replicas} replicas" if replicas > 1 else ""))
             return coords, float(time_ps[0]), float(interval), str(source), fh.close
         t0 = float(time_ps[0]) if time_ps is not None and len(time_ps) else 0.0
         return coords, t0, float(input_interval_ps), str(source), fh.close
@@ -135,16 +145,13 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
                 f"{opt.subsample_every} = {out_interval_ps:g} ps, expected {opt.expected_interval_ps:g} ps"
             )
         group = root.create_group(f"systems/{sequence}")
+        chunk = min(opt.frames_per_chunk, n_frames)  # a system shorter than one chunk: one chunk, one shard
         positions = group.create_array(
             "positions",
             shape=(n_frames, n_atoms, 3),
             dtype="float32",
-            chunks=(min(opt.frames_per_chunk, n_frames), n_atoms, 3),
-            shards=(
-                min(opt.frames_per_shard, math.ceil(n_frames / opt.frames_per_chunk) * opt.frames_per_chunk),
-                n_atoms,
-                3,
-            ),
+            chunks=(chunk, n_atoms, 3),
+            shards=(min(opt.frames_per_shard, math.ceil(n_frames / chunk) * chunk), n_atoms, 3),
             compressors=opt.compressor,
             dimension_names=("frame", "atom", "xyz"),
         )
