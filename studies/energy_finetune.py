@@ -3,8 +3,8 @@
     python studies/energy_finetune.py --workdir /work/study_aa --system AA --steps 1000 --kl-weight 1 \
         --nll-weight 1 --lr 1e-5 --out results/models/prose_kl/model.pt
 
-Reads the trained model (``results/models/{model}/model.pt``) and the training MD of the system
-(``results/md/train/batch*/{system}.h5``) from the study's working directory; writes the fine-tuned model
+Reads the trained model (``results/models/{model}/model.pt``) and the system's training frames (its
+stores under ``results/dataset/train/``) from the study's working directory; writes the fine-tuned model
 in the same format as ``model.pt`` (so every sampler and ``studies/checkpoint_curve.py --snapshot`` use it),
 its settings and its log beside it. See :mod:`proseflow.energy_kl`.
 """
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from proseflow import trajectory_io
+    from proseflow.dataset import iterate_system_frames, store_index
     from proseflow.energy_kl import finetune_energy
     from proseflow.energy_torch import TorchEnergy
     from proseflow.self_improve import save_model
@@ -53,10 +53,12 @@ def main(argv=None) -> None:
     model = load_model(wd / args.model, "cpu")
     meta = copy.deepcopy(model.meta)
     topology, _ = load_pdb(wd / "results" / "structures" / f"{args.system}.pdb")
-    md_files = sorted((wd / "results" / "md" / "train").glob(f"batch*/{args.system}.h5"))
-    if not md_files:
-        raise SystemExit(f"no training MD of {args.system} under {wd / 'results/md/train'}")
-    frames = np.concatenate([trajectory_io.read(p)["positions_nm"] for p in md_files])
+    stores = [s for s in sorted((wd / "results" / "dataset" / "train").glob("batch*.zarr"))
+              if any(r["sequence"] == args.system for r in store_index(s))]
+    if not stores:
+        raise SystemExit(f"no training store of {args.system} under {wd / 'results/dataset/train'}")
+    # the frames exactly as the model was trained on them (same hydrogen labelling)
+    frames = np.concatenate([f for s in stores for f in iterate_system_frames(s, args.system)])
     energy = TorchEnergy(create_system(topology), args.temperature_K, dtype=torch.float64)
     t0 = time.time()
     model.requires_grad_(True)

@@ -15,7 +15,12 @@ from proseflow.dataset import (
     subsample_every_for,
     write_store,
 )
-from proseflow.features import _sequence_topology, system_features
+from proseflow.features import (
+    _sequence_topology,
+    canonical_hydrogen_labels,
+    equivalent_hydrogen_groups,
+    system_features,
+)
 
 SEQS = ("AG", "PWH", "GAVL")
 
@@ -33,7 +38,10 @@ def n_atoms(seq):
 
 @pytest.fixture(scope="module")
 def frames():
-    return {seq: random_walk(95 + 10 * i, n_atoms(seq), i) for i, seq in enumerate(SEQS)}
+    """Random walks, labelled canonically (the store writer relabels equivalent hydrogens; see
+    test_equivalent_hydrogens_get_one_labelling), so that the round trip is exact."""
+    return {seq: canonical_hydrogen_labels(random_walk(95 + 10 * i, n_atoms(seq), i), equivalent_hydrogen_groups(seq))
+            for i, seq in enumerate(SEQS)}
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +223,40 @@ def test_loader_reads_the_validation_split_and_several_stores(tmp_path, store, f
     both = FrameLoader([store, extra], batch_size=64, seed=0, split="all")
     stores = {both.systems[s]["store"] for s in next(both)["system"].tolist()}
     assert stores == {0, 1}
+
+
+def test_equivalent_hydrogens_get_one_labelling(tmp_path, peptide):
+    """Two labellings of one molecule (hydrogens of a methyl / methylene / NH3+ swapped, as two builds can
+    differ) are written as the same frames; the energy is unchanged (equal force-field parameters)."""
+    import openmm
+    from openmm import unit
+
+    from proseflow.system import create_system
+
+    top, pos = peptide("AK")
+    groups = equivalent_hydrogen_groups(top)
+    names = [a.name for a in top.atoms()]
+    assert [(names[c], [names[h] for h in hs]) for c, _, hs in groups] == [
+        ("N", ["H", "H2", "H3"]), ("CB", ["HB1", "HB2", "HB3"]), ("CB", ["HB2", "HB3"]), ("CG", ["HG2", "HG3"]),
+        ("CD", ["HD2", "HD3"]), ("CE", ["HE2", "HE3"]), ("NZ", ["HZ1", "HZ2", "HZ3"])]
+    rng = np.random.default_rng(0)
+    x = (pos[None] + rng.normal(0, 0.005, (6, *pos.shape))).astype(np.float32)
+    relabelled = x.copy()
+    for _, _, hs in groups[::2]:  # swap two hydrogens of every other group: the other handedness
+        relabelled[:, [hs[0], hs[1]]] = relabelled[:, [hs[1], hs[0]]]
+    a, b = canonical_hydrogen_labels(x, groups), canonical_hydrogen_labels(relabelled, groups)
+    np.testing.assert_array_equal(a, b)
+    for c, ref, hs in groups:
+        det = np.linalg.det(np.stack([a[:, hs[0]] - a[:, c], a[:, hs[1]] - a[:, c], a[:, ref] - a[:, c]], axis=1))
+        assert (det > 0).all()
+    ctx = openmm.Context(create_system(top), openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+
+    def energy(p):
+        ctx.setPositions(p.astype(np.float64))
+        return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+    assert energy(b[0]) == pytest.approx(energy(relabelled[0]), rel=1e-9, abs=1e-6)
+    s1 = write_store(tmp_path / "a.zarr", [("AK", x)], 1, topologies={"AK": top})
+    s2 = write_store(tmp_path / "b.zarr", [("AK", relabelled)], 1, topologies={"AK": top})
+    np.testing.assert_array_equal(open_store(s1)["systems/AK/positions"][:], open_store(s2)["systems/AK/positions"][:])
+    assert open_store(s1)["systems/AK"].attrs["canonical_hydrogen_labels"] is True

@@ -164,7 +164,10 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
 
     store = write_store(tmp_path / "AA.zarr", [("AA", out)], 2, expected_interval_ps=2 * TINY.save_interval_ps)
     assert store_index(store)[0]["n_frames"] == 3 * n // 2
-    np.testing.assert_array_equal(open_store(store)["systems/AA/positions"][:], data["positions_nm"][::2])
+    from proseflow.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
+
+    np.testing.assert_array_equal(open_store(store)["systems/AA/positions"][:],
+                                  canonical_hydrogen_labels(data["positions_nm"][::2], equivalent_hydrogen_groups(top)))
     assert not (tmp_path / "work").exists() and not (tmp_path / "work.replicas").exists()
     with pytest.raises(ValueError, match="replicas"):
         replace(TINY, replicas=0)

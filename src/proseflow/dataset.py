@@ -9,7 +9,8 @@ Store layout (one store per MD batch, e.g. ``results/dataset/train/batch00000.za
                  n_train_frames: [...]}                          <- one entry per system, in write order
     systems/{seq}/                  group attributes: sequence, chain_length, atom_names, source,
                                     time_start_ps, frame_interval_ps, n_train_frames
-    systems/{seq}/positions         float32 [T, N, 3] nm, chunks (frames_per_chunk, N, 3) inside shards
+    systems/{seq}/positions         float32 [T, N, 3] nm, equivalent hydrogens canonically labelled
+                                    (features.canonical_hydrogen_labels), chunks (frames_per_chunk, N, 3) inside shards
                                     (frames_per_shard, N, 3), blosc-zstd + byte shuffle (lossless)
     systems/{seq}/conditioning      int16 [N, 3]: atom_type, residue_type, residue_index (features.py)
     systems/{seq}/permutations      int16 [8, N]: features.PERMUTATION_NAMES order
@@ -36,7 +37,13 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from proseflow.features import N_PERMUTATIONS, pad_permutations, system_features
+from proseflow.features import (
+    N_PERMUTATIONS,
+    canonical_hydrogen_labels,
+    equivalent_hydrogen_groups,
+    pad_permutations,
+    system_features,
+)
 from proseflow.sequences import THREE_TO_ONE, validate_sequence
 
 STORE_FORMAT = "proseflow-frames"
@@ -116,6 +123,7 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
     validate_sequence(sequence)
     topology = _topology_for(sequence, source, opt.topologies)
     feats = system_features(topology)
+    h_groups = equivalent_hydrogen_groups(topology)
     if not isinstance(topology, str):
         residues = topology.residues() if callable(topology.residues) else topology.residues
         topo_seq = "".join(THREE_TO_ONE.get(r.name, "?") for r in residues)
@@ -167,7 +175,8 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
                 raise ValueError(
                     f"system {sequence}: non-finite coordinates in frame {frame_in} of {description}"
                 )
-            positions[start:stop] = block
+            # one labelling of equivalent hydrogens for every frame of every build (features.py)
+            positions[start:stop] = canonical_hydrogen_labels(block, h_groups)
     finally:
         close()
     conditioning = np.stack([feats["atom_type"], feats["residue_type"], feats["residue_index"]], axis=1)
@@ -184,6 +193,7 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
             "time_start_ps": t0_ps,
             "frame_interval_ps": out_interval_ps,
             "n_train_frames": n_train,
+            "canonical_hydrogen_labels": True,
         }
     )
     return {"sequence": sequence, "n_frames": n_frames, "n_atoms": n_atoms, "n_train_frames": n_train}

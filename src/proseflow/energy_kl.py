@@ -81,7 +81,10 @@ def reverse_kl_terms(model, batch: dict, energy, scale_nm: float, com_correction
 
 def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config: EnergyKLConfig,
                     scale_nm: float = 0.35, device="cpu", progress: bool = True) -> list[dict]:
-    """Fine-tune ``model`` in place; returns the log (one row per ``log_every`` steps)."""
+    """Fine-tune ``model`` in place; returns the log (one row per ``log_every`` steps).
+
+    ``md_positions_nm``: frames labelled as the model's training frames were (read them from its store).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -89,7 +92,7 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
     from proseflow.sampling import system_batch
 
     g = torch.Generator().manual_seed(config.seed)
-    data = torch.as_tensor(np.asarray(md_positions_nm), dtype=torch.float32)
+    data = torch.as_tensor(np.asarray(md_positions_nm), dtype=torch.float32)  # as the model was trained on
     n_atoms = data.shape[1]
     dims = 3 * n_atoms
     sample_batch = system_batch(topology, config.batch_size, device)

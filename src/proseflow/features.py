@@ -218,6 +218,46 @@ def system_features(topology_or_sequence) -> dict:
     }
 
 
+def equivalent_hydrogen_groups(topology_or_sequence) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(centre, reference, hydrogens) of every sp3 atom carrying 2-3 hydrogens of one standardised name
+    (methyl and methylene carbons, NH3+ nitrogens): atoms that share an atom type and can only be told
+    apart by their geometric labelling. ``reference`` is the centre's first heavy neighbour."""
+    graph = _as_graph(topology_or_sequence)
+    res_of = {i: r for r, atoms in enumerate(graph.residue_atoms) for i in atoms}
+    groups = []
+    for c, nbrs in enumerate(graph.neighbours):
+        if graph.is_hydrogen[c] or len(nbrs) != 4:  # sp3 only: planar NH2 / CH groups are not rotors
+            continue
+        hs = [j for j in nbrs if graph.is_hydrogen[j]]
+        heavy = sorted(j for j in nbrs if not graph.is_hydrogen[j])
+        res = graph.residue_names[res_of[c]]
+        names = {standard_atom_name(graph.atom_names[j], res) for j in hs}
+        if len(hs) >= 2 and len(names) == 1 and heavy:
+            groups.append((c, heavy[0], tuple(sorted(hs))))
+    return groups
+
+
+def canonical_hydrogen_labels(positions: np.ndarray, groups) -> np.ndarray:
+    """Relabel equivalent hydrogens so that every group has one handedness: det[h1 - c, h2 - c, ref - c] > 0.
+
+    A methyl group's rotation cannot change which way round its hydrogens are labelled, so two builds of
+    one peptide can differ in labelling for a whole trajectory, and a flow trained on one labelling gives
+    the other a low density. Where the determinant is negative the positions of the first two hydrogens are
+    swapped: the same molecule (equal force-field parameters, equal energy), canonically labelled.
+    ``positions`` [..., N, 3]; returns a new array.
+    """
+    x = np.array(positions, copy=True)
+    for c, ref, hs in groups:
+        a, b = x[..., hs[0], :] - x[..., c, :], x[..., hs[1], :] - x[..., c, :]
+        det = np.einsum("...i,...i->...", np.cross(a, b), x[..., ref, :] - x[..., c, :])
+        flip = det < 0
+        if flip.any():
+            h0, h1 = x[..., hs[0], :].copy(), x[..., hs[1], :].copy()
+            x[..., hs[0], :] = np.where(flip[..., None], h1, h0)
+            x[..., hs[1], :] = np.where(flip[..., None], h0, h1)
+    return x
+
+
 def pad_permutations(perms: np.ndarray, n_max: int) -> np.ndarray:
     """Extend permutations ``[..., N]`` of the real atoms to ``[..., n_max]``: padding N..n_max-1 last, in order."""
     perms = np.asarray(perms)

@@ -95,10 +95,13 @@ def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, conf
     """``config.steps`` steps on batches of ``positions_nm`` (centred nm), epochs of random permutations."""
     import torch
 
+    from proseflow.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
     from proseflow.flow.preprocess import preprocess_train
     from proseflow.sampling import system_batch
 
-    data = torch.as_tensor(np.asarray(positions_nm), dtype=torch.float32)
+    # the training stores' labelling of equivalent hydrogens (chirality-fixed samples are mirror images)
+    positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
+    data = torch.as_tensor(positions_nm, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     cond = system_batch(topology, config.batch_size, device)
     mask_cpu = torch.ones(config.batch_size, data.shape[1], dtype=torch.bool)
