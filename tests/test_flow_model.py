@@ -307,16 +307,21 @@ def test_trimmed_loss_is_the_loss():
 
 
 def test_compiled_flow_equals_eager_on_mixed_length_batches():
-    """torch.compile with dynamic shapes (the training step's setting): one graph for batches of any padded
-    length, the same numbers as eager to float32 round-off."""
+    """torch.compile with the atom dimension dynamic (the training step's setting): one graph for batches of
+    any padded length, the same numbers as eager to float32 round-off."""
+    from proseflow.train import mark_length_dynamic
+
     model = make_model(seed=3)
-    flow = torch.compile(model.flow, dynamic=True)
+    flow = torch.compile(model.flow)
     with torch.no_grad():
-        for lengths, n_max in (([5, 9, 3], 11), ([7, 4, 6, 2], 8)):
+        for i, (lengths, n_max) in enumerate((([5, 9, 3], 11), ([7, 4, 6], 8))):
             x, batch = make_batch(lengths, n_max=n_max, seed=len(lengths))
             trimmed = model.trim(batch)
             n = trimmed["mask"].shape[1]
-            z_c, ld_c = flow(x[:, :n], trimmed)
+            x_in = x[:, :n].contiguous()
+            mark_length_dynamic(x_in, trimmed)
+            with torch._dynamo.config.patch(error_on_recompile=i > 0):  # the second length reuses the graph
+                z_c, ld_c = flow(x_in, trimmed)
             z_e, ld_e = model.flow(x[:, :n], trimmed)
             assert ld_e.abs().min() > 0.05  # far from the identity
             assert real_max_err(z_c, z_e, trimmed["mask"]) < 1e-5
@@ -328,21 +333,23 @@ def test_compiled_flow_equals_eager_on_mixed_length_batches():
 
 @pytest.mark.skipif(os.environ.get("PROSEFLOW_TEST_COMPILE") != "1", reason="torch.compile takes minutes on 2 cores")
 def test_compiled_training_loss_and_gradients_equal_eager():
-    """Forward + loss compiled as the trainer does (nn.Module.compile, dynamic): loss, gradients and the
+    """Forward + loss compiled as the trainer does (nn.Module.compile, atom dimension dynamic): loss, gradients and the
     log-determinant (against the autograd Jacobian) as eager; parameter names unchanged."""
-    from proseflow.train import _NLL
+    from proseflow.train import _NLL, mark_length_dynamic
 
     model = make_model(seed=5)
     eager, compiled = _NLL(model), _NLL(model)
-    compiled.compile(dynamic=True)
-    for lengths, n_max in (([5, 9, 3], 11), ([7, 4], 8)):
+    compiled.compile()
+    for lengths, n_max in (([5, 9, 3], 11), ([7, 4, 6], 8)):
         x, batch = make_batch(lengths, n_max=n_max, seed=n_max)
         trimmed = model.trim(batch)
-        x = x[:, : trimmed["mask"].shape[1]]
+        x = x[:, : trimmed["mask"].shape[1]].contiguous()
+        mark_length_dynamic(x, trimmed)
         grads = []
         for fn in (eager, compiled):
             model.zero_grad(set_to_none=True)
-            loss = fn(x, trimmed)
+            with torch._dynamo.config.patch(error_on_recompile=n_max == 8):  # one graph for both shapes
+                loss = fn(x, trimmed)
             loss.mean().backward()
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
@@ -353,7 +360,7 @@ def test_compiled_training_loss_and_gradients_equal_eager():
 
     x, batch = make_batch([5], junk_padding=False)
     trimmed = model.trim(batch)
-    flow = torch.compile(model.flow, dynamic=True)
+    flow = torch.compile(model.flow)
     jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, 5, 3), trimmed)[0].flatten(), x.flatten())
     _, logdet = flow(x, trimmed)
     assert abs(torch.linalg.slogdet(jac)[1].item() - logdet.item()) < 1e-3 * max(1.0, abs(logdet.item()))

@@ -284,3 +284,18 @@ def test_compiled_training_matches_eager_and_checkpoints_interchange(stores, tmp
                 assert_states_close(x, y, atol=0)
         else:
             np.testing.assert_allclose(losses(read_log(out)), losses(read_log(straight)), rtol=1e-3, atol=1e-5)
+
+
+def test_compile_falls_back_to_eager_when_compilation_fails(caplog):
+    """A compiler error during the warm-up leaves the loss eager (and says so in the log)."""
+    from proseflow.train import _NLL, compile_loss
+
+    model = ProseFlow(flow_config(tiny()))
+    loss_fn = _NLL(model)
+
+    def broken(fn):
+        raise RuntimeError("InductorError: no working C++ compiler")
+
+    with caplog.at_level("WARNING", logger="proseflow"):
+        assert compile_loss(loss_fn, broken) is None
+    assert "training eagerly" in caplog.text and loss_fn._compiled_call_impl is None

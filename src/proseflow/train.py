@@ -17,8 +17,8 @@ every ``snapshot_every`` steps, if set), ``checkpoint.pt`` (every
 Launch under ``torchrun --nproc-per-node G`` for DDP (nccl on CUDA, gloo on CPU).
 
 Throughput (issue 13): the batch is cut to its longest system eagerly (:meth:`ProseFlow.trim`), then the
-flow's forward pass and the loss run as one ``torch.compile``d region (``compile``, shape-polymorphic so
-batches of any padded length share one compiled graph; compiled before the first step, its compilation time
+flow's forward pass and the loss run as one ``torch.compile``d region (``compile``; the atom dimension is
+marked dynamic, so batches of any padded length share one compiled graph; compiled before the first step, its compilation time
 logged and kept out of steps/s; eager if compilation is not available here). ``length_buckets`` draws each
 batch from one bucket of systems of similar size (:class:`proseflow.dataset.FrameLoader`), so little of it
 is padding. AdamW runs fused where torch has the fused kernel.
@@ -181,13 +181,24 @@ def use_compile(config: TrainConfig, steps_left: int) -> bool:
     return bool(config.compile)
 
 
+def mark_length_dynamic(x: torch.Tensor, trimmed: dict) -> None:
+    """Mark the atom dimension of a trimmed batch dynamic, so that one compiled graph serves every padded length.
+    (Only that dimension: with every dimension dynamic, torch would give equal sizes one symbol, e.g. a batch of
+    3 and the 3 coordinates, and compile again when they differ.)"""
+    torch._dynamo.mark_dynamic(x, 1)
+    for key in ("mask", "atom_type", "residue_type", "residue_index"):
+        torch._dynamo.mark_dynamic(trimmed[key], 1)
+    torch._dynamo.mark_dynamic(trimmed["permutations"], 2)
+
+
 def compile_loss(loss_fn: nn.Module, warm_up) -> float | None:
     """Compile ``loss_fn`` in place and compile it now by running ``warm_up(loss_fn)`` (one forward and
     backward pass on a real batch, no optimizer step). Returns the compilation time in s, or None (and
-    leaves ``loss_fn`` eager, with a warning in the log) if compilation is not available here."""
+    leaves ``loss_fn`` eager, with a warning in the log) if compilation is not available here. Inputs should be
+    contiguous and marked with :func:`mark_length_dynamic` (then no batch compiles a second graph)."""
     t = time.perf_counter()
     try:
-        loss_fn.compile(dynamic=True)
+        loss_fn.compile()
         warm_up(loss_fn)
     except Exception as err:  # no C++ compiler, unsupported platform or Python, backend failure: run eagerly
         loss_fn._compiled_call_impl = None  # undo nn.Module.compile
@@ -505,11 +516,15 @@ def train(
         batch = _to_device(cpu_batch, device)
         x = augment(batch["x"], batch["mask"], _generator(config.seed, s), rows, config.batch_size, config)
         trimmed = model.trim(batch)
-        return x[:, : trimmed["mask"].shape[1]], trimmed
+        x = x[:, : trimmed["mask"].shape[1]].contiguous()
+        if compiling:
+            mark_length_dynamic(x, trimmed)
+        return x, trimmed
 
     model.train()
     compile_s = None
-    if step < config.max_steps and use_compile(config, config.max_steps - step):
+    compiling = step < config.max_steps and use_compile(config, config.max_steps - step)
+    if compiling:
         def warm_up(fn):  # compiles forward and backward on this run's next batch; changes no state but .grad
             fn(*inputs(loader.batch(step), step)).mean().backward()
             optimizer.zero_grad(set_to_none=True)
@@ -517,7 +532,7 @@ def train(
         compile_s = compile_loss(loss_fn.module if isinstance(loss_fn, nn.parallel.DistributedDataParallel)
                                  else loss_fn, warm_up)  # fmt: skip
         if ddp.main and compile_s is not None:
-            log.info("compiled the training step (forward + loss, dynamic shapes) in %.1f s", compile_s)
+            log.info("compiled the training step (forward + loss, any padded length) in %.1f s", compile_s)
     pool = ThreadPoolExecutor(1) if config.prefetch else None
     fetch = (lambda s: pool.submit(loader.batch, s)) if pool else None
     pending = fetch(step) if pool and step < config.max_steps else None

@@ -429,10 +429,11 @@ class ProseFlow(nn.Module):
         trimmed = {k: batch[k][:, :n_eff] for k in ("atom_type", "residue_type", "residue_index")}
         trimmed.update(mask=mask[:, :n_eff], chain_length=batch["chain_length"],
                        permutations=torch.where(real, perms, pos)[..., :n_eff])  # fmt: skip
-        return trimmed
+        return {k: v.contiguous() for k, v in trimmed.items()}  # one stride pattern: no recompiles
 
     def flow(self, x: torch.Tensor, trimmed: dict, reverse: bool = False, cached: bool = True):
-        """The flow on a trimmed batch (:meth:`trim`): x [B, n, 3] -> (z [B, n, 3], logdet [B])."""
+        """The flow on a trimmed batch (:meth:`trim`): x [B, n, 3] -> (z [B, n, 3], logdet [B]). Compiled, it
+        wants contiguous inputs (a new stride pattern would compile a new graph)."""
         cond = self.embed_cond(trimmed)
         mask, perms = trimmed["mask"], trimmed["permutations"]
         h, logdet = x, x.new_zeros(x.shape[0])
