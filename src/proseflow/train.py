@@ -94,7 +94,7 @@ class TrainConfig:
     progress: bool = True
     prefetch: bool = True  # load the next batch in a background thread
     num_threads: int | None = None  # torch CPU threads
-    compile: bool | str = "auto"  # torch.compile the forward + loss: true, false, or auto (long runs only)
+    compile: bool | str = False  # torch.compile the forward + loss: true, false, or auto (runs >= 1000 steps)
     length_buckets: int | list[int] | None = None  # batches from one length bucket (FrameLoader): k or edges
 
     # "auto" compiles runs of at least this many steps: compilation costs about a minute (CPU, small models) to
