@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import statistics
 import tempfile
 import time
@@ -50,6 +51,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--no-grad-checkpoint", action="store_true")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--compile", default="true", choices=["true", "false", "auto"],
+                   help="TrainConfig.compile (compilation time is logged and not counted in steps/s)")
     p.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = p.parse_args()
 
@@ -57,6 +60,7 @@ def main() -> None:
     from proseflow.flow import FlowConfig, ProseFlow, count_parameters
     from proseflow.train import TrainConfig, _generator, augment, train
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # prints the compilation time
     device = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +68,8 @@ def main() -> None:
         store = build_store(Path(tmp) / "octa.zarr", n_frames=256)
         cfg = TrainConfig(model_preset=args.preset, model={"grad_checkpoint": not args.no_grad_checkpoint},
                           batch_size=args.batch_size, max_steps=args.max_steps, stop_after_s=args.train_seconds,
-                          log_every=5, checkpoint_every=args.max_steps, val_every=args.max_steps, device=args.device)  # fmt: skip
+                          log_every=5, checkpoint_every=args.max_steps, val_every=args.max_steps, device=args.device,
+                          compile={"true": True, "false": False}.get(args.compile, "auto"))  # fmt: skip
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
@@ -80,7 +85,7 @@ def main() -> None:
         model.load_state_dict(ckpt["ema"])
         model.eval()
         print(f"model: {args.preset}, {count_parameters(model) / 1e6:.1f}M parameters, batch {args.batch_size}, "
-              f"grad checkpointing {not args.no_grad_checkpoint}")  # fmt: skip
+              f"grad checkpointing {not args.no_grad_checkpoint}, compile {args.compile}")  # fmt: skip
         print(f"trained {result['step']} steps in {train_s:.0f} s (completed={result['completed']}); "
               f"loss {rows[0]['loss']} -> {rows[-1]['loss']}")  # fmt: skip
         print(f"training: {steps_per_s:.3f} steps/s = {3600 * steps_per_s:.0f} iterations per GPU-hour "

@@ -260,3 +260,71 @@ def test_equivalent_hydrogens_get_one_labelling(tmp_path, peptide):
     s2 = write_store(tmp_path / "b.zarr", [("AK", relabelled)], 1, topologies={"AK": top})
     np.testing.assert_array_equal(open_store(s1)["systems/AK/positions"][:], open_store(s2)["systems/AK/positions"][:])
     assert open_store(s1)["systems/AK"].attrs["canonical_hydrogen_labels"] is True
+
+
+@pytest.fixture(scope="module")
+def lopsided(tmp_path_factory, frames):
+    """Three systems of different sizes with very different numbers of frames (128 / 32 / 16)."""
+    systems = [("AG", np.concatenate([frames["AG"], frames["AG"][:33]])), ("PWH", frames["PWH"][:32]),
+               ("GAVL", frames["GAVL"][:16])]  # fmt: skip
+    return write_store(tmp_path_factory.mktemp("lopsided") / "b.zarr", systems, subsample_every=1)
+
+
+def test_length_bucket_edges():
+    atoms, frames = [20, 20, 35, 50, 61, 61], [10, 10, 10, 10, 40, 20]
+    assert dataset.length_bucket_edges(atoms, frames, None) == [61]
+    assert dataset.length_bucket_edges(atoms, frames, 1) == [61]
+    # 2 buckets of ~50 frames: up to 50 atoms (40 frames) and 61 (60 frames); a system is never split
+    assert dataset.length_bucket_edges(atoms, frames, 2) == [50, 61]
+    assert dataset.length_bucket_edges(atoms, frames, 100) == [20, 35, 50, 61]  # at most one per atom count
+    assert dataset.length_bucket_edges(atoms, frames, [10, 30, 40, 45, 200]) == [30, 40, 61]  # empty ones dropped
+
+
+def test_length_buckets_keep_every_frames_chance(lopsided):
+    """Bucketed batches: one bucket per batch, and every frame as likely to be drawn as without buckets."""
+    from scipy.stats import binomtest, chisquare
+
+    loader = FrameLoader([lopsided], batch_size=8, seed=3, length_buckets=[20, 55])
+    sizes = [s["n_atoms"] for s in loader.systems]  # AG 20, PWH 58, GAVL 55 atoms
+    assert loader.bucket_edges == [20, 55, 58] and loader.bucket_frames == [128, 16, 32]
+    counts = np.zeros(loader.n_frames_total)
+    per_bucket = np.zeros(3)
+    n_steps = 3000
+    for step in range(n_steps):
+        system, frame = loader.draw(step)
+        assert len(set(system.tolist())) == 1  # here each bucket holds one system
+        per_bucket[loader.bucket_edges.index(sizes[system[0]])] += 1
+        np.add.at(counts, loader._offsets[system] + frame, 1)
+    share = np.array(loader.bucket_frames) / loader.n_frames_total
+    for b in range(3):  # buckets picked in proportion to their frames (uniform buckets would give 1/3 each)
+        assert binomtest(int(per_bucket[b]), n_steps, share[b]).pvalue > 1e-3, (per_bucket, share)
+    # every frame has the same chance (here 1 / 176 per batch position)
+    assert chisquare(counts).pvalue > 1e-3
+    assert counts.min() > 0
+
+
+def test_length_buckets_are_deterministic_resumable_and_shard_across_ranks(store):
+    loader = FrameLoader([store], batch_size=8, seed=5, length_buckets=[30, 56])
+    again = FrameLoader([store], batch_size=8, seed=5, length_buckets=[30, 56])
+    assert loader.bucket_edges == [30, 56, 58]
+    seen = set()
+    for step in range(12):
+        a, b = loader.batch(step), again.batch(step)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        n_real = a["mask"].sum(dim=1)
+        bucket = np.searchsorted(loader.bucket_edges, n_real.numpy(), side="left")
+        assert len(set(bucket.tolist())) == 1  # every system of a batch is from the same bucket
+        seen.add(int(bucket[0]))
+        halves = [FrameLoader([store], 8, seed=5, rank=r, world_size=2, length_buckets=[30, 56]).batch(step)
+                  for r in range(2)]  # fmt: skip
+        assert all(torch.equal(torch.cat([halves[0][k], halves[1][k]]), a[k]) for k in a)
+    assert seen == {0, 1, 2}
+    state = FrameLoader([store], batch_size=8, seed=5, length_buckets=[30, 56])
+    state.step = 7
+    loader.load_state_dict(state.state_dict())
+    assert loader.step == 7
+    with pytest.raises(ValueError, match="bucket_edges"):
+        FrameLoader([store], batch_size=8, seed=5).load_state_dict(state.state_dict())
+    plain = FrameLoader([store], batch_size=8, seed=5)
+    old_state = {k: v for k, v in plain.state_dict().items() if k != "bucket_edges"}  # written before buckets
+    plain.load_state_dict(old_state)

@@ -17,7 +17,7 @@ from proseflow import features
 from proseflow.dataset import FrameLoader, write_store
 from proseflow.flow import ProseFlow
 from proseflow.structures import build_peptide
-from proseflow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train
+from proseflow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train, use_compile
 
 torch.set_num_threads(1)
 
@@ -230,3 +230,73 @@ def test_loaded_model_matches_trained_flow_config(stores, tmp_path):
     assert model.config == flow_config(tiny(model={"arch": "tarflow"}))
     assert model.meta["features"]["permutation_names"] == list(features.PERMUTATION_NAMES)
     assert model.meta["scale_nm"] == 0.35
+
+
+def test_length_buckets_and_compile_settings(stores, tmp_path):
+    """Length-bucketed training runs and records its buckets; `compile` may change on resume, a run from
+    before these settings existed resumes, and "auto" leaves short runs eager."""
+    assert TrainConfig().compile is False and TrainConfig().length_buckets is None
+    assert not use_compile(tiny(), 10_000) and use_compile(tiny(compile=True), 16)
+    assert not use_compile(tiny(compile="auto"), 16) and use_compile(tiny(compile="auto"), 10_000)
+    with pytest.raises(ValueError, match="compile"):
+        tiny(compile="sometimes")
+    cfg = tiny(max_steps=6, length_buckets=2)
+    out = tmp_path / "buckets"
+    train(cfg, *stores, out)
+    settings = json.loads((out / "settings.json").read_text())
+    sizes = sorted(s["n_atoms"] for s in FrameLoader(stores[0], 8, seed=0).systems)
+    assert settings["length_buckets"]["max_atoms"] == sizes and sum(settings["length_buckets"]["frames"]) == 96
+    assert settings["compiled"] is False
+    with pytest.raises(ValueError, match="length_buckets"):
+        train(tiny(max_steps=6), *stores, out)  # other batches: not the same run
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("compile", "length_buckets"):  # a checkpoint written before the two settings existed
+        del ckpt["config"][key]
+    del ckpt["loader"]["bucket_edges"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "model.pt").unlink()
+    train(tiny(max_steps=6, compile=False), *stores, out)  # resumes (at its last step): defaults match
+
+
+@pytest.mark.skipif(os.environ.get("PROSEFLOW_TEST_COMPILE") != "1", reason="torch.compile takes minutes on 2 cores")
+def test_compiled_training_matches_eager_and_checkpoints_interchange(stores, tmp_path):
+    eager, compiled = tiny(compile=False), tiny(compile=True)
+    train(eager, *stores, tmp_path / "eager")
+    train(compiled, *stores, tmp_path / "compiled")
+    settings = json.loads((tmp_path / "compiled" / "settings.json").read_text())
+    assert settings["compiled"] and settings["compile_s_last_session"] > 0
+    a, b = losses(read_log(tmp_path / "compiled")), losses(read_log(tmp_path / "eager"))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)  # first step: same loss and gradient norm
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)  # round-off grows slowly over 16 steps
+    for x, y in zip(final_state(tmp_path / "compiled"), final_state(tmp_path / "eager"), strict=True):
+        assert_states_close(x, y, atol=1e-3)  # same keys (no _orig_mod. prefixes), close weights
+    model = load_model(tmp_path / "compiled" / "model.pt")  # a compiled run's model loads in an eager one
+    assert_states_close(model.state_dict(), final_state(tmp_path / "compiled")[1], atol=0)
+
+    for first, then in ((eager, compiled), (compiled, compiled)):  # SIGKILL at 14, resume from the step-12 checkpoint
+        out = tmp_path / f"{first.compile}-{then.compile}"
+        args = [sys.executable, "-c", KILLED_CHILD, "14", json.dumps(first.to_dict()), *stores[0], *stores[1], str(out)]
+        assert subprocess.run(args, capture_output=True, text=True, timeout=1200).returncode == -9
+        train(then, *stores, out)
+        straight = tmp_path / ("compiled" if first.compile else "eager")
+        if first.compile == then.compile:  # within a mode: exact
+            np.testing.assert_array_equal(losses(read_log(out)), losses(read_log(straight)))
+            for x, y in zip(final_state(out), final_state(straight), strict=True):
+                assert_states_close(x, y, atol=0)
+        else:
+            np.testing.assert_allclose(losses(read_log(out)), losses(read_log(straight)), rtol=1e-3, atol=1e-5)
+
+
+def test_compile_falls_back_to_eager_when_compilation_fails(caplog):
+    """A compiler error during the warm-up leaves the loss eager (and says so in the log)."""
+    from proseflow.train import _NLL, compile_loss
+
+    model = ProseFlow(flow_config(tiny()))
+    loss_fn = _NLL(model)
+
+    def broken(fn):
+        raise RuntimeError("InductorError: no working C++ compiler")
+
+    with caplog.at_level("WARNING", logger="proseflow"):
+        assert compile_loss(loss_fn, broken) is None
+    assert "training eagerly" in caplog.text and loss_fn._compiled_call_impl is None

@@ -353,6 +353,35 @@ class _LRU(OrderedDict):
         return value
 
 
+def length_bucket_edges(
+    n_atoms: Sequence[int] | np.ndarray, n_frames: Sequence[int] | np.ndarray, buckets: int | Sequence[int] | None
+) -> list[int]:
+    """Upper atom counts (inclusive, ascending) of the length buckets of systems with ``n_atoms`` atoms and
+    ``n_frames`` frames each; a system goes to the first bucket whose edge is >= its atom count.
+
+    ``buckets``: None or 1 = one bucket; an integer k = up to k buckets holding about equal numbers of
+    frames (cut at the atom counts nearest the frame-weighted k-quantiles; a system is never split, so
+    fewer buckets come out when a few lengths dominate); a list = explicit upper edges in atoms (systems above the last
+    edge form one more bucket). Buckets without frames are dropped.
+    """
+    atoms, frames = np.asarray(n_atoms, dtype=np.int64), np.asarray(n_frames, dtype=np.int64)
+    largest = int(atoms.max())
+    if buckets is None or (isinstance(buckets, int | np.integer) and buckets <= 1):
+        return [largest]
+    if isinstance(buckets, int | np.integer):
+        values, inverse = np.unique(atoms, return_inverse=True)
+        cum = np.cumsum(np.bincount(inverse, weights=frames, minlength=len(values)))
+        edges = set()
+        for t in cum[-1] * np.arange(1, int(buckets)) / int(buckets):  # cut where the frame count is nearest t
+            i = min(int(np.searchsorted(cum, t, side="left")), len(values) - 1)
+            edges.add(int(values[i - 1 if i > 0 and t - cum[i - 1] <= cum[i] - t else i]))
+    else:
+        edges = {int(e) for e in buckets if int(e) < largest}
+    edges = sorted(edges | {largest})
+    used = np.unique(np.searchsorted(edges, atoms, side="left"))
+    return [edges[i] for i in used]
+
+
 class FrameLoader:
     """Endless iterator of padded training batches drawn from one or more frame stores.
 
@@ -361,6 +390,12 @@ class FrameLoader:
     ``(seed, s)``: batches are a pure function of ``seed`` and the step, so :meth:`state_dict` is just
     the step. With DDP, rank ``r`` of ``world_size`` takes the ``r``-th contiguous slice of
     ``batch_size // world_size`` frames of every global batch, so ranks never share a batch position.
+
+    ``length_buckets`` groups the systems by atom count (see :func:`length_bucket_edges`); each global
+    batch then first picks one bucket with probability proportional to its number of frames and draws
+    all its frames uniformly within that bucket. Every frame keeps the same chance 1 / n_frames_total
+    of filling each batch position, while a batch holds systems of similar size and so carries little
+    padding once the model cuts it to its longest system.
 
     Only the chunks holding the requested frames are read and decoded; at most ``chunk_cache_size``
     decoded chunks and ``system_cache_size`` open systems are kept, so memory does not grow with the
@@ -382,6 +417,7 @@ class FrameLoader:
         world_size: int = 1,
         chunk_cache_size: int = 512,
         system_cache_size: int = 4096,
+        length_buckets: int | Sequence[int] | None = None,
     ):
         if isinstance(store_paths, str | os.PathLike):
             store_paths = [store_paths]
@@ -389,7 +425,8 @@ class FrameLoader:
             raise ValueError(f"batch_size {batch_size} must divide into world_size {world_size}; rank {rank}")
         self._config = {"store_paths": list(store_paths), "batch_size": batch_size, "seed": seed, "n_max": n_max,
                         "split": split, "rank": rank, "world_size": world_size,
-                        "chunk_cache_size": chunk_cache_size, "system_cache_size": system_cache_size}  # fmt: skip
+                        "chunk_cache_size": chunk_cache_size, "system_cache_size": system_cache_size,
+                        "length_buckets": length_buckets}  # fmt: skip
         self.store_paths = [Path(p) for p in store_paths]
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
         self.split, self.step = split, 0
@@ -417,8 +454,20 @@ class FrameLoader:
         self.n_max = largest if n_max is None else int(n_max)
         if self.n_max < largest:
             raise ValueError(f"n_max={n_max} is smaller than the largest system ({largest} atoms)")
+        atoms = np.array([s["n_atoms"] for s in self.systems], dtype=np.int64)
+        self.bucket_edges = length_bucket_edges(atoms, counts, length_buckets)
+        bucket = np.searchsorted(self.bucket_edges, atoms, side="left")  # first edge >= n_atoms
+        # per bucket: its systems (in loader order) and the offsets of their frames within the bucket
+        self._bucket_systems = [np.flatnonzero(bucket == b) for b in range(len(self.bucket_edges))]
+        self._bucket_offsets = [np.concatenate([[0], np.cumsum(counts[i])]) for i in self._bucket_systems]
+        self._bucket_start = np.concatenate([[0], np.cumsum([o[-1] for o in self._bucket_offsets])])
         self._chunks = _LRU(chunk_cache_size)
         self._open = _LRU(system_cache_size)
+
+    @property
+    def bucket_frames(self) -> list[int]:
+        """Number of frames in each length bucket (ordered as :attr:`bucket_edges`)."""
+        return [int(o[-1]) for o in self._bucket_offsets]
 
     @property
     def local_batch_size(self) -> int:
@@ -449,10 +498,12 @@ class FrameLoader:
             "split": self.split,
             "n_frames_total": self.n_frames_total,
             "n_systems": len(self.systems),
+            "bucket_edges": list(self.bucket_edges),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "split", "n_frames_total", "n_systems"):
+        state = {"bucket_edges": [max(s["n_atoms"] for s in self.systems)], **state}  # states before buckets
+        for key in ("seed", "batch_size", "split", "n_frames_total", "n_systems", "bucket_edges"):
             if state[key] != self.state_dict()[key]:
                 raise ValueError(
                     f"loader state is for {key}={state[key]!r}, this loader has {self.state_dict()[key]!r}"
@@ -462,11 +513,19 @@ class FrameLoader:
     def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(system index, frame index within the system's store array) of this rank's part of batch ``step``."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(step)]))
-        flat = rng.integers(0, self.n_frames_total, size=self.batch_size)
-        flat = flat[self.rank * self.local_batch_size : (self.rank + 1) * self.local_batch_size]
-        system = np.searchsorted(self._offsets, flat, side="right") - 1
+        rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
+        if len(self.bucket_edges) == 1:  # one bucket: uniform over all frames (the draw of every earlier run)
+            flat = rng.integers(0, self.n_frames_total, size=self.batch_size)[rows]
+            system = np.searchsorted(self._offsets, flat, side="right") - 1
+            within = flat - self._offsets[system]
+        else:  # bucket b with probability frames_b / frames_total (one integer draw), then uniform within it
+            b = int(np.searchsorted(self._bucket_start, rng.integers(0, self.n_frames_total), side="right") - 1)
+            offsets = self._bucket_offsets[b]
+            flat = rng.integers(0, offsets[-1], size=self.batch_size)[rows]
+            member = np.searchsorted(offsets, flat, side="right") - 1
+            system, within = self._bucket_systems[b][member], flat - offsets[member]
         start = np.array([self.systems[i]["frame_start"] for i in system], dtype=np.int64)
-        return system, flat - self._offsets[system] + start
+        return system, within + start
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """This rank's part of global batch ``step`` (does not move the iterator)."""

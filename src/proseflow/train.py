@@ -15,6 +15,13 @@ every ``snapshot_every`` steps, if set), ``checkpoint.pt`` (every
 ``checkpoint_every`` steps, atomically) and, only once all steps are done, ``settings.json`` and then
 ``model.pt`` (EMA weights + FlowConfig + feature vocabulary; read it with :func:`load_model`).
 Launch under ``torchrun --nproc-per-node G`` for DDP (nccl on CUDA, gloo on CPU).
+
+Throughput (issue 13): the batch is cut to its longest system eagerly (:meth:`ProseFlow.trim`), then the
+flow's forward pass and the loss run as one ``torch.compile``d region (``compile``; the atom dimension is
+marked dynamic, so batches of any padded length share one compiled graph; compiled before the first step, its compilation time
+logged and kept out of steps/s; eager if compilation is not available here). ``length_buckets`` draws each
+batch from one bucket of systems of similar size (:class:`proseflow.dataset.FrameLoader`), so little of it
+is padding. AdamW runs fused where torch has the fused kernel.
 """
 
 from __future__ import annotations
@@ -87,6 +94,12 @@ class TrainConfig:
     progress: bool = True
     prefetch: bool = True  # load the next batch in a background thread
     num_threads: int | None = None  # torch CPU threads
+    compile: bool | str = False  # torch.compile the forward + loss: true, false, or auto (runs >= 1000 steps)
+    length_buckets: int | list[int] | None = None  # batches from one length bucket (FrameLoader): k or edges
+
+    # "auto" compiles runs of at least this many steps: compilation costs about a minute (CPU, small models) to
+    # a few minutes (paper preset) and each step then runs about twice as fast (benchmarks/train_throughput.py).
+    COMPILE_MIN_STEPS = 1000
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -94,6 +107,10 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "val_every", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"train.compile must be true, false or 'auto', got {self.compile!r}")
+        if isinstance(self.length_buckets, list | tuple):
+            self.length_buckets = [int(e) for e in self.length_buckets]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +120,7 @@ class TrainConfig:
 _RESUMABLE_CHANGES = {
     "device", "val_every", "val_frames", "val_batch_size", "checkpoint_every", "snapshot_every", "log_every",
     "stop_after_s",
-    "progress", "prefetch", "num_threads",
+    "progress", "prefetch", "num_threads", "compile",
 }  # fmt: skip
 
 
@@ -145,14 +162,50 @@ class EMA:
 
 
 class _NLL(nn.Module):
-    """NLL/3N per system; wraps the flow so that DDP sees the forward pass."""
+    """NLL/3N per system of a trimmed batch (:meth:`ProseFlow.trim`); wraps the flow so that DDP sees the
+    forward pass, and is what ``compile`` compiles (in place: the flow's state-dict keys do not change)."""
 
     def __init__(self, flow: ProseFlow):
         super().__init__()
         self.flow = flow
 
-    def forward(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.flow.nll_per_dim(x, batch)
+    def forward(self, x: torch.Tensor, trimmed: dict) -> torch.Tensor:
+        return self.flow.nll_per_dim_trimmed(x, trimmed)
+
+
+def use_compile(config: TrainConfig, steps_left: int) -> bool:
+    """Whether this run compiles its training step: ``compile`` true, or "auto" and a run long enough to pay
+    back the compilation (``TrainConfig.COMPILE_MIN_STEPS``)."""
+    if config.compile == "auto":
+        return steps_left >= config.COMPILE_MIN_STEPS
+    return bool(config.compile)
+
+
+def mark_length_dynamic(x: torch.Tensor, trimmed: dict) -> None:
+    """Mark the atom dimension of a trimmed batch dynamic, so that one compiled graph serves every padded length.
+    (Only that dimension: with every dimension dynamic, torch would give equal sizes one symbol, e.g. a batch of
+    3 and the 3 coordinates, and compile again when they differ.)"""
+    torch._dynamo.mark_dynamic(x, 1)
+    for key in ("mask", "atom_type", "residue_type", "residue_index"):
+        torch._dynamo.mark_dynamic(trimmed[key], 1)
+    torch._dynamo.mark_dynamic(trimmed["permutations"], 2)
+
+
+def compile_loss(loss_fn: nn.Module, warm_up) -> float | None:
+    """Compile ``loss_fn`` in place and compile it now by running ``warm_up(loss_fn)`` (one forward and
+    backward pass on a real batch, no optimizer step). Returns the compilation time in s, or None (and
+    leaves ``loss_fn`` eager, with a warning in the log) if compilation is not available here. Inputs should be
+    contiguous and marked with :func:`mark_length_dynamic` (then no batch compiles a second graph)."""
+    t = time.perf_counter()
+    try:
+        loss_fn.compile()
+        warm_up(loss_fn)
+    except Exception as err:  # no C++ compiler, unsupported platform or Python, backend failure: run eagerly
+        loss_fn._compiled_call_impl = None  # undo nn.Module.compile
+        log.warning("torch.compile is not available here (%s: %s); training eagerly", type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "")
+        return None
+    return time.perf_counter() - t
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -345,9 +398,18 @@ def _agree(flag: bool, ddp: _Dist, device: torch.device) -> bool:
     return bool(t)
 
 
+def _fast_adamw(device: torch.device) -> dict:
+    """AdamW's fused kernel where torch has one for ``device`` (several times faster than its per-tensor loop
+    on CPU), else its multi-tensor (foreach) implementation."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    return {"fused": True} if device.type in _get_fused_kernels_supported_devices() else {"foreach": True}
+
+
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     now = config.to_dict()
-    bad = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    defaults = TrainConfig().to_dict()  # a setting added after the checkpoint was written had its default
+    bad = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
     if bad:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in bad)
         raise ValueError(f"checkpoint.pt was written with other settings ({diff}); use a new out_dir")
@@ -394,11 +456,12 @@ def train(
     loss_fn = _NLL(model)
     if ddp.world_size > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                                  **_fast_adamw(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     loader = FrameLoader(
         train_stores, config.batch_size, config.seed, n_max=config.n_max, split=config.train_split,
-        rank=ddp.rank, world_size=ddp.world_size,
+        rank=ddp.rank, world_size=ddp.world_size, length_buckets=config.length_buckets,
     )  # fmt: skip
     if loader.n_max > cfg.max_atoms:
         raise ValueError(f"systems of {loader.n_max} atoms exceed FlowConfig.max_atoms={cfg.max_atoms}")
@@ -428,6 +491,9 @@ def train(
     if ddp.main:
         log.info("training %s (%s, %.1fM parameters) on %s x%d, %d systems, %d frames", config.model_preset,
                  cfg.arch, n_params / 1e6, device, ddp.world_size, len(loader.systems), loader.n_frames_total)
+        if len(loader.bucket_edges) > 1:
+            log.info("length buckets (max atoms: frames): %s", ", ".join(
+                f"{e}: {f}" for e, f in zip(loader.bucket_edges, loader.bucket_frames, strict=True)))
 
     def save_checkpoint() -> None:
         loader.step = step
@@ -444,12 +510,34 @@ def train(
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     local = loader.local_batch_size
     rows = slice(ddp.rank * local, (ddp.rank + 1) * local)
+
+    def inputs(cpu_batch: dict, s: int) -> tuple[torch.Tensor, dict]:
+        """Step ``s``'s augmented coordinates and batch, cut to the batch's longest system."""
+        batch = _to_device(cpu_batch, device)
+        x = augment(batch["x"], batch["mask"], _generator(config.seed, s), rows, config.batch_size, config)
+        trimmed = model.trim(batch)
+        x = x[:, : trimmed["mask"].shape[1]].contiguous()
+        if compiling:
+            mark_length_dynamic(x, trimmed)
+        return x, trimmed
+
+    model.train()
+    compile_s = None
+    compiling = step < config.max_steps and use_compile(config, config.max_steps - step)
+    if compiling:
+        def warm_up(fn):  # compiles forward and backward on this run's next batch; changes no state but .grad
+            fn(*inputs(loader.batch(step), step)).mean().backward()
+            optimizer.zero_grad(set_to_none=True)
+
+        compile_s = compile_loss(loss_fn.module if isinstance(loss_fn, nn.parallel.DistributedDataParallel)
+                                 else loss_fn, warm_up)  # fmt: skip
+        if ddp.main and compile_s is not None:
+            log.info("compiled the training step (forward + loss, any padded length) in %.1f s", compile_s)
     pool = ThreadPoolExecutor(1) if config.prefetch else None
     fetch = (lambda s: pool.submit(loader.batch, s)) if pool else None
     pending = fetch(step) if pool and step < config.max_steps else None
     loss_sum, n_window, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     val_nll, completed = None, True
-    model.train()
     try:
         while step < config.max_steps:
             if config.stop_after_s is not None and _agree(time.time() - t_start > config.stop_after_s, ddp, device):
@@ -457,10 +545,9 @@ def train(
                 break
             cpu_batch = pending.result() if pool else loader.batch(step)
             pending = fetch(step + 1) if pool and step + 1 < config.max_steps else None
-            batch = _to_device(cpu_batch, device)
-            x = augment(batch["x"], batch["mask"], _generator(config.seed, step), rows, config.batch_size, config)
+            x, trimmed = inputs(cpu_batch, step)
 
-            loss = loss_fn(x, batch).mean()
+            loss = loss_fn(x, trimmed).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -515,6 +602,8 @@ def train(
             "train_stores": [str(p) for p in train_stores], "val_stores": [str(p) for p in val_stores or []],
             "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total,
             "steps": step, "final_val_nll": val_nll, "wall_time_s_last_session": time.time() - t_start,
+            "compiled": compile_s is not None, "compile_s_last_session": compile_s,
+            "length_buckets": {"max_atoms": loader.bucket_edges, "frames": loader.bucket_frames},
             "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip

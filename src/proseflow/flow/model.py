@@ -409,11 +409,14 @@ class ProseFlow(nn.Module):
         self.blocks = nn.ModuleList([MetaBlock(config, order[k % len(order)]) for k in range(config.n_blocks)])
 
     # --- batch handling ------------------------------------------------------------------------
-    def _prepare(self, batch: dict):
-        """Conditioning, mask and permutations cut to the longest system in the batch.
+    @staticmethod
+    def trim(batch: dict) -> dict:
+        """The batch cut to its longest system (n atoms): ``mask``, the three per-atom features [B, n],
+        ``chain_length`` [B] and ``permutations`` [B, P, n]. Reads the mask (data-dependent), so it runs
+        eagerly, outside a compiled region; :meth:`flow` then sees only shape-polymorphic tensor code.
 
-        Padding entries of every permutation are reset to the identity, so the first ``n_eff``
-        entries of each row are a permutation of range(n_eff) whatever order the loader gave them.
+        Padding entries of every permutation are reset to the identity, so the first ``n`` entries of
+        each row are a permutation of range(n) whatever order the loader gave them.
         """
         mask = batch["mask"].bool()
         n_real = mask.sum(dim=1)
@@ -423,17 +426,33 @@ class ProseFlow(nn.Module):
         real = pos[None, None, :] < n_real[:, None, None]
         if bool((perms.lt(n_real[:, None, None]) != real).any()):
             raise ValueError("permutations must list the real atoms first (and only them) in every row")
-        perms = torch.where(real, perms, pos)[..., :n_eff]
-        cond = self.embed_cond({k: batch[k] for k in ("atom_type", "residue_type", "residue_index", "chain_length")})
-        return cond[:, :n_eff], mask[:, :n_eff], perms, n_eff
+        trimmed = {k: batch[k][:, :n_eff] for k in ("atom_type", "residue_type", "residue_index")}
+        trimmed.update(mask=mask[:, :n_eff], chain_length=batch["chain_length"],
+                       permutations=torch.where(real, perms, pos)[..., :n_eff])  # fmt: skip
+        return {k: v.contiguous() for k, v in trimmed.items()}  # one stride pattern: no recompiles
 
-    def _run(self, x: torch.Tensor, batch: dict, reverse: bool, cached: bool = True):
-        cond, mask, perms, n = self._prepare(batch)
-        h, logdet = x[:, :n], x.new_zeros(x.shape[0])
+    def flow(self, x: torch.Tensor, trimmed: dict, reverse: bool = False, cached: bool = True):
+        """The flow on a trimmed batch (:meth:`trim`): x [B, n, 3] -> (z [B, n, 3], logdet [B]). Compiled, it
+        wants contiguous inputs (a new stride pattern would compile a new graph)."""
+        cond = self.embed_cond(trimmed)
+        mask, perms = trimmed["mask"], trimmed["permutations"]
+        h, logdet = x, x.new_zeros(x.shape[0])
         blocks = reversed(self.blocks) if reverse else self.blocks
         for block in blocks:
             h, ld = block.reverse(h, cond, mask, perms, cached) if reverse else block(h, cond, mask, perms)
             logdet = logdet + ld
+        return h, logdet
+
+    def nll_per_dim_trimmed(self, x: torch.Tensor, trimmed: dict) -> torch.Tensor:
+        """:meth:`nll_per_dim` of x [B, n, 3] on a trimmed batch: the training step's compiled region."""
+        z, logdet = self.flow(x, trimmed)
+        mask = trimmed["mask"]
+        return -(self.prior_log_prob(z, mask) + logdet) / (3 * mask.sum(dim=1))
+
+    def _run(self, x: torch.Tensor, batch: dict, reverse: bool, cached: bool = True):
+        trimmed = self.trim(batch)
+        n = trimmed["mask"].shape[1]
+        h, logdet = self.flow(x[:, :n], trimmed, reverse, cached)
         return torch.cat([h, x[:, n:]], dim=1), logdet
 
     # --- the flow ------------------------------------------------------------------------------
