@@ -24,7 +24,6 @@ import json
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -120,12 +119,12 @@ class _MDFile:
         self.seconds_per_step = 1.0 / float(rate) if rate else float("nan")
 
     def energy_kT(self, n: int) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:  # trajectory_io layout; read() would load every coordinate
+        with trajectory_io.open_checked(self.path) as f:  # trajectory_io layout; read() would load every coordinate
             e = f["potentialEnergy"][:n]
         return e.astype(np.float64) / kT_kJ_per_mol(self.temperature_K)
 
     def positions(self, sorted_idx: np.ndarray) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
+        with trajectory_io.open_checked(self.path) as f:
             return f["coordinates"][np.asarray(sorted_idx, dtype=np.int64)]
 
 
