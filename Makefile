@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install test-slurm test-report bench clean lint
+.PHONY: demo test verify install test-slurm test-report bench clean lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
+
+# Read and check every artefact under results/ (checksums, shapes, completeness); non-zero exit if any is bad.
+verify: $(STAMP)
+	$(BIN)/python -m proseflow verify results
 
 # The report pages checked as a person would see them: rendered in headless Chromium (Debian's package).
 test-report: $(STAMP)

@@ -202,3 +202,111 @@ def test_flipped_bytes_in_an_md_file_are_an_error_naming_it(md_files, tmp_path):
     with pytest.raises(trajectory_io.CorruptTrajectoryError, match=str(path)):
         write_store(tmp_path / "s.zarr", [("AG", path)], subsample_every=1)
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------- proseflow verify
+@pytest.fixture(scope="module")
+def results_tree(tmp_path_factory, md_files, clean_store):
+    """A small results tree of real artefacts: MD file, frame store, trained model, sample set, JSON."""
+    from proseflow.artefacts import save_npz, save_text
+
+    root = tmp_path_factory.mktemp("tree") / "results"
+    (root / "md" / "test").mkdir(parents=True)
+    shutil.copy(md_files["AG"], root / "md" / "test" / "AG.h5")
+    shutil.copytree(clean_store, root / "dataset" / "train" / "batch00000.zarr")
+    cfg = TrainConfig(model_preset="tiny", batch_size=8, max_steps=2, checkpoint_every=2, progress=False,
+                      num_threads=1)  # fmt: skip
+    train(cfg, [str(root / "dataset" / "train" / "batch00000.zarr")], None, root / "models" / "prose")
+    xyz = md_like("AG", 20, 7)
+    save_npz(root / "samples" / "AG" / "snis.npz", positions_nm=xyz, energy_kT=np.arange(20.0),
+             log_weights=np.zeros(20), n_distinct=np.int64(20))
+    save_text(root / "eval" / "AG.json", json.dumps({"snis": {"ess": 0.5, "n_distinct": 20}}))
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path, results_tree):
+    copy = tmp_path / "results"
+    shutil.copytree(results_tree, copy)
+    return copy
+
+
+def run_verify(root, capsys):
+    from proseflow.cli import main
+
+    code = main(["verify", str(root), "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_verify_passes_a_clean_tree(tree, capsys):
+    code, out = run_verify(tree, capsys)
+    assert code == 0, out
+    assert "verify OK" in out and "1 MD file" in out and "1 frame store" in out and "0 bad" in out
+    assert "2 model" in out and "2 JSON" in out  # model.pt, checkpoint.pt; settings.json, eval JSON
+    assert "BAD" not in out and "WARN" not in out
+
+
+def _corrupt_md(tree):
+    path = tree / "md" / "test" / "AG.h5"
+    with h5py.File(path, "r") as f:
+        info = f["coordinates"].id.get_chunk_info(0)
+    flip(path, info.byte_offset + 50, 100)
+    return path
+
+
+def _corrupt_store(tree):
+    store = tree / "dataset" / "train" / "batch00000.zarr"
+    shard = chunk_file(store, "AG", "positions", 0)
+    offset, nbytes = shard_chunk_range(shard, N_FRAMES, 5)
+    flip(shard, offset + 2, 8)
+    return store
+
+
+def _incomplete_store(tree):
+    store = tree / "dataset" / "train" / "batch00000.zarr"
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["proseflow_store"]["complete"] = False
+    (store / "zarr.json").write_text(json.dumps(meta))
+    return store
+
+
+def _corrupt_middle(path):
+    flip(path, path.stat().st_size // 2, 16)
+    return path
+
+
+def _nan_json(tree):
+    path = tree / "eval" / "AG.json"
+    path.write_text('{"snis": {"ess": NaN}}')
+    return path
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _corrupt_md,
+        _corrupt_store,
+        _incomplete_store,
+        lambda tree: _corrupt_middle(tree / "models" / "prose" / "model.pt"),
+        lambda tree: _corrupt_middle(tree / "samples" / "AG" / "snis.npz"),
+        _nan_json,
+    ],
+    ids=["md", "store", "incomplete-store", "model", "npz", "json-nan"],
+)
+def test_verify_fails_naming_the_corrupt_file(tree, capsys, corrupt):
+    path = corrupt(tree)
+    code, out = run_verify(tree, capsys)
+    assert code == 1, out
+    bad = [line for line in out.splitlines() if line.startswith("BAD")]
+    assert len(bad) == 1 and bad[0].startswith(f"BAD  {path}:"), out
+    assert "verify FAILED" in out and "1 bad" in out
+
+
+def test_verify_warns_about_an_unfinished_run_and_leftovers(tree, capsys):
+    (tree / "models" / "prose" / "model.pt").unlink()
+    (tree / "samples" / "AG" / ".snis.npz.tmp-123.npz").write_bytes(b"partial")
+    code, out = run_verify(tree, capsys)
+    assert code == 0, out
+    assert f"WARN {tree / 'models' / 'prose'}: unfinished training run" in out
+    assert "leftover of an interrupted write" in out and "2 warnings" in out
