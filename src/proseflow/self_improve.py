@@ -203,7 +203,8 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     n_evals += len(e_kT)
     final = {
         "positions_nm": p.positions_nm, "log_q": p.log_q, "energy_kT": e_kT, "log_weights": r.log_weights,
-        "resampled_indices": r.indices, "ess": r.ess, "n_nonfinite": r.n_nonfinite, "n_dropped": r.n_dropped,
+        "resampled_indices": r.indices, "ess": r.ess, "n_distinct": r.n_distinct, "n_nonfinite": r.n_nonfinite,
+        "n_dropped": r.n_dropped,
         "n_energy_evals": n_evals, "temperature_K": float(getattr(energy_api, "temperature_K", np.nan)),
         "wall_time_s": time.time() - t0,
         "round_ess": np.array([row["ess"] for row in rounds], dtype=np.float64),
