@@ -310,3 +310,15 @@ def test_verify_warns_about_an_unfinished_run_and_leftovers(tree, capsys):
     assert code == 0, out
     assert f"WARN {tree / 'models' / 'prose'}: unfinished training run" in out
     assert "leftover of an interrupted write" in out and "2 warnings" in out
+
+
+def test_json_artefacts_are_strict(tmp_path):
+    from proseflow.artefacts import save_json
+
+    path = save_json(tmp_path / "m.json", {"ess": float("nan"), "w2": [np.float64(1.5), float("inf")],
+                                           "n": np.int64(3), "ok": True})  # fmt: skip
+    def reject(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    assert json.loads(path.read_text(), parse_constant=reject) == {"ess": None, "w2": [1.5, None], "n": 3.0,
+                                                                    "ok": True}

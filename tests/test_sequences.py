@@ -85,3 +85,14 @@ def test_sequence_files_keep_NA_as_a_sequence(tmp_path):
 
     to_frame(["NA", "NAN", "AA"]).to_csv(tmp_path / "s.csv", index=False)
     assert read_sequences(tmp_path / "s.csv") == ["NA", "NAN", "AA"]
+
+
+def test_lower_case_sequence_suggests_upper_case():
+    import pytest
+
+    from proseflow.sequences import SequenceError, validate_sequence
+
+    with pytest.raises(SequenceError, match=r"upper-case one-letter .*did you mean GYDP\?"):
+        validate_sequence("gydp")
+    with pytest.raises(SequenceError, match="invalid residue letter"):
+        validate_sequence("GXDP")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from proseflow.artefacts import save_csv, save_npz, save_text
+from proseflow.artefacts import save_csv, save_json, save_npz
 
 log = logging.getLogger("proseflow")
 
@@ -250,7 +250,7 @@ def cmd_evaluate(args) -> None:
                                          "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                        "tica": ref.tica},
                                          "samplers": sets}, summary_href="summary.html")
-    save_text(args.out_json, json.dumps(out, indent=1, default=float))  # last: the JSON marks completion
+    save_json(args.out_json, out)  # last: the JSON marks completion
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in ("ess", "energy_w2", "torus_w2", "tica_w2")} for k, d in metrics.items()}))
 
 

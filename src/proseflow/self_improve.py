@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proseflow.artefacts import atomic_write, save_text
+from proseflow.artefacts import atomic_write, save_json
 
 log = logging.getLogger("proseflow")
 
@@ -194,7 +194,7 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
         save_model(model, out / "model.pt", round_meta)
         if config.keep_round_models:
             save_model(model, out / f"model_round{k}.pt", round_meta)
-        save_text(out / "rounds.json", json.dumps(rounds, indent=1))
+        save_json(out / "rounds.json", rounds)
         log.info("self-improvement round %d/%d: ESS %.4f (%d energy evaluations so far), nll %s, reg %s",
                  k, config.n_rounds, r.ess, n_evals, row["nll"], row["reg"])
 

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from proseflow import features
-from proseflow.artefacts import atomic_write, save_text
+from proseflow.artefacts import atomic_write, save_json
 from proseflow.dataset import CorruptStoreError, FrameLoader
 from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
@@ -550,7 +550,7 @@ def train(
             "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
-        save_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
+        save_json(out / "settings.json", settings, default=str)
         _atomic_save(_model_file(ema, cfg, config, step), out / "model.pt")
     if ddp.owned:
         dist.barrier()
