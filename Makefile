@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks studies ci
 
 bench: $(STAMP)
-	for b in md_throughput energy_throughput loader_memory train_sample_throughput sampler_cost scale_figures; do \
+	for b in md_throughput energy_throughput loader_memory checksum_overhead train_sample_throughput sampler_cost scale_figures; do \
 		echo "== $$b"; $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
 	@echo "benchmarks/gpu_smoke.sh needs a CUDA GPU: run it there"
 

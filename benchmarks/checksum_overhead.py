@@ -8,7 +8,9 @@ the per-chunk crc32c (the store-version-1 codecs: blosc-zstd only). The frames a
 topologies. Reports, for each store: bytes of the positions arrays per frame, random-batch loader
 frames/s with a cold chunk cache (every frame decodes its chunk: the worst case for checksums) and with
 the default cache, and sequential read frames/s (``iterate_system_frames``); then the ratios
-checksummed / plain. Runs alternate between the two stores so load from other processes hits both alike.
+checksummed / plain (medians). Runs alternate ABBA between the two stores so load from other processes
+hits both alike, and rates are frames per CPU second of this process (``time.process_time``, all its
+threads), which a busy machine disturbs far less than wall time.
 
     .venv/bin/python benchmarks/checksum_overhead.py [--quick] [--md-glob 'results/md/train/*/*.h5']
 """
@@ -70,20 +72,20 @@ def loader_rate(store: Path, batches: int, batch_size: int, chunk_cache_size: in
 
     loader = FrameLoader([store], batch_size=batch_size, seed=0, chunk_cache_size=chunk_cache_size)
     loader.batch(0)
-    start = time.perf_counter()
+    start = time.process_time()
     for step in range(1, batches + 1):
         loader.batch(step)
-    return batches * batch_size / (time.perf_counter() - start)
+    return batches * batch_size / (time.process_time() - start)
 
 
 def sequential_rate(store: Path) -> float:
     from proseflow.dataset import iterate_system_frames, store_index
 
-    start, n = time.perf_counter(), 0
+    start, n = time.process_time(), 0
     for row in store_index(store):
         for block in iterate_system_frames(store, row["sequence"]):
             n += len(block)
-    return n / (time.perf_counter() - start)
+    return n / (time.process_time() - start)
 
 
 def main() -> None:
@@ -118,8 +120,9 @@ def main() -> None:
 
         n_frames = open_store(checked).attrs["proseflow_store"]["n_frames_total"]
         rates = {name: {"cold": [], "cached": [], "sequential": []} for name in ("plain", "checked")}
-        for _ in range(args.repeats):  # alternate, so background load falls on both alike
-            for name, store in (("plain", plain), ("checked", checked)):
+        pair = [("plain", plain), ("checked", checked)]
+        for r in range(args.repeats):  # ABBA order, so drifting background load falls on both alike
+            for name, store in pair if r % 2 == 0 else pair[::-1]:
                 rates[name]["cold"].append(loader_rate(store, args.batches, args.batch_size, chunk_cache_size=1))
                 rates[name]["cached"].append(loader_rate(store, args.batches, args.batch_size, chunk_cache_size=512))
                 rates[name]["sequential"].append(sequential_rate(store))
