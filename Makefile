@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install test-slurm test-report bench clean lint
+.PHONY: demo test verify install test-slurm test-report bench clean lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
 
+# Read and check every artefact under results/ (checksums, shapes, completeness); non-zero exit if any is bad.
+verify: $(STAMP)
+	$(BIN)/python -m proseflow verify results
+
 # The report pages checked as a person would see them: rendered in headless Chromium (Debian's package).
 test-report: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
@@ -36,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks studies ci
 
 bench: $(STAMP)
-	for b in md_throughput energy_throughput loader_memory train_sample_throughput train_throughput sampler_cost scale_figures; do \
+	for b in md_throughput energy_throughput loader_memory checksum_overhead train_sample_throughput train_throughput sampler_cost scale_figures; do \
 		echo "== $$b"; $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
 	@echo "benchmarks/gpu_smoke.sh needs a CUDA GPU: run it there"
 

@@ -25,6 +25,9 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/experiments.smk"
 
 
+check_target_case()  # results/md/gydp.h5: say sequences are upper case, not "no rule to produce"
+
+
 rule all:
     input:
         all_targets(),

@@ -111,3 +111,14 @@ def test_single_system_study_needs_the_explicit_flag():
     config["sequences"]["train"] = ["CE"]  # a paper test dipeptide
     with pytest.raises(ConfigError, match="'CE'"):
         check_config(config)
+
+
+def test_lower_case_sequence_suggests_upper_case():
+    import pytest
+
+    from proseflow.sequences import SequenceError, validate_sequence
+
+    with pytest.raises(SequenceError, match=r"upper-case one-letter .*did you mean GYDP\?"):
+        validate_sequence("gydp")
+    with pytest.raises(SequenceError, match="invalid residue letter"):
+        validate_sequence("GXDP")

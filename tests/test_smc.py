@@ -229,3 +229,90 @@ def test_paper_config_and_systematic_resampling():
     assert counts[1] == counts[4] == 0 and counts.sum() == 5
     big = np.bincount(systematic_resample(np.log([0.7, 0.2, 0.1]), rng), minlength=3)
     assert big.sum() == 3 and abs(big[0] - 2.1) < 1 and abs(big[2] - 0.3) < 1
+
+
+# --- the paper's settings, filters and statistics that cannot mislead --------------------------------
+
+
+def test_paper_step_sizes_units_and_band_adaptation():
+    ula, mala = SMCConfig.paper("ula"), SMCConfig.paper("mala")
+    assert ula.step_size == pytest.approx(1e-5 * 0.01) and mala.step_size == 5e-4  # eps x dt; MALA start
+    assert (mala.adapt_rule, mala.target_accept_band, mala.adapt_factor) == ("band", (0.55, 0.6), 1.1)
+    assert (ula.drop_top_fraction, ula.max_target_energy) == (0.002, 100.0)
+    # acceptance ~1 (tiny step): x1.1 per level; acceptance ~0 (huge step): /1.1 per level
+    for h0, factor in ((1e-6, 1.1), (50.0, 1 / 1.1)):
+        cfg = SMCConfig.paper("mala", n_levels=6, step_size=h0, drop_top_fraction=0.0, max_target_energy=None)
+        res = run(gaussian_target([0.5], 1.0), cfg, seed=1, b=400)
+        np.testing.assert_allclose(res.step_sizes, h0 * factor ** np.arange(6), rtol=1e-12)
+
+
+def test_prefilter_drops_top_weights_then_high_energies_and_counts_them():
+    rng = np.random.default_rng(11)
+    q = GaussianProposal()
+    x0, lq0 = q.sample(rng, 5000, (1,))
+    target = gaussian_target([0.0], 0.8)  # E = x^2 / 1.28: above 3 kT for |x| > 1.96
+    cfg = SMCConfig(kernel="ula", n_levels=3, n_mcmc_steps=0, ess_threshold=1.0, drop_top_fraction=0.002,
+                    max_target_energy=3.0)
+    res = smc(x0, lq0, q, target, cfg, rng)
+    e = target(x0)[0]
+    log_iw = -e - lq0  # E_q = -log q
+    top = np.argsort(log_iw)[-10:]  # floor(0.002 x 5000)
+    high = np.setdiff1d(np.flatnonzero(e > 3.0), top)
+    assert res.info["n_dropped_top_weight"] == 10 and res.info["n_dropped_high_energy"] == len(high) > 50
+    kept = np.setdiff1d(np.arange(5000), np.union1d(top, high))
+    # no moves: every final particle is a copy of a kept proposal
+    assert np.isin(res.x[:, 0], x0[kept, 0]).all()
+    with pytest.raises(RuntimeError, match="no proposal left"):
+        smc(x0, lq0, q, target, SMCConfig(n_levels=2, max_target_energy=-1.0), rng)
+
+
+def test_collapse_is_visible_in_distinct_counts():
+    """One weight dominates: the ESS after resampling says nothing, the distinct counts say 'collapsed'."""
+    rng = np.random.default_rng(12)
+    q = GaussianProposal()
+    x0, lq0 = q.sample(rng, 500, (2,))
+    far = gaussian_target([4.0, 4.0], 0.05)  # far in q's tail: a handful of proposals carry all the weight
+    frozen = smc(x0, lq0, q, far, SMCConfig(kernel="mala", n_levels=1, n_mcmc_steps=0), rng)
+    assert frozen.n_distinct == frozen.n_distinct_ancestors <= 3 and frozen.min_ess < 0.01
+    moved = smc(x0, lq0, q, far, SMCConfig(kernel="ula", n_levels=1, n_mcmc_steps=1, step_size=1e-6), rng)
+    assert moved.n_distinct == 500  # ULA moved every copy a little ...
+    assert moved.n_distinct_ancestors <= 3  # ... but they descend from at most three proposals
+    healthy = smc(x0, lq0, q, q.energy_and_forces, SMCConfig(kernel="mala", n_levels=2, n_mcmc_steps=0), rng)
+    assert healthy.n_distinct == healthy.n_distinct_ancestors == 500 and healthy.min_ess == pytest.approx(1.0)
+
+
+def stiffest_bond_kT_per_flow_unit2(temperature_K=300.0, scale_nm=0.35):
+    """The largest harmonic bond constant of amber14 (paper force field) for a real dipeptide, in
+    kT per (normalised flow unit)^2, the units SMC's step sizes are in (proseflow.sampling.run_smc)."""
+    import openmm
+
+    from proseflow.structures import build_peptide
+    from proseflow.system import create_system, kT_kJ_per_mol
+
+    topology, _ = build_peptide("AS", minimize=False)
+    force = next(f for f in create_system(topology).getForces() if isinstance(f, openmm.HarmonicBondForce))
+    k = max(force.getBondParameters(i)[3].value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer**2)
+            for i in range(force.getNumBonds()))  # kJ/mol/nm^2
+    return k * scale_nm**2 / kT_kJ_per_mol(temperature_K)
+
+
+def test_ula_at_the_paper_step_is_stable_on_the_stiffest_bond():
+    """E = K r^2 / 2 with K of the force field's stiffest bond (~2.7e4 kT per flow unit^2 at 300 K):
+    Euler-Maruyama is stable for h K < 2. The paper's h = 1e-7 (h K ~ 3e-3) keeps the Boltzmann variance 1/K over 2000
+    steps; a step of 3 / K (e.g. the old default 1e-3) blows up and every particle dies."""
+    K = stiffest_bond_kT_per_flow_unit2()
+    assert 5e3 < K < 1e5  # amber14 bonds to hydrogen: ~3e5 kJ/mol/nm^2
+
+    def bond(x):
+        return 0.5 * K * np.sum(x**2, axis=1), -K * x
+
+    rng = np.random.default_rng(13)
+    x0 = rng.normal(0, 1 / np.sqrt(K), (2000, 1))
+    lq0 = -0.5 * K * x0[:, 0] ** 2 + 0.5 * np.log(K / (2 * np.pi))
+    paper = SMCConfig.paper("ula", n_levels=2000, drop_top_fraction=0.0, max_target_energy=None)
+    assert paper.step_size * K < 5e-3
+    res = smc(x0, lq0, bond, bond, paper, rng)
+    assert np.isfinite(res.x).all() and res.n_distinct == 2000
+    assert np.var(res.x) * K == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(RuntimeError, match="vanished"):
+        smc(x0, lq0, bond, bond, SMCConfig(kernel="ula", n_levels=2000, step_size=3 / K), rng)

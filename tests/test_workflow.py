@@ -79,3 +79,10 @@ def test_paper_config_dry_run(workdir):
                           text=True, stdin=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "simulate_batch" in proc.stdout and "343" in proc.stdout
+
+
+def test_lower_case_target_says_sequences_are_upper_case(workdir):
+    proc = run(workdir, "-n", "results/md/gydp.h5", check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "MissingRule" not in log
+    assert "upper-case one-letter amino-acid codes" in log and "did you mean GYDP?" in log

@@ -24,13 +24,12 @@ import json
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow import trajectory_io
-from proseflow.artefacts import save_csv, save_npz, save_text
+from proseflow.artefacts import save_csv, save_json, save_npz, save_text
 from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
 from proseflow.reweight import kish_ess, snis
 from proseflow.system import kT_kJ_per_mol
@@ -120,12 +119,12 @@ class _MDFile:
         self.seconds_per_step = 1.0 / float(rate) if rate else float("nan")
 
     def energy_kT(self, n: int) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:  # trajectory_io layout; read() would load every coordinate
+        with trajectory_io.open_checked(self.path) as f:  # trajectory_io layout; read() would load every coordinate
             e = f["potentialEnergy"][:n]
         return e.astype(np.float64) / kT_kJ_per_mol(self.temperature_K)
 
     def positions(self, sorted_idx: np.ndarray) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
+        with trajectory_io.open_checked(self.path) as f:
             return f["coordinates"][np.asarray(sorted_idx, dtype=np.int64)]
 
 
@@ -393,8 +392,7 @@ def cli_budget_curve(args) -> None:
                                              args.n_metric, args.seed, args.drop_top_fraction, args.temperature_K)
     save_npz(args.out_maps, md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
              map_budget=float(args.map_budget))
-    out = save_text(args.out_json, json.dumps({"sequence": seq, "md": str(md_path), "snis": str(args.snis),
-                                               "rows": rows}, indent=1, default=float))
+    out = save_json(args.out_json, {"sequence": seq, "md": str(md_path), "snis": str(args.snis), "rows": rows})
     log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows),
              sum(r["status"] != "ok" for r in rows), out)
 

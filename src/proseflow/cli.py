@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from proseflow.artefacts import save_csv, save_npz, save_text
+from proseflow.artefacts import save_csv, save_json, save_npz
 
 log = logging.getLogger("proseflow")
 
@@ -186,7 +186,8 @@ def cmd_snis(args) -> None:
     log_q = prop["log_q"]
     r = snis(-e_kT, log_q, drop_top_fraction=args.drop_top_fraction, rng=args.seed)
     save_npz(args.out, positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
-              log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_nonfinite=r.n_nonfinite,
+              log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_distinct=r.n_distinct,
+              n_nonfinite=r.n_nonfinite,
               n_dropped=r.n_dropped, n_energy_evals=len(e_kT), temperature_K=args.temperature_K,
               drop_top_fraction=args.drop_top_fraction,
               wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
@@ -200,8 +201,9 @@ def cmd_evaluate(args) -> None:
 
     import numpy as np
 
-    from proseflow.evaluate import project, reference, reference_indices, sampler_metrics
+    from proseflow.evaluate import SAMPLER_COUNTS, project, reference, reference_indices, sampler_metrics
     from proseflow.report import write_system_report
+    from proseflow.smc import count_distinct
     from proseflow.structures import load_pdb
     from proseflow.tica import TicaModel
 
@@ -216,12 +218,18 @@ def cmd_evaluate(args) -> None:
         n_evals = int(d["n_energy_evals"])
         if name == "snis":  # the raw proposal is the SNIS set without its weights
             metrics["proposal"] = sampler_metrics(ref, proj, None, args.n_metric, args.seed, n_evals, args.kmeans_k)
+            metrics["proposal"]["n_distinct"] = count_distinct(d["positions_nm"])
             sets["proposal"] = {"energy_kT": proj.energy_kT, "weights": None, "phi_psi": proj.phi_psi,
                                 "tica": proj.tica}
         log_w = d["log_weights"] if "log_weights" in d else None
         metrics[name] = sampler_metrics(ref, proj, log_w, args.n_metric, args.seed, n_evals, args.kmeans_k)
         if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling)
             metrics[name]["ess"] = float(d["ess"])
+        # distinct configurations next to the ESS, so a collapsed population shows (proseflow.smc doc)
+        metrics[name]["n_distinct"] = int(d["n_distinct"]) if "n_distinct" in d else count_distinct(d["positions_nm"])
+        for key in SAMPLER_COUNTS:
+            if key in d:
+                metrics[name][key] = float(d[key]) if key == "min_ess" else int(d[key])
         sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w,
                       "phi_psi": proj.phi_psi, "tica": proj.tica}
         meta_rows[f"{name} wall time (s)"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
@@ -261,7 +269,7 @@ def cmd_evaluate(args) -> None:
                                          "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                        "tica": ref.tica},
                                          "samplers": sets}, summary_href="summary.html")
-    save_text(args.out_json, json.dumps(out, indent=1, default=float))  # last: the JSON marks completion
+    save_json(args.out_json, out)  # last: the JSON marks completion
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in ("ess", "energy_w2", "torus_w2", "tica_w2")} for k, d in metrics.items()}))
 
 
@@ -285,7 +293,7 @@ def cmd_smc(args) -> None:
     import torch
 
     from proseflow.energy import make_energy
-    from proseflow.sampling import run_smc
+    from proseflow.sampling import STEP_SIZE_UNITS, run_smc
     from proseflow.structures import load_pdb
     from proseflow.train import load_model
 
@@ -298,13 +306,20 @@ def cmd_smc(args) -> None:
         model, topology, energy, args.n_particles, args.kernel, seed=args.seed,
         scale_nm=model.meta.get("scale_nm", 0.35), device=device, **args.smc)
     save_npz(args.out, positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
-              ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess),
+              ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess), min_ess=result.min_ess,
+              resampled=np.asarray(result.resampled), n_distinct=result.n_distinct,
+              n_distinct_ancestors=result.n_distinct_ancestors, step_size_units=STEP_SIZE_UNITS,
+              n_dropped_top_weight=result.info["n_dropped_top_weight"],
+              n_dropped_high_energy=result.info["n_dropped_high_energy"],
               acceptance=np.asarray(result.acceptance, dtype=float), step_sizes=np.asarray(result.step_sizes),
               t_schedule=np.asarray(result.t_schedule), n_energy_evals=result.n_energy_evals,
               n_chirality_fixed=n_fixed, n_chirality_unfixable=n_unfixable, temperature_K=args.temperature_K,
               wall_time_s=time.time() - t0, kernel=args.kernel)
-    log.info("SMC-%s: %d particles, final ESS before resampling %.4f, %d energy evaluations, %.1f s", args.kernel,
-             args.n_particles, result.final_ess_pre_resampling, result.n_energy_evals, time.time() - t0)
+    log.info("SMC-%s: %d particles, final ESS before resampling %.4f (min %.4f), %d distinct (from %d proposals; "
+             "%d + %d dropped before SMC), %d energy evaluations, %.1f s", args.kernel, args.n_particles,
+             result.final_ess_pre_resampling, result.min_ess, result.n_distinct, result.n_distinct_ancestors,
+             result.info["n_dropped_top_weight"], result.info["n_dropped_high_energy"], result.n_energy_evals,
+             time.time() - t0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:  # its own parser and exit status: proseflow.verify
+        from proseflow.verify import main as verify_main
+
+        return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

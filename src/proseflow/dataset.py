@@ -10,10 +10,16 @@ Store layout (one store per MD batch, e.g. ``results/dataset/train/batch00000.za
     systems/{seq}/                  group attributes: sequence, chain_length, atom_names, source,
                                     time_start_ps, frame_interval_ps, n_train_frames
     systems/{seq}/positions         float32 [T, N, 3] nm, equivalent hydrogens canonically labelled
-                                    (features.canonical_hydrogen_labels), chunks (frames_per_chunk, N, 3) inside shards
-                                    (frames_per_shard, N, 3), blosc-zstd + byte shuffle (lossless)
+                                    (features.canonical_hydrogen_labels), chunks (frames_per_chunk, N, 3) inside
+                                    shards (frames_per_shard, N, 3), blosc-zstd + byte shuffle (lossless), then a
+                                    crc32c checksum per chunk; the shard index carries its own crc32c
     systems/{seq}/conditioning      int16 [N, 3]: atom_type, residue_type, residue_index (features.py)
     systems/{seq}/permutations      int16 [8, N]: features.PERMUTATION_NAMES order
+    (conditioning and permutations are one chunk each, crc32c-checksummed too)
+
+Integrity: every chunk of every array carries a crc32c checksum (store version 2). A chunk whose bytes
+changed raises :class:`CorruptStoreError` naming the store, the system, the array, the chunk and the shard
+file to blame; version-1 stores (no checksums) are refused with a message saying to rebuild them.
 
 ``frame_offset`` is the index of the system's first frame in the store's concatenation of all frames.
 Frames ``[0, n_train_frames)`` of every system are the training split, the rest (the last
@@ -35,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
+from proseflow import trajectory_io
 from proseflow.features import (
     N_PERMUTATIONS,
     canonical_hydrogen_labels,
@@ -47,7 +54,44 @@ from proseflow.features import (
 from proseflow.sequences import THREE_TO_ONE, validate_sequence
 
 STORE_FORMAT = "proseflow-frames"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: crc32c on every chunk and shard index; 1 had no checksums
+REBUILD_HINT = "rebuild it (delete it and rerun the pipeline, e.g. `snakemake --forcerun build_dataset`)"
+
+
+class CorruptStoreError(ValueError):
+    """A chunk of a frame store failed its checksum (or could not be decoded)."""
+
+
+def chunk_file(store_path: str | os.PathLike, sequence: str, array: str, shard: int) -> Path:
+    """The file holding shard ``shard`` (along the first axis) of ``systems/{sequence}/{array}``."""
+    path = Path(store_path) / "systems" / sequence / array / "c" / str(shard)
+    return path / "0" / "0" if array == "positions" else path / "0"
+
+
+def read_checked(array, selection: slice, store_path, sequence: str, name: str = "positions") -> np.ndarray:
+    """``array[selection]`` (a slice along the first axis), with a decoding or checksum failure raised as
+    :class:`CorruptStoreError` naming the store, the system, the bad chunk(s) and their shard file(s)."""
+    try:
+        return array[selection]
+    except Exception as err:  # noqa: BLE001 (zarr raises ValueError for checksums, others for bad bytes)
+        start, stop, _ = selection.indices(array.shape[0])
+        chunk_len, shard_len = array.chunks[0], (array.shards or array.chunks)[0]
+        bad = []
+        for k in range(start // chunk_len, (stop - 1) // chunk_len + 1):  # pin down the chunk(s) to blame
+            try:
+                array[k * chunk_len : (k + 1) * chunk_len]
+            except Exception:  # noqa: BLE001
+                bad.append(k)
+        bad = bad or list(range(start // chunk_len, (stop - 1) // chunk_len + 1))
+        first, last = bad[0] * chunk_len, min((bad[-1] + 1) * chunk_len, array.shape[0]) - 1
+        chunks = f"chunk {bad[0]}" if len(bad) == 1 else f"chunks {', '.join(map(str, bad))}"
+        files = sorted({str(chunk_file(store_path, sequence, name, k * chunk_len // shard_len)) for k in bad})
+        raise CorruptStoreError(
+            f"corrupt frame store {store_path}: system {sequence}, {name} {chunks} (frames {first}-{last}) "
+            f"in {', '.join(files)} failed its check ({type(err).__name__}: {err}); {REBUILD_HINT}"
+        ) from err
+
+
 SPLITS = ("train", "val", "all")
 
 
@@ -67,14 +111,16 @@ def _topology_for(sequence: str, source, topologies):
     if topologies is not None and sequence in topologies:
         return topologies[sequence]
     if isinstance(source, str | os.PathLike):
-        import h5py
 
-        with h5py.File(source, "r") as fh:
+        with trajectory_io.open_checked(source) as fh:
             has_topology = "topology" in fh
         if has_topology:
             import mdtraj
 
-            return mdtraj.load_topology(str(source))
+            try:
+                return mdtraj.load_topology(str(source))
+            except Exception as err:  # noqa: BLE001 (PyTables raises HDF5ExtError for a failed checksum)
+                raise trajectory_io.corrupt(source, err) from err
     return sequence  # features.system_features builds it (proseflow.structures atom order)
 
 
@@ -160,15 +206,18 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
             dtype="float32",
             chunks=(chunk, n_atoms, 3),
             shards=(min(opt.frames_per_shard, math.ceil(n_frames / chunk) * chunk), n_atoms, 3),
-            compressors=opt.compressor,
+            compressors=(opt.compressor, Crc32cCodec()),  # the shard index gets crc32c by default too
             dimension_names=("frame", "atom", "xyz"),
         )
         for start in range(0, n_frames, opt.frames_per_shard):
             stop = min(start + opt.frames_per_shard, n_frames)
-            block = np.asarray(
-                frames[start * opt.subsample_every : stop * opt.subsample_every : opt.subsample_every],
-                dtype=np.float32,
-            )
+            try:
+                block = np.asarray(
+                    frames[start * opt.subsample_every : stop * opt.subsample_every : opt.subsample_every],
+                    dtype=np.float32,
+                )
+            except OSError as err:  # an HDF5 checksum (Fletcher-32) or read error in the MD file
+                raise trajectory_io.corrupt(description, err) from err
             bad = ~np.isfinite(block).all(axis=(1, 2))
             if bad.any():
                 frame_in = (start + int(np.argmax(bad))) * opt.subsample_every
@@ -180,8 +229,8 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
     finally:
         close()
     conditioning = np.stack([feats["atom_type"], feats["residue_type"], feats["residue_index"]], axis=1)
-    group.create_array("conditioning", data=conditioning.astype(np.int16), compressors=None)
-    group.create_array("permutations", data=feats["permutations"].astype(np.int16), compressors=None)
+    group.create_array("conditioning", data=conditioning.astype(np.int16), compressors=Crc32cCodec())
+    group.create_array("permutations", data=feats["permutations"].astype(np.int16), compressors=Crc32cCodec())
     n_train = n_frames - int(round(opt.val_fraction * n_frames))
     group.attrs.update(
         {
@@ -303,7 +352,10 @@ def open_store(path: str | os.PathLike):
     if not meta or meta.get("format") != STORE_FORMAT or not meta.get("complete"):
         raise ValueError(f"{path} is not a complete proseflow frame store")
     if meta["version"] != STORE_VERSION:
-        raise ValueError(f"{path} has store version {meta['version']}, this code reads {STORE_VERSION}")
+        why = " (written without chunk checksums)" if meta["version"] == 1 else ""
+        raise ValueError(
+            f"{path} has store version {meta['version']}{why}, this code reads version {STORE_VERSION}; {REBUILD_HINT}"
+        )
     return root
 
 
@@ -335,7 +387,7 @@ def iterate_system_frames(
     step = frames_per_read or positions.shards[0]
     start, stop = _split_range(rows[sequence], split)
     for i in range(start, stop, step):
-        yield positions[i : min(i + step, stop)]
+        yield read_checked(positions, slice(i, min(i + step, stop)), store_path, sequence)
 
 
 class _LRU(OrderedDict):
@@ -559,22 +611,30 @@ class FrameLoader:
     def _chunk(self, system: int, chunk: int) -> np.ndarray:
         """Decoded frames of one chunk, ``[frames_per_chunk, N, 3]``, through the bounded cache."""
         entry = self._system(system)
-        fpc = entry["frames_per_chunk"]
+        fpc, meta = entry["frames_per_chunk"], self.systems[system]
+        path = self.store_paths[meta["store"]]
         return self._chunks.get_or_load(
-            (system, chunk), lambda: entry["positions"][chunk * fpc : (chunk + 1) * fpc]
+            (system, chunk),
+            lambda: read_checked(entry["positions"], slice(chunk * fpc, (chunk + 1) * fpc), path, meta["sequence"]),
         )
 
     def _system(self, i: int) -> dict:
         def load():
             meta = self.systems[i]
-            group = self._roots[meta["store"]][f"systems/{meta['sequence']}"]
+            path, seq = self.store_paths[meta["store"]], meta["sequence"]
+            group = self._roots[meta["store"]][f"systems/{seq}"]
             positions = group["positions"]
             return {
                 "positions": positions,
                 "n_atoms": meta["n_atoms"],
                 "frames_per_chunk": positions.chunks[0],
-                "conditioning": group["conditioning"][:].astype(np.int64),
-                "permutations": pad_permutations(group["permutations"][:].astype(np.int64), self.n_max),
+                "conditioning": read_checked(group["conditioning"], slice(None), path, seq, "conditioning").astype(
+                    np.int64
+                ),
+                "permutations": pad_permutations(
+                    read_checked(group["permutations"], slice(None), path, seq, "permutations").astype(np.int64),
+                    self.n_max,
+                ),
                 "chain_length": int(group.attrs["chain_length"]),
             }
 

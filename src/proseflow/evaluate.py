@@ -19,6 +19,9 @@ from proseflow.system import kT_kJ_per_mol
 
 METRIC_KEYS = ("ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
                "n_samples", "n_energy_evals", "n_nonfinite")
+# counts a sampler's .npz may carry, copied into its metrics: SMC's smallest ESS before a resampling, the
+# distinct initial proposals behind its final particles, and the proposals it dropped before starting
+SAMPLER_COUNTS = ("min_ess", "n_distinct_ancestors", "n_dropped_top_weight", "n_dropped_high_energy")
 
 
 @dataclass

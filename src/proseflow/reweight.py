@@ -76,6 +76,11 @@ class SnisResult:
     def n_total(self) -> int:
         return len(self.log_weights)
 
+    @property
+    def n_distinct(self) -> int:
+        """Distinct proposals in the resampled set (1 when one weight dominates, whatever the ESS says)."""
+        return int(len(np.unique(self.indices)))
+
 
 def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float = 0.002,
          rng: np.random.Generator | int | None = None, n_resample: int | None = None) -> SnisResult:

@@ -30,6 +30,9 @@ from proseflow.flow.preprocess import (
 
 log = logging.getLogger(__name__)
 
+# SMC runs in the flow's coordinates, so its step sizes h are in these units (h_nm2 = h * scale_nm**2)
+STEP_SIZE_UNITS = "normalised flow coordinates squared ((nm / scale_nm)^2, scale_nm = 0.35)"
+
 
 def system_batch(topology_or_sequence, n: int, device="cpu", n_max: int | None = None) -> dict:
     """A batch of ``n`` copies of one system's conditioning (the loader's batch layout, without x)."""

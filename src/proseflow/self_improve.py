@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proseflow.artefacts import atomic_write, save_text
+from proseflow.artefacts import atomic_write, save_json
 
 log = logging.getLogger("proseflow")
 
@@ -197,7 +197,7 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
         save_model(model, out / "model.pt", round_meta)
         if config.keep_round_models:
             save_model(model, out / f"model_round{k}.pt", round_meta)
-        save_text(out / "rounds.json", json.dumps(rounds, indent=1))
+        save_json(out / "rounds.json", rounds)
         log.info("self-improvement round %d/%d: ESS %.4f (%d energy evaluations so far), nll %s, reg %s",
                  k, config.n_rounds, r.ess, n_evals, row["nll"], row["reg"])
 
@@ -206,7 +206,8 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     n_evals += len(e_kT)
     final = {
         "positions_nm": p.positions_nm, "log_q": p.log_q, "energy_kT": e_kT, "log_weights": r.log_weights,
-        "resampled_indices": r.indices, "ess": r.ess, "n_nonfinite": r.n_nonfinite, "n_dropped": r.n_dropped,
+        "resampled_indices": r.indices, "ess": r.ess, "n_distinct": r.n_distinct, "n_nonfinite": r.n_nonfinite,
+        "n_dropped": r.n_dropped,
         "n_energy_evals": n_evals, "temperature_K": float(getattr(energy_api, "temperature_K", np.nan)),
         "wall_time_s": time.time() - t0,
         "round_ess": np.array([row["ess"] for row in rounds], dtype=np.float64),

@@ -31,6 +31,11 @@ def validate_sequence(sequence: str, min_length: int | None = None, max_length: 
     if not isinstance(sequence, str) or not sequence:
         raise SequenceError(f"empty or non-string peptide sequence: {sequence!r}")
     bad = sorted({c for c in sequence if c not in AMINO_ACIDS})
+    if bad and all(c in AMINO_ACIDS for c in sequence.upper()):
+        raise SequenceError(
+            f"sequence {sequence!r} is not upper case: sequences are upper-case one-letter amino-acid codes "
+            f"(did you mean {sequence.upper()}?)"
+        )
     if bad:
         raise SequenceError(
             f"sequence {sequence!r} contains invalid residue letter(s) {', '.join(map(repr, bad))}; "

@@ -20,8 +20,21 @@ Reading of the paper and the authors' code (transferable-samplers): "100 ULA ste
 are numbers of annealing levels with ONE Langevin step per level (``SMCConfig.paper``). Their MALA spent
 two energy+force evaluations per step (at x and at the proposal); here forces at the current particles
 are cached, so one MALA step costs one target evaluation per particle. The authors resampled at every
-level (ess_threshold 1.0), adapted MALA's step by x1.1 / /1.1 around 0.55-0.6 acceptance, and dropped
-proposals with target energy above 100 kT beforehand (not done here: pass pre-filtered particles).
+level (ess_threshold 1.0), adapted MALA's step by x1.1 / /1.1 toward 0.55-0.6 acceptance, and, before
+SMC, dropped the top 0.2% of the proposals' importance weights and then the proposals with target energy
+above 100 kT. All of this is ``SMCConfig.paper``: the filter gives the dropped particles weight zero, so
+the first resampling replaces them (the population size stays B); the counts are in ``SMCResult.info``.
+
+Step sizes are in the squared units of the coordinates SMC runs in. :func:`proseflow.sampling.run_smc`
+runs in the flow's normalised coordinates (x = nm / scale_nm, scale_nm = 0.35), so h = 1e-7 there is
+1e-7 x 0.35^2 = 1.2e-8 nm^2. The paper's values: ULA h = eps x dt = 1e-5 x 0.01 = 1e-7 (their ULA config's
+step size times its time step; larger steps make Euler-Maruyama unstable on the force field's stiff bonds,
+see tests/test_smc.py), MALA h = 5e-4 at the start, then adapted.
+
+Statistics that cannot mislead: besides the ESS before each resampling (``ess``, its minimum
+``min_ess``), the result counts the distinct configurations of the final set (``n_distinct``: MALA
+copies that never moved count once) and the distinct initial proposals they descend from
+(``n_distinct_ancestors``: after a collapse onto one proposal this is 1 even though ULA moved every copy).
 
 Energies are dimensionless (kT) and forces are -grad E in kT per coordinate unit. Every call of the
 target's ``energy_and_forces`` on a batch of b particles counts as b energy evaluations.
@@ -39,6 +52,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 EnergyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+PAPER_STEP_SIZE = {"ula": 1e-5 * 0.01, "mala": 5e-4}  # normalised flow coordinates squared
 
 
 class EnergyModel(Protocol):
@@ -56,22 +70,36 @@ class SMCConfig:
     kernel: Literal["ula", "mala"] = "ula"
     n_levels: int = 100  # K annealing increments; the schedule has K + 1 points 0 = t_0 < ... < t_K = 1
     n_mcmc_steps: int = 1  # Langevin steps per level (0: pure annealed importance weights, no moves)
-    step_size: float = 1e-3  # h in x' = x + h F + sqrt(2h) xi (coordinate units squared)
+    step_size: float = 1e-3  # h in x' = x + h F + sqrt(2h) xi, in (coordinate unit)^2 (see the module doc)
     adapt_step_size: bool | None = None  # None: adapt for MALA only (ULA has no acceptance signal)
-    target_accept: float = 0.6
+    target_accept: float = 0.6  # "exp" rule: log h += adapt_rate * (acceptance - target_accept)
     adapt_rate: float = 1.0
+    adapt_rule: Literal["exp", "band"] = "exp"  # "band": h x adapt_factor above the band, / below it
+    target_accept_band: tuple[float, float] = (0.55, 0.6)
+    adapt_factor: float = 1.1
     step_size_bounds: tuple[float, float] = (1e-12, 1e3)
     ess_threshold: float = 0.5  # resample when the normalised Kish ESS drops below this
     schedule: Sequence[float] | None = None  # explicit t levels (overrides n_levels)
+    # before SMC: drop the largest drop_top_fraction of the importance weights exp(-E_target - log q), then
+    # the particles with E_target above max_target_energy (kT); dropped particles get weight zero
+    drop_top_fraction: float = 0.0
+    max_target_energy: float | None = None
 
     @classmethod
     def paper(cls, kernel: Literal["ula", "mala"], **overrides) -> SMCConfig:
-        """Paper settings: ULA 100 levels, MALA 50 levels, one step per level, resampling every level."""
+        """Paper settings: ULA 100 levels at h = 1e-7 (eps 1e-5 x dt 0.01); MALA 50 levels from h = 5e-4,
+        adapted x/÷1.1 toward 0.55-0.6 acceptance; one step per level, resampling at every level; the top
+        0.2% of the weights and the proposals above 100 kT dropped first. Step sizes in normalised flow
+        coordinates squared (nm / 0.35)."""
         base = {
             "kernel": kernel,
             "n_levels": 100 if kernel == "ula" else 50,
             "n_mcmc_steps": 1,
             "ess_threshold": 1.0,
+            "step_size": PAPER_STEP_SIZE[kernel],
+            "adapt_rule": "band",
+            "drop_top_fraction": 0.002,
+            "max_target_energy": 100.0,
         }
         return cls(**{**base, **overrides})
 
@@ -105,7 +133,14 @@ class SMCResult:
     final_log_weights_pre_resampling: np.ndarray  # [B] normalised log weights at t = 1
     final_ess_pre_resampling: float
     log_z: float  # estimate of log integral exp(-E_target) (q is normalised)
-    info: dict = field(default_factory=dict)
+    n_distinct: int = 0  # distinct configurations among the final particles
+    n_distinct_ancestors: int = 0  # distinct initial proposals the final particles descend from
+    info: dict = field(default_factory=dict)  # kernel, final_step_size, n_dropped_top_weight, n_dropped_high_energy
+
+    @property
+    def min_ess(self) -> float:
+        """The smallest normalised ESS before any resampling of the run."""
+        return float(np.min(self.ess))
 
 
 def _as_fn(model) -> EnergyFn:
@@ -167,6 +202,8 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
     ok = okq & okp
     log_w = np.where(ok, -eq - np.asarray(log_q0, dtype=float).reshape(b), -np.inf)
     _check_alive(log_w, 0)
+    log_w, n_top, n_high = _prefilter(log_w, ep, eq, config)
+    ancestors = np.arange(b)
     log_z = float(logsumexp(log_w) - np.log(b))
     h = float(config.step_size)
     lo, hi = config.step_size_bounds
@@ -189,6 +226,7 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         if ess[k - 1] < config.ess_threshold or k == n_lev:
             idx = systematic_resample(log_w, rng)
             x, eq, fq, ep, fp, ok = x[idx], eq[idx], fq[idx], ep[idx], fp[idx], ok[idx]
+            ancestors = ancestors[idx]
             log_w = np.zeros(b)
             resampled[k - 1] = True
 
@@ -225,13 +263,11 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
             _check_alive(log_w, k)
             acc[k - 1] = n_acc / max(n_tried, 1)
             if config.adapts():
-                h = float(
-                    np.clip(h * np.exp(config.adapt_rate * (acc[k - 1] - config.target_accept)), lo, hi)
-                )
+                h = float(np.clip(_adapted(h, acc[k - 1], config), lo, hi))
 
     if not np.isfinite(log_w).all():  # a final ULA move killed particles: keep the set equally weighted
         idx = systematic_resample(log_w, rng)
-        x, ep, ok, log_w = x[idx], ep[idx], ok[idx], np.zeros(b)
+        x, ep, ok, log_w, ancestors = x[idx], ep[idx], ok[idx], np.zeros(b), ancestors[idx]
     log_w_out = log_w - logsumexp(log_w)
     return SMCResult(
         x=x.reshape((b, *shape)),
@@ -247,8 +283,50 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         final_log_weights_pre_resampling=final_log_w,
         final_ess_pre_resampling=float(final_ess),
         log_z=log_z,
-        info={"kernel": config.kernel, "final_step_size": h},
+        n_distinct=count_distinct(x),
+        n_distinct_ancestors=len(np.unique(ancestors)),
+        info={"kernel": config.kernel, "final_step_size": h, "n_dropped_top_weight": n_top,
+              "n_dropped_high_energy": n_high},
     )
+
+
+def count_distinct(x: np.ndarray) -> int:
+    """Number of distinct configurations (rows of ``x`` [B, ...] with exactly equal coordinates count once)."""
+    flat = np.ascontiguousarray(np.asarray(x).reshape(len(x), -1))
+    if flat.shape[0] == 0:
+        return 0
+    return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1])))))
+
+
+def _prefilter(log_w, e_target, e_q, config: SMCConfig) -> tuple[np.ndarray, int, int]:
+    """The paper's filter before SMC: weight zero for the top ``drop_top_fraction`` of the importance
+    weights -E_target + E_q (count rounded down, among finite ones), then for E_target > max_target_energy."""
+    log_w = log_w.copy()
+    with np.errstate(invalid="ignore"):
+        log_iw = np.where(np.isfinite(log_w), -e_target + e_q, -np.inf)
+    n_top = int(np.floor(config.drop_top_fraction * np.isfinite(log_iw).sum()))
+    if n_top:
+        log_w[np.argpartition(log_iw, -n_top)[-n_top:]] = -np.inf
+    n_high = 0
+    if config.max_target_energy is not None:
+        high = np.isfinite(log_w) & (e_target > config.max_target_energy)
+        n_high = int(high.sum())
+        log_w[high] = -np.inf
+    if not np.isfinite(log_w).any():
+        raise RuntimeError(
+            f"SMC: no proposal left after dropping the top {config.drop_top_fraction:.2%} of the weights and "
+            f"those above {config.max_target_energy} kT (lowest target energy {np.min(e_target):.4g} kT)"
+        )
+    return log_w, n_top, n_high
+
+
+def _adapted(h: float, acceptance: float, config: SMCConfig) -> float:
+    if config.adapt_rule == "band":
+        low, high = config.target_accept_band
+        return h * config.adapt_factor if acceptance > high else h / config.adapt_factor if acceptance < low else h
+    if config.adapt_rule == "exp":
+        return h * np.exp(config.adapt_rate * (acceptance - config.target_accept))
+    raise ValueError(f"adapt_rule must be 'exp' or 'band', got {config.adapt_rule!r}")
 
 
 def _check_alive(log_w: np.ndarray, level: int) -> None:

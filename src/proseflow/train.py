@@ -47,8 +47,8 @@ import torch.distributed as dist
 from torch import nn
 
 from proseflow import features
-from proseflow.artefacts import atomic_write, save_text
-from proseflow.dataset import FrameLoader
+from proseflow.artefacts import atomic_write, save_json
+from proseflow.dataset import CorruptStoreError, FrameLoader
 from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
 from proseflow.sequences import AMINO_ACIDS
@@ -415,6 +415,26 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
         raise ValueError(f"checkpoint.pt was written with other settings ({diff}); use a new out_dir")
 
 
+def _set_aside_finished_run(out: Path, config: TrainConfig) -> bool:
+    """A finished run (``settings.json`` says all ``max_steps`` are done) being run again is a forced rerun
+    (Snakemake deletes ``model.pt`` first): move its checkpoint and settings aside as ``*.previous.*`` so
+    the run starts fresh instead of "resuming" for 0 steps. True if it did."""
+    settings, ckpt = out / "settings.json", out / "checkpoint.pt"
+    if not (settings.exists() and ckpt.exists()):
+        return False
+    try:
+        steps = int(json.loads(settings.read_text())["steps"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    if steps < config.max_steps:  # max_steps raised since: resume and train on
+        return False
+    os.replace(ckpt, out / "checkpoint.previous.pt")
+    os.replace(settings, out / "settings.previous.json")
+    log.warning("%s holds a finished run (%d of %d steps): rerun, so starting a fresh run; its checkpoint and "
+                "settings are kept as checkpoint.previous.pt and settings.previous.json", out, steps, config.max_steps)
+    return True
+
+
 def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int) -> dict:
     """What ``model.pt`` (and each snapshot) holds: the EMA weights and everything needed to use them."""
     return {
@@ -472,6 +492,10 @@ def train(
             raise ValueError(f"validation systems of {val_loader.n_max} atoms exceed max_atoms={cfg.max_atoms}")
 
     step, ckpt_path = 0, out / "checkpoint.pt"
+    if ddp.main:
+        _set_aside_finished_run(out, config)
+    if ddp.world_size > 1:
+        dist.barrier()
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         _check_resumable(ckpt["config"], config)
@@ -495,7 +519,10 @@ def train(
             log.info("length buckets (max atoms: frames): %s", ", ".join(
                 f"{e}: {f}" for e, f in zip(loader.bucket_edges, loader.bucket_frames, strict=True)))
 
+    saved = {"step": step if ckpt_path.exists() else None}  # step of the checkpoint on disk
+
     def save_checkpoint() -> None:
+        saved["step"] = step
         loader.step = step
         _atomic_save({
             "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(),
@@ -589,6 +616,11 @@ def train(
             csv_log.plot(out / "loss_curve.png")
             log.warning("stopped after %.0f s at step %d of %d; rerun to resume", time.time() - t_start,
                         step, config.max_steps)
+    except CorruptStoreError as err:
+        kept = (f"its last checkpoint {ckpt_path} (step {saved['step']}) is kept" if saved["step"] is not None
+                else "no checkpoint was written yet")
+        raise CorruptStoreError(f"training stopped at step {step}: {err}. {kept}; after rebuilding the store, "
+                                "rerun to resume") from err
     finally:
         bar.close()
         if pool:
@@ -607,7 +639,7 @@ def train(
             "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
-        save_text(out / "settings.json", json.dumps(settings, indent=1, default=str))
+        save_json(out / "settings.json", settings, default=str)
         _atomic_save(_model_file(ema, cfg, config, step), out / "model.pt")
     if ddp.owned:
         dist.barrier()

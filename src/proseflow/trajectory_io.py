@@ -3,18 +3,48 @@
 ``mdtraj.load(path)`` opens the files with their topology. Layout (MDTraj conventions "Pande" 1.1):
 ``coordinates`` float32 [T, N, 3] nm, ``time`` float32 [T] ps, ``potentialEnergy`` float32 [T] kJ/mol,
 ``topology`` (MDTraj JSON), and the run's protocol as the JSON root attribute ``proseflow_protocol``.
+
+Every dataset carries HDF5's Fletcher-32 checksum filter (per chunk); reading a chunk whose bytes changed
+raises :class:`CorruptTrajectoryError` naming the file (files written before the filter still read).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 FRAME_CHUNK = 64
+DATASETS = ("coordinates", "time", "potentialEnergy")
+
+
+class CorruptTrajectoryError(ValueError):
+    """An MD trajectory file failed its checksum or could not be read."""
+
+
+def corrupt(path: str | os.PathLike, err: Exception) -> CorruptTrajectoryError:
+    """The error to raise for a read error ``err`` of the trajectory file ``path``."""
+    return CorruptTrajectoryError(
+        f"corrupt MD trajectory file {path}: a Fletcher-32 checksum failed or the file could not be read "
+        f"({type(err).__name__}: {err}); delete it and rerun the MD stage that wrote it"
+    )
+
+
+@contextmanager
+def open_checked(path: str | os.PathLike):
+    """``h5py.File(path, "r")``; an HDF5 read error (e.g. a Fletcher-32 mismatch) is raised as
+    :class:`CorruptTrajectoryError` naming ``path``."""
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as err:
+        if isinstance(err, FileNotFoundError) or not Path(path).exists():
+            raise
+        raise corrupt(path, err) from err
 
 
 def create(path: str | os.PathLike, topology, protocol: dict) -> None:
@@ -30,12 +60,12 @@ def create(path: str | os.PathLike, topology, protocol: dict) -> None:
         f.attrs.update(conventions="Pande", conventionVersion="1.1", program="proseflow",
                        programVersion=__version__, title="proseflow MD", application="OpenMM",
                        proseflow_protocol=json.dumps(protocol, sort_keys=True))
-        f.create_dataset("topology", data=np.array([top_json]))
+        f.create_dataset("topology", data=np.array([top_json]), fletcher32=True)
         f.create_dataset("coordinates", shape=(0, n_atoms, 3), maxshape=(None, n_atoms, 3), dtype="f4",
-                         chunks=(FRAME_CHUNK, n_atoms, 3)).attrs["units"] = "nanometers"
+                         chunks=(FRAME_CHUNK, n_atoms, 3), fletcher32=True).attrs["units"] = "nanometers"
         for name, units in (("time", "picoseconds"), ("potentialEnergy", "kilojoules_per_mole")):
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f4",
-                             chunks=(FRAME_CHUNK * 16,)).attrs["units"] = units
+                             chunks=(FRAME_CHUNK * 16,), fletcher32=True).attrs["units"] = units
 
 
 def append(path: str | os.PathLike, positions_nm: np.ndarray, time_ps: np.ndarray,
@@ -72,17 +102,17 @@ def concatenate(parts: list, out: str | os.PathLike, **protocol_updates) -> None
     """One file of the frames of ``parts`` (same topology) in order; written beside ``out``, then renamed."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
-    with h5py.File(parts[0], "r") as first:
+    with open_checked(parts[0]) as first:
         record = {**json.loads(first.attrs["proseflow_protocol"]), **protocol_updates}
         record.pop("replica", None)
         with h5py.File(tmp, "w") as f:
             f.attrs.update({k: v for k, v in first.attrs.items() if k != "proseflow_protocol"})
             f.attrs["proseflow_protocol"] = json.dumps(record, sort_keys=True)
-            first.copy("topology", f)
-            for name in ("coordinates", "time", "potentialEnergy"):
+            f.create_dataset("topology", data=first["topology"][:], fletcher32=True)
+            for name in DATASETS:
                 src = first[name]
                 ds = f.create_dataset(name, shape=(0, *src.shape[1:]), maxshape=(None, *src.shape[1:]),
-                                      dtype=src.dtype, chunks=src.chunks)
+                                      dtype=src.dtype, chunks=src.chunks, fletcher32=True)
                 ds.attrs.update(src.attrs)
     for part in parts:
         data = read(part)
@@ -96,13 +126,13 @@ def segments(path: str | os.PathLike) -> int:
 
 
 def n_frames(path: str | os.PathLike) -> int:
-    with h5py.File(path, "r") as f:
+    with open_checked(path) as f:
         return int(f["coordinates"].shape[0])
 
 
 def read(path: str | os.PathLike, stride: int = 1, start: int = 0, stop: int | None = None) -> dict:
     """Arrays of a trajectory file (no topology parsing): positions_nm, time_ps, energy_kJ_per_mol, protocol."""
-    with h5py.File(path, "r") as f:
+    with open_checked(path) as f:
         sl = slice(start, stop, stride)
         return {
             "positions_nm": f["coordinates"][sl],
@@ -113,7 +143,7 @@ def read(path: str | os.PathLike, stride: int = 1, start: int = 0, stop: int | N
 
 
 def protocol(path: str | os.PathLike) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_checked(path) as f:
         return json.loads(f.attrs["proseflow_protocol"])
 
 

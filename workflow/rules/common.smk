@@ -61,6 +61,28 @@ def valid_target(seq):
         raise WorkflowError(f"invalid target: {e}") from None
 
 
+def check_target_case():
+    """A requested file whose {seq} is not upper case (results/md/gydp.h5) would fail with 'no rule to
+    produce' (the constraint seq=[A-Z]+); name the problem instead. Called once all rules are defined."""
+    import re
+
+    settings = workflow.dag_settings  # None while the Snakefile is parsed: read the command line then
+    targets = settings.targets if settings is not None else [a for a in sys.argv[1:] if not a.startswith("-")]
+    for target in targets:
+        for rule in workflow.rules:
+            for pattern in map(str, rule.output):  # e.g. results/md/{seq,[A-Z]+}.h5
+                regex, seen = "", False
+                for part in re.split(r"(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})", pattern):
+                    if part.startswith("{") and part[1:-1].split(",")[0].strip() == "seq":
+                        regex += "(?P=seq)" if seen else "(?P<seq>[A-Za-z]+)"
+                        seen = True
+                    else:
+                        regex += "[^/]+" if part.startswith("{") else re.escape(part)
+                match = seen and re.fullmatch(regex, str(target))
+                if match and match["seq"] != match["seq"].upper():
+                    valid_target(match["seq"])
+
+
 def protocol_json(kind, **overrides):
     return shlex.quote(json.dumps({**md_protocol(config, kind).__dict__, **overrides}))
 
