@@ -2,7 +2,6 @@ from collections import Counter
 
 import pytest
 
-from proseflow.config import ConfigError, check_config, load_config, n_batches, sequence_set
 from proseflow.sequences import (
     AMINO_ACIDS,
     SequenceError,
@@ -11,6 +10,7 @@ from proseflow.sequences import (
     draw_uniform,
     validate_sequence,
 )
+from proseflow.settings import ConfigError, check_config, load_config, n_batches, sequence_set
 
 
 def test_invalid_letter_is_named():
