@@ -344,7 +344,7 @@ def test_parser_sees_the_md_rules():
     runs code runs a known stage (also those the old regex missed: evaluation rules and train_model)."""
     rules = parse_rules()
     assert rules["simulate_batch"]["subcommands"] == ["md"]
-    for name in ("evaluate_system", "evaluate_variant", "evaluate_at_temperature", "train_model"):
+    for name in ("evaluate_system", "evaluate_variant", "train_model"):
         assert len(rules[name]["subcommands"]) == 1, name
     assert all(r["subcommands"] for r in rules.values() if r["runs_code"]), \
         [n for n, r in rules.items() if r["runs_code"] and not r["subcommands"]]

@@ -43,6 +43,7 @@ def every_settings(config) -> dict[str, S.StageSettings]:
         "smc/mala": S.build("smc", config, kernel="mala"),
         "self_improve": S.build("self_improve", config),
         "evaluate": S.build("evaluate", config),
+        "evaluate/T": S.build("evaluate", config, temperature_K=400.0, summary_href="../summary.html"),
         "budget": S.build("budget", config),
         "temperature": S.build("temperature", config),
         "report": S.build("report", config),
@@ -180,6 +181,22 @@ def test_scaled_prior_and_target_temperature_are_conditions():
     assert S.build("snis", DEMO, temperature_K=400.0).temperature_K == 400.0
     md = S.build("md", DEMO, split="reference", name="WA_400K", temperature_K=400.0)
     assert md.protocol["temperature_K"] == 400.0 and md.protocol["length_ps"] == DEMO["md"]["reference"]["length_ps"]
+
+
+def test_temperature_conditions_are_path_segments():
+    assert S.condition_name(400, "scaled") == "T400K_scaled/" and S.condition_name(310.5, "plain") == "T310.5K_plain/"
+    assert S.parse_condition("T400K_scaled/") == (400.0, "scaled") and S.parse_condition("") == (None, "plain")
+    assert S.md_suffix(400.0) == "_400K" and S.parse_md_suffix("_400K") == 400.0 and S.parse_md_suffix("") is None
+    with pytest.raises(S.ConfigError, match="T400K_hot/"):
+        S.parse_condition("T400K_hot/")
+    with pytest.raises(ValueError, match="unknown prior mode 'hot'"):
+        S.condition_name(400, "hot")
+    for t, prior in [(400.0, "scaled"), (310.0, "plain")]:  # the workflow's wildcard patterns accept them
+        import re
+
+        assert re.fullmatch(S.CONDITION_PATTERN, S.condition_name(t, prior))
+        assert re.fullmatch(S.MD_TEMPERATURE_PATTERN, S.md_suffix(t))
+    assert re.fullmatch(S.CONDITION_PATTERN, "") and not re.fullmatch(S.CONDITION_PATTERN, "models/tarflow/")
 
 
 def test_settings_and_the_workflow_import_no_scientific_stack():

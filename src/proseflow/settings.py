@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,7 @@ class EvaluateSettings(StageSettings):
     n_metric: int
     kmeans_k: int
     seed: int
+    summary_href: str = "summary.html"  # condition: the summary page relative to this system's page
 
 
 @dataclass
@@ -413,7 +415,8 @@ SETTINGS: dict[str, type[StageSettings]] = {
 # Fields a rule sets from its wildcards (the job's conditions), not from a config key.
 CONDITIONS = {
     ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"),
-    ("smc", "kernel"), ("evaluate", "model"), ("report", "links"), ("sample", "prior_std"),
+    ("smc", "kernel"), ("evaluate", "model"), ("evaluate", "summary_href"), ("report", "links"),
+    ("sample", "prior_std"),
 }
 
 # Fields that no config key sets: their one default is the dataclass field's (device: CUDA when present).
@@ -540,11 +543,12 @@ def _self_improve(config):
                                energy_backend=sp["energy_backend"], seed=sp["seed"])
 
 
-def _evaluate(config, model=None, temperature_K=None):
+def _evaluate(config, model=None, temperature_K=None, summary_href=None):
     ev = config["eval"]
     return EvaluateSettings(model=config["sampling"]["model"] if model is None else model,
                             temperature_K=_temperature(config, temperature_K), reference_frames=ev["reference_frames"],
-                            n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"], seed=config["sampling"]["seed"])
+                            n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"], seed=config["sampling"]["seed"],
+                            **({} if summary_href is None else {"summary_href": summary_href}))
 
 
 def _budget(config):
@@ -611,11 +615,44 @@ def plan(config: Mapping) -> Plan:
                 n_val_batches=n_batches(config, "val"))
 
 
+# A temperature-transfer job is a main job under a condition: a path segment naming the target temperature
+# and prior (``T400K_scaled/`` in sample and evaluation paths; ``_400K`` after the system in MD paths), or
+# "" for the config's temperature.
+CONDITION_PATTERN = r"(T\d+(\.\d+)?K_(plain|scaled)/)?"
+MD_TEMPERATURE_PATTERN = r"(_\d+(\.\d+)?K)?"
+
+
 def condition_name(temperature_K: float, prior: str) -> str:
-    """Path segment of a target temperature and prior: ``T400K_scaled``."""
-    return f"T{temperature_K:g}K_{prior}"
+    """Path segment of a target temperature and prior: ``T400K_scaled/``."""
+    prior_std_for(temperature_K, temperature_K, prior)  # names an unknown prior mode
+    return f"T{float(temperature_K):g}K_{prior}/"
+
+
+def parse_condition(segment: str) -> tuple[float | None, str]:
+    """(target temperature in K or None for the config's, prior mode) of a condition segment."""
+    if not segment:
+        return None, "plain"
+    m = re.fullmatch(r"T(\d+(?:\.\d+)?)K_(plain|scaled)/", segment)
+    if m is None:
+        raise ConfigError(f"condition {segment!r} is not of the form T<kelvin>K_<plain|scaled>/")
+    return float(m.group(1)), m.group(2)
+
+
+def md_suffix(temperature_K: float | None) -> str:
+    """Suffix of an MD path at another temperature: ``_400K`` (or "" for the config's temperature)."""
+    return "" if temperature_K is None else f"_{float(temperature_K):g}K"
+
+
+def parse_md_suffix(suffix: str) -> float | None:
+    if not suffix:
+        return None
+    m = re.fullmatch(r"_(\d+(?:\.\d+)?)K", suffix)
+    if m is None:
+        raise ConfigError(f"MD temperature suffix {suffix!r} is not of the form _<kelvin>K")
+    return float(m.group(1))
 
 
 __all__ = ["ConfigError", "MDProtocol", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
-           "prior_std_for", "temperature_cases", "condition_name", "PRIOR_MODES"]
+           "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
+           "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]

@@ -335,7 +335,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
                                               "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                             "tica": ref.tica},
-                                              "samplers": sets}, summary_href="summary.html")
+                                              "samplers": sets}, summary_href=s.summary_href)
     save_text(outputs.one("json"), json.dumps(out, indent=1, default=float))  # last: the JSON marks completion
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items()
                                             if m in ("ess", "energy_w2", "torus_w2", "tica_w2")}

@@ -67,8 +67,8 @@ wildcard_constraints:
     batch=r"\d{5}",
     split="train|val",
     model="[A-Za-z0-9_]+",
-    temp=r"\d+(\.\d+)?",
-    prior="plain|scaled",
+    cond=S.CONDITION_PATTERN,
+    at_T=S.MD_TEMPERATURE_PATTERN,
 
 
 def valid_target(seq):
@@ -79,6 +79,24 @@ def valid_target(seq):
         raise WorkflowError(f"invalid target: {e}") from None
 
 
+# Temperature transfer is a condition of the main rules: "" (the config's temperature) or T400K_scaled/
+# ({cond}, in sample and evaluation paths) and "" or _400K ({at_T}, in MD paths).
+def target_temperature(wildcards):
+    return S.parse_condition(wildcards.cond)[0]
+
+
+def prior(wildcards):
+    return S.parse_condition(wildcards.cond)[1]
+
+
+def md_temperature(wildcards):
+    return S.parse_md_suffix(wildcards.at_T)
+
+
+def md_suffix(wildcards):
+    return S.md_suffix(target_temperature(wildcards))
+
+
 def md_batches(split):
     n = N_TRAIN_BATCHES if split == "train" else N_VAL_BATCHES
     return [f"results/md/{split}/batch{i:05d}" for i in range(n)]
@@ -86,8 +104,9 @@ def md_batches(split):
 
 
 
-def sampler_files(seq):
-    return [f"results/samples/{EVAL_MODEL}/{seq}/{name}.npz" for name in PLAN.samplers]
+def sampler_files(seq, cond=""):
+    """The evaluated sample sets of a system: every configured sampler, or SNIS under a temperature condition."""
+    return [f"results/samples/{EVAL_MODEL}/{seq}/{cond}{name}.npz" for name in (["snis"] if cond else PLAN.samplers)]
 
 
 def temperature_cases():
@@ -95,7 +114,7 @@ def temperature_cases():
 
 
 def temperature_evals():
-    return [f"results/temperature/{s}_{t:g}K_{p}.json" for s, t, p in temperature_cases()]
+    return [f"results/eval/{S.condition_name(t, p)}{s}.json" for s, t, p in temperature_cases()]
 
 
 def dataset_stores(split):

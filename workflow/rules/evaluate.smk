@@ -1,24 +1,27 @@
 rule evaluate_system:
-    """Every configured sampler of one system against its reference MD: metrics JSON + HTML page."""
+    """Every configured sampler of one system against its reference MD: metrics JSON + HTML page. Under a
+    temperature condition ({cond} = T400K_scaled/): SNIS at that temperature and prior against the reference
+    MD at that temperature."""
     input:
-        md="results/md/{seq}.h5",
+        md=lambda w: f"results/md/{w.seq}{md_suffix(w)}.h5",
         tica="results/tica/{seq}.npz",
         structure="results/structures/{seq}.pdb",
-        samplers=lambda w: sampler_files(valid_target(w.seq)),
-        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/proposals.npz",
+        samplers=lambda w: sampler_files(valid_target(w.seq), w.cond),
+        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/{{cond}}proposals.npz",
         model=f"results/models/{EVAL_MODEL}/model.pt",
         train="results/sequences/train.csv",
     output:
-        json="results/eval/{seq}.json",
-        html=report("results/eval/{seq}.html", caption="../report/system_report.rst", category="Systems",
-                    labels={"system": "{seq}"}),
+        json="results/eval/{cond}{seq}.json",
+        html=report("results/eval/{cond}{seq}.html", caption="../report/system_report.rst", category="Systems",
+                    labels={"system": "{seq}", "condition": "{cond}"}),
     params:
         launch=PROSEFLOW,
-        settings=settings("evaluate"),
+        settings=settings("evaluate", temperature_K=target_temperature,
+                          summary_href=lambda w: "../summary.html" if w.cond else "summary.html"),
         files=files,
     threads: 1
     log:
-        "logs/eval/{seq}.log",
+        "logs/eval/{cond}{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
@@ -40,7 +43,7 @@ rule evaluate_variant:
         html="results/eval/models/{model}/{seq}.html",
     params:
         launch=PROSEFLOW,
-        settings=settings("evaluate", model=lambda w: w.model),
+        settings=settings("evaluate", model=lambda w: w.model, summary_href="../../summary.html"),
         files=files,
     log:
         "logs/eval/models/{model}/{seq}.log",

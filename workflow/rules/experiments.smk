@@ -1,5 +1,7 @@
 # The paper's experiments beyond Table 2: MD vs flow at equal cost (Fig. 1, Fig. 4) and temperature
-# transfer with the plain or scaled prior (PAPER.md section 4).
+# transfer with the plain or scaled prior (PAPER.md section 4). Temperature transfer has no rules of its
+# own: it is a condition of the main rules (T400K_scaled/ in a sample or evaluation path, _400K in an MD
+# path); temperature_report collects those evaluations.
 
 
 rule budget_curve:
@@ -42,95 +44,6 @@ rule budget_report:
         "../../envs/analysis.yaml"
     shell:
         "{params.launch} run budget_report --settings {params.settings:q} {params.files} > {log} 2>&1"
-
-
-rule simulate_reference_at:
-    """Reference MD of one system at another temperature (its own cached artefact)."""
-    input:
-        structure="results/structures/{seq}.pdb",
-    output:
-        h5="results/md/{seq}_{temp}K.h5",
-    params:
-        launch=PROSEFLOW,
-        settings=settings("md", split="reference", name=lambda w: f"{w.seq}_{w.temp}K",
-                          temperature_K=lambda w: float(w.temp)),
-        files=files,
-    threads: 2
-    resources:
-        runtime=lambda w, attempt: 24 * 60 * attempt,
-    log:
-        "logs/md/{seq}_{temp}K.log",
-    conda:
-        "../../envs/md.yaml"
-    shell:
-        "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"
-
-
-rule sample_at_temperature:
-    """Proposals for target temperature T: plain prior N(0, I) or scaled prior N(0, T/T_train I)."""
-    input:
-        model="results/models/{model}/model.pt",
-        structure="results/structures/{seq}.pdb",
-    output:
-        proposals="results/samples/{model}/{seq}/T{temp}K_{prior}/proposals.npz",
-    params:
-        launch=PROSEFLOW,
-        settings=settings("sample", temperature_K=lambda w: float(w.temp), prior=lambda w: w.prior),
-        files=files,
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        "logs/samples/{model}/{seq}.T{temp}K_{prior}.log",
-    conda:
-        "../../envs/flow.yaml"
-    shell:
-        "{params.launch} run sample --settings {params.settings:q} {params.files} > {log} 2>&1"
-
-
-rule reweight_at_temperature:
-    """SNIS of the proposals to E/kT at the target temperature."""
-    input:
-        proposals="results/samples/{model}/{seq}/T{temp}K_{prior}/proposals.npz",
-        structure="results/structures/{seq}.pdb",
-    output:
-        snis="results/samples/{model}/{seq}/T{temp}K_{prior}/snis.npz",
-    params:
-        launch=PROSEFLOW,
-        settings=settings("snis", temperature_K=lambda w: float(w.temp)),
-        files=files,
-    threads: 2
-    log:
-        "logs/samples/{model}/{seq}.T{temp}K_{prior}.snis.log",
-    conda:
-        "../../envs/flow.yaml"
-    shell:
-        "{params.launch} run snis --settings {params.settings:q} {params.files} > {log} 2>&1"
-
-
-rule evaluate_at_temperature:
-    """SNIS at a target temperature against the reference MD at that temperature."""
-    input:
-        md="results/md/{seq}_{temp}K.h5",
-        tica="results/tica/{seq}.npz",
-        structure="results/structures/{seq}.pdb",
-        samplers=f"results/samples/{EVAL_MODEL}/{{seq}}/T{{temp}}K_{{prior}}/snis.npz",
-        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/T{{temp}}K_{{prior}}/proposals.npz",
-        model=f"results/models/{EVAL_MODEL}/model.pt",
-        train="results/sequences/train.csv",
-    output:
-        json="results/temperature/{seq}_{temp}K_{prior}.json",
-        html="results/temperature/{seq}_{temp}K_{prior}.html",
-    params:
-        launch=PROSEFLOW,
-        settings=settings("evaluate", temperature_K=lambda w: float(w.temp)),
-        files=files,
-    log:
-        "logs/temperature/{seq}_{temp}K_{prior}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    shell:
-        "{params.launch} run evaluate --settings {params.settings:q} {params.files} > {log} 2>&1"
 
 
 rule temperature_report:

@@ -1,18 +1,20 @@
 rule simulate_reference:
-    """Reference MD of one system (test systems and any valid target sequence)."""
+    """Reference MD of one system (test systems and any valid target sequence), at the config's temperature
+    or, under a temperature condition ({at_T} = _400K), at that temperature (its own cached artefact)."""
     input:
         structure="results/structures/{seq}.pdb",
     output:
-        h5="results/md/{seq}.h5",
+        h5="results/md/{seq}{at_T}.h5",
     params:
         launch=PROSEFLOW,
-        settings=settings("md", split="reference", name=lambda w: w.seq),
+        settings=settings("md", split="reference", name=lambda w: f"{w.seq}{w.at_T}",
+                          temperature_K=md_temperature),
         files=files,
     threads: 2
     resources:
         runtime=lambda w, attempt: 24 * 60 * attempt,
     log:
-        "logs/md/{seq}.log",
+        "logs/md/{seq}{at_T}.log",
     conda:
         "../../envs/md.yaml"
     shell:

@@ -17,21 +17,22 @@ rule fit_tica:
 
 
 rule sample_proposals:
-    """Proposals from a trained flow with exact log q (centre-of-mass corrected), chirality fixed."""
+    """Proposals from a trained flow with exact log q (centre-of-mass corrected), chirality fixed. Under a
+    temperature condition ({cond} = T400K_scaled/) the prior is N(0, I) (plain) or N(0, T/T_train I) (scaled)."""
     input:
         model="results/models/{model}/model.pt",
         structure="results/structures/{seq}.pdb",
     output:
-        proposals="results/samples/{model}/{seq}/proposals.npz",
+        proposals="results/samples/{model}/{seq}/{cond}proposals.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("sample"),
+        settings=settings("sample", temperature_K=target_temperature, prior=prior),
         files=files,
     threads: 2
     resources:
         gpu=1,
     log:
-        "logs/samples/{model}/{seq}.log",
+        "logs/samples/{model}/{seq}/{cond}proposals.log",
     conda:
         "../../envs/flow.yaml"
     shell:
@@ -39,19 +40,20 @@ rule sample_proposals:
 
 
 rule reweight_snis:
-    """Energies (kT) of the proposals and SNIS weights; the top log-weights are dropped."""
+    """Energies (kT) of the proposals and SNIS weights (at the condition's temperature); the top log-weights
+    are dropped."""
     input:
-        proposals="results/samples/{model}/{seq}/proposals.npz",
+        proposals="results/samples/{model}/{seq}/{cond}proposals.npz",
         structure="results/structures/{seq}.pdb",
     output:
-        snis="results/samples/{model}/{seq}/snis.npz",
+        snis="results/samples/{model}/{seq}/{cond}snis.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("snis"),
+        settings=settings("snis", temperature_K=target_temperature),
         files=files,
     threads: 2
     log:
-        "logs/samples/{model}/{seq}.snis.log",
+        "logs/samples/{model}/{seq}/{cond}snis.log",
     conda:
         "../../envs/flow.yaml"
     shell:
