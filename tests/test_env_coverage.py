@@ -350,3 +350,25 @@ def test_parser_sees_the_md_rules():
         [n for n, r in rules.items() if r["runs_code"] and not r["subcommands"]]
     assert rules["simulate_batch"]["conda"] == (ENVS / "md.yaml").resolve()
     assert {"openmm", "mdtraj", "h5py", "tables"} <= rule_imports(rules["simulate_batch"])
+
+
+def test_no_import_cycles_between_proseflow_modules():
+    """Dependencies point one way: no proseflow module reaches itself through its imports (those inside
+    functions count), e.g. energy <-> energy_torch."""
+    modules = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+               for p in SRC.rglob("*.py")}
+    # a submodule's edge to its own package (run by the import machinery) is not a design dependency
+    graph = {m: {o for o in module_imports(m)[1] if o in modules and o != m and not m.startswith(o + ".")}
+             for m in modules}
+    cycles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen and nxt > start:  # report each cycle once, from its smallest module
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not cycles, f"import cycles: {cycles}"

@@ -91,3 +91,11 @@ def sequence_of(topology: app.Topology) -> str:
     from proseflow.sequences import THREE_TO_ONE
 
     return "".join(THREE_TO_ONE[r.name] for r in topology.residues())
+
+
+def topology_of(system_or_sequence) -> app.Topology:
+    """The topology of a sequence (built, not minimised), or the topology itself."""
+    if isinstance(system_or_sequence, app.Topology):
+        return system_or_sequence
+    topology, _ = build_peptide(str(system_or_sequence), minimize=False)
+    return topology
