@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     figures["zarr"] = zarr_bytes_per_frame(args.md_glob, 512 if args.quick else 4096)
 
     sys.path.insert(0, str(ROOT / "src"))
-    from proseflow.config import load_config, md_protocol
+    from proseflow.settings import load_config, md_protocol
 
     cfg = load_config(ROOT / "config.yaml", *([ROOT / args.configfile] if args.configfile != "config.yaml" else []))
     n_train = sum(cfg["sequences"]["train_counts"].values())

@@ -2,10 +2,11 @@
 conda environments (envs/*.yaml) of the rules that run it.
 
 * every third-party import anywhere in src/proseflow is in pyproject.toml and in at least one env;
-* for each rule of workflow/rules/*.smk that runs proseflow (shell `{PF} <subcommand>` or a
+* for each rule of workflow/rules/*.smk that runs proseflow (shell `... run <stage>` or a
   `script:`), its `conda:` env holds every third-party import reachable from that code: the
-  subcommand's function in cli.py, then, transitively, every proseflow module it imports (all of
-  a module's imports count, also those inside functions);
+  stage's function in stages.py (and the entry point cli.py), then, transitively, every proseflow
+  module it imports (all of a module's imports count, also those inside functions). This is the
+  static half; tests/test_env_guard.py imports each stage under an import guard built from the env;
 * env pins are exact (`name=version`) and satisfy pyproject's lower bounds; the envs are valid YAML
   with conda-forge as channel.
 
@@ -198,7 +199,7 @@ def parse_rules() -> dict[str, dict]:
             rules[h.group(1)] = {
                 "file": smk,
                 "conda": (smk.parent / conda.group(1)).resolve() if conda else None,
-                "subcommands": re.findall(r"\{PF\}\s+([\w-]+)", body),
+                "subcommands": re.findall(r"\}\s+run\s+(\w+)\s", body),
                 "scripts": [(smk.parent / s).resolve()
                             for s in re.findall(r"^\s+script:\s*\n?\s*[\"']([^\"']+)[\"']", body, re.M)],
                 "runs_code": bool(re.search(r"^\s+(shell|script|run|notebook|wrapper):", body, re.M)),
@@ -208,38 +209,41 @@ def parse_rules() -> dict[str, dict]:
 
 @cache
 def subcommand_functions() -> dict[str, object]:
+    """stage name -> its runner (the `run <stage>` of the rules)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from proseflow import cli
+    from proseflow.stages import STAGES
 
-    parser = cli.build_parser()
-    out = {}
-    for action in parser._subparsers._group_actions:  # argparse has no public accessor
-        for name, sub in action.choices.items():
-            out[name] = sub.get_default("func")
-    return out
+    return {name: runner for name, (_, runner) in STAGES.items()}
+
+
+def _module_level_imports(module) -> tuple[set[str], set[str]]:
+    third, own = set(), set()
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            t, o = imports_of(node)
+            third |= t
+            own |= o
+    return third, own
 
 
 def subcommand_imports(name: str) -> set[str]:
-    func = subcommand_functions()[name]
-    from proseflow import cli
+    from proseflow import cli, stages
 
-    tree = ast.parse(inspect.getsource(cli))
-    third, own = imports_of(ast.parse(inspect.cleandoc("\n" + inspect.getsource(func))))
-    # module-level imports of cli.py run too, and helpers of cli it calls (e.g. _md_protocol)
-    mod_third, mod_own = set(), set()
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            t, o = imports_of(node)
-            mod_third |= t
-            mod_own |= o
-    called = {n.func.id for n in ast.walk(ast.parse(inspect.cleandoc("\n" + inspect.getsource(func))))
-              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    for node in tree.body:
+    func = subcommand_functions()[name]
+    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
+    third, own = imports_of(tree)
+    # the entry point's and stages.py's module-level imports run too, and helpers of stages it calls (_device)
+    for module in (cli, stages):
+        t, o = _module_level_imports(module)
+        third |= t
+        own |= o
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    for node in ast.parse(inspect.getsource(stages)).body:
         if isinstance(node, ast.FunctionDef) and node.name in called and node.name.startswith("_"):
             t, o = imports_of(node)
             third |= t
             own |= o
-    return closure(third | mod_third, own | mod_own)
+    return closure(third, own)
 
 
 def rule_imports(rule: dict) -> set[str]:
@@ -314,7 +318,7 @@ def test_rule_subcommands_exist():
     known = subcommand_functions()
     unknown = {n: r["subcommands"] for n, r in parse_rules().items()
                if any(s not in known for s in r["subcommands"])}
-    assert not unknown, f"rules call unknown `python -m proseflow` subcommands: {unknown}"
+    assert not unknown, f"rules call unknown stages (`python -m proseflow run <stage>`): {unknown}"
 
 
 def test_each_rule_env_covers_its_imports():
@@ -336,8 +340,35 @@ def test_each_rule_env_covers_its_imports():
 
 
 def test_parser_sees_the_md_rules():
-    """Guard against silently checking nothing: the MD rules run `md`/`md-batch` in md.yaml."""
+    """Guard against silently checking nothing: the MD rules run stage `md` in md.yaml, and every rule that
+    runs code runs a known stage (also those the old regex missed: evaluation rules and train_model)."""
     rules = parse_rules()
-    assert rules["simulate_batch"]["subcommands"] == ["md-batch"]
+    assert rules["simulate_batch"]["subcommands"] == ["md"]
+    for name in ("evaluate_system", "evaluate_variant", "train_model"):
+        assert len(rules[name]["subcommands"]) == 1, name
+    assert all(r["subcommands"] for r in rules.values() if r["runs_code"]), \
+        [n for n, r in rules.items() if r["runs_code"] and not r["subcommands"]]
     assert rules["simulate_batch"]["conda"] == (ENVS / "md.yaml").resolve()
     assert {"openmm", "mdtraj", "h5py", "tables"} <= rule_imports(rules["simulate_batch"])
+
+
+def test_no_import_cycles_between_proseflow_modules():
+    """Dependencies point one way: no proseflow module reaches itself through its imports (those inside
+    functions count), e.g. energy <-> energy_torch."""
+    modules = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+               for p in SRC.rglob("*.py")}
+    # a submodule's edge to its own package (run by the import machinery) is not a design dependency
+    graph = {m: {o for o in module_imports(m)[1] if o in modules and o != m and not m.startswith(o + ".")}
+             for m in modules}
+    cycles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen and nxt > start:  # report each cycle once, from its smallest module
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not cycles, f"import cycles: {cycles}"

@@ -18,6 +18,7 @@ from openmm import unit
 
 from proseflow import trajectory_io
 from proseflow.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
+from proseflow.settings import MDSettings
 from proseflow.structures import write_pdb
 from proseflow.system import create_system
 
@@ -87,8 +88,9 @@ def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
 
 
 def _md_cmd(structure, out, protocol):
-    return [sys.executable, "-m", "proseflow", "md", "--name", "KW", "--structure", str(structure),
-            "--protocol", json.dumps(asdict(protocol)), "--threads", "1", "--out", str(out)]
+    settings = MDSettings(split="reference", protocol=asdict(protocol), name="KW")
+    return [sys.executable, "-m", "proseflow", "run", "md", "--settings", settings.to_json(),
+            "--input", "structure", str(structure), "--output", "h5", str(out), "--threads", "1"]
 
 
 def test_sigkill_and_restart_resumes_from_checkpoint(tmp_path, peptide):

@@ -1,6 +1,5 @@
-"""Self-improvement: the regulariser, one real round through the CLI, ESS gain on a known target, the pull."""
+"""Self-improvement: the regulariser, one real round through `proseflow run self_improve`, ESS gain on a known target, the pull."""
 
-import argparse
 import copy
 import json
 
@@ -8,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from proseflow.cli import main
 from proseflow.flow import ProseFlow
 from proseflow.flow.preprocess import preprocess_train
 from proseflow.sampling import system_batch
 from proseflow.self_improve import (
     SelfImproveConfig,
-    add_parser,
     finetune,
     finetune_loss,
     save_model,
     self_improve,
 )
+from proseflow.settings import SelfImproveSettings
 from proseflow.structures import write_pdb
 from proseflow.train import TrainConfig, flow_config, load_model
 
@@ -93,22 +93,21 @@ def test_regulariser_is_zero_with_zero_gradient_at_start(ag):
     assert float(finetune_loss(model, initial, x, batch, reg_weight=0.5)[2].detach()) > 0
 
 
-def test_one_round_cli_real_energy(ag, tmp_path):
-    """One round on a real dipeptide with the OpenMM energy, through the CLI adapter."""
+def test_one_round_through_the_entry_point_real_energy(ag, tmp_path):
+    """One round on a real dipeptide with the OpenMM energy, through the stage entry point."""
     topology, positions = ag
     model = tiny_flow()
     model_path, pdb = tmp_path / "model.pt", tmp_path / "AG.pdb"
     save_model(model, model_path, {"flow_config": model.config.to_dict(), "scale_nm": 0.35})
     write_pdb(pdb, topology, positions)
-    settings = {"n_rounds": 1, "n_samples": 32, "steps": 3, "batch_size": 16, "lr": 1e-3, "n_final": 16,
-                "sample_batch_size": 32}
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args([
-        "self-improve", "--model", str(model_path), "--structure", str(pdb), "--temperature-K", "300",
-        "--settings", json.dumps(settings), "--seed", "1", "--device", "cpu",
-        "--out", str(tmp_path / "si.npz"), "--out-model-dir", str(tmp_path / "si")])  # fmt: skip
-    args.func(args)
+    improve = {"n_rounds": 1, "n_samples": 32, "steps": 3, "batch_size": 16, "lr": 1e-3, "n_final": 16,
+               "sample_batch_size": 32}
+    settings = SelfImproveSettings(improve=improve, temperature_K=300.0, energy_backend="openmm", seed=1,
+                                   device="cpu")
+    rc = main(["run", "self_improve", "--settings", settings.to_json(), "--input", "model", str(model_path),
+               "--input", "structure", str(pdb), "--output", "samples", str(tmp_path / "si.npz"),
+               "--output", "model", str(tmp_path / "si" / "model.pt")])
+    assert rc == 0
 
     tuned = load_model(tmp_path / "si" / "model.pt")
     assert max_param_diff(tuned, load_model(model_path)) > 0

@@ -2,15 +2,6 @@ from collections import Counter
 
 import pytest
 
-from proseflow.config import (
-    ConfigError,
-    check_config,
-    explicit_train,
-    load_config,
-    md_protocol,
-    n_batches,
-    sequence_set,
-)
 from proseflow.sequences import (
     AMINO_ACIDS,
     SequenceError,
@@ -18,6 +9,15 @@ from proseflow.sequences import (
     draw_balanced,
     draw_uniform,
     validate_sequence,
+)
+from proseflow.settings import (
+    ConfigError,
+    check_config,
+    explicit_train,
+    load_config,
+    md_protocol,
+    n_batches,
+    sequence_set,
 )
 
 

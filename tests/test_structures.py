@@ -77,3 +77,19 @@ def test_pdb_roundtrip(tmp_path, peptide):
     assert np.abs(pos2 - pos).max() < 1e-3
     assert not list(tmp_path.glob(".*tmp*"))
     app.ForceField("amber14-all.xml", "implicit/obc1.xml").createSystem(top2)
+
+
+def test_structure_is_reproducible_across_processes():
+    """PDBFixer and addHydrogens place atoms with Python's global `random` and relax them with an unseeded
+    integrator: the build seeds both, so two fresh interpreters give the same coordinates, and the caller's
+    random state is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import random; random.seed(None); s = random.getstate()\n"
+            "from proseflow.structures import build_peptide\n"
+            "t, x = build_peptide('KW'); assert random.getstate() == s; print(x.tobytes().hex())")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
+    assert runs[0] and runs[0] == runs[1]

@@ -7,7 +7,7 @@ What is compared (what is deterministic across hosts):
   * results/structures/*.pdb: the same set of files with the same residues and atom names
     (coordinates are not deterministic: two local runs differ too).
   * MD (reference and batches, as many as the config asks for): the file exists, frame count and
-    time stamps follow the protocol of the config (proseflow.config.md_protocol), the topology
+    time stamps follow the protocol of the config (proseflow.settings.md_protocol), the topology
     matches the sequence (and the structure file, for reference MD), the protocol stored in the file
     holds the config's settings (seed aside: it is derived per job), energies and coordinates are finite.
     Batches: manifest.json names the right slice of the split's sequence CSV.
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     slurm, local = Path(argv[0]), Path(argv[1])
     sys.path.insert(0, str(slurm / "src"))
     from proseflow import trajectory_io
-    from proseflow.config import load_config, md_protocol, n_batches, sequence_set
+    from proseflow.settings import load_config, md_protocol, n_batches, sequence_set
 
     config = load_config(*[slurm / p for p in argv[2:]])
     errors: list[str] = []

@@ -20,7 +20,6 @@ run, more proposals than were drawn) are kept as rows with ``status`` "skipped: 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow import trajectory_io
-from proseflow.artefacts import save_csv, save_json, save_npz, save_text
+from proseflow.artefacts import save_csv, save_text
 from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
 from proseflow.reweight import kish_ess, snis
 from proseflow.system import kT_kJ_per_mol
@@ -372,76 +371,5 @@ def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = N
     return save_text(path_html, _page(title, "\n".join(parts)))
 
 
-# ---------------------------------------------------------------- CLI adapters (registered by cli.py)
-def cli_budget_curve(args) -> None:
-    """One system: MD and flow curves (JSON rows) and the TICA maps at --map-budget (npz)."""
-    from proseflow.evaluate import reference
-    from proseflow.structures import load_pdb
-    from proseflow.tica import TicaModel
-
-    topology, _ = load_pdb(args.structure)
-    tica_model = TicaModel.load(args.tica)
-    seq = args.sequence or Path(args.md).stem
-    ref = reference(args.md, topology, tica_model, args.temperature_K, args.reference_frames)
-    md_path = args.md_short or args.md
-    rows = md_budget_curve(md_path, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
-                           sequence=seq, temperature_K=args.temperature_K, kmeans_k=args.kmeans_k)
-    rows += flow_budget_curve(args.snis, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
-                              args.drop_top_fraction, sequence=seq, kmeans_k=args.kmeans_k)
-    md_tica, flow_tica, _ = budget_tica_maps(md_path, args.snis, topology, tica_model, args.map_budget,
-                                             args.n_metric, args.seed, args.drop_top_fraction, args.temperature_K)
-    save_npz(args.out_maps, md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
-             map_budget=float(args.map_budget))
-    out = save_json(args.out_json, {"sequence": seq, "md": str(md_path), "snis": str(args.snis), "rows": rows})
-    log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows),
-             sum(r["status"] != "ok" for r in rows), out)
-
-
-def cli_budget_report(args) -> None:
-    """All systems: page (Figure 1 / Figure 4 style) and CSV."""
-    curves = {}
-    for p in args.curves:
-        d = json.loads(Path(p).read_text())
-        curves[d["sequence"]] = d["rows"]
-    maps, map_budget = {}, None
-    for p in args.maps or []:
-        with np.load(p) as m:
-            maps[str(m["sequence"])] = (m["md_tica"], m["flow_tica"], None, m["reference_tica"])
-            map_budget = float(m["map_budget"])
-    write_budget_csv(args.out_csv, curves)
-    write_budget_page(args.out_html, curves, maps, map_budget=map_budget)
-    log.info("budget study of %d systems -> %s, %s", len(curves), args.out_html, args.out_csv)
-
-
-def add_parsers(sub) -> None:
-    """Register ``budget-curve`` and ``budget-report`` on cli.py's subparsers."""
-    s = sub.add_parser("budget-curve", help="MD vs flow metrics at equal energy-evaluation budgets (one system)")
-    s.add_argument("--md", required=True, help="reference MD (.h5): the reference frames")
-    s.add_argument("--md-short", default=None, help="MD whose prefixes are the MD baseline (default: --md)")
-    s.add_argument("--snis", required=True, help="SNIS .npz with at least max(budgets) proposals")
-    s.add_argument("--structure", required=True)
-    s.add_argument("--tica", required=True)
-    s.add_argument("--budgets", type=float, nargs="+", required=True, help="energy evaluations, e.g. 1e3 1e4 1e5")
-    s.add_argument("--map-budget", type=float, default=1e6, help="budget of the TICA maps (Figure 4)")
-    s.add_argument("--temperature-K", type=float, required=True)
-    s.add_argument("--reference-frames", type=int, default=10_000)
-    s.add_argument("--n-metric", type=int, default=10_000)
-    s.add_argument("--kmeans-k", type=int, default=20)
-    s.add_argument("--drop-top-fraction", type=float, default=0.002)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sequence", default=None, help="default: stem of --md")
-    s.add_argument("--out-json", required=True)
-    s.add_argument("--out-maps", required=True, help=".npz of the TICA maps")
-    s.set_defaults(func=cli_budget_curve)
-
-    s = sub.add_parser("budget-report", help="page and CSV of the budget study")
-    s.add_argument("--curves", nargs="+", required=True, help="budget-curve JSON files")
-    s.add_argument("--maps", nargs="*", default=[], help="budget-curve map .npz files")
-    s.add_argument("--out-html", required=True)
-    s.add_argument("--out-csv", required=True)
-    s.set_defaults(func=cli_budget_report)
-
-
 __all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "md_frames_for_budget", "steps_per_frame",
-           "mean_curves", "write_budget_csv", "write_budget_page", "add_parsers", "cli_budget_curve",
-           "cli_budget_report"]
+           "mean_curves", "write_budget_csv", "write_budget_page"]

@@ -19,14 +19,19 @@ from multiprocessing import get_context
 
 import numpy as np
 import openmm
-from openmm import app, unit
+from openmm import unit
 
-from proseflow.system import create_system, kT_kJ_per_mol, platform_by_name, platform_properties
+from proseflow.structures import topology_of  # noqa: F401 - part of this module's API
+from proseflow.system import (
+    MAX_FINITE_ENERGY_KJ_PER_MOL,
+    create_system,
+    kT_kJ_per_mol,
+    platform_by_name,
+    platform_properties,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_FINITE_ENERGY_KJ_PER_MOL = 1e30
-"""Energies above this (or NaN) are reported as +inf: OpenMM's float accumulation has overflowed."""
 
 
 def check_positions(positions_nm: np.ndarray, n_atoms: int) -> np.ndarray:
@@ -42,15 +47,6 @@ def check_positions(positions_nm: np.ndarray, n_atoms: int) -> np.ndarray:
             f"(first at batch index {int(np.flatnonzero(bad)[0])})"
         )
     return x
-
-
-def topology_of(system_or_sequence) -> app.Topology:
-    if isinstance(system_or_sequence, app.Topology):
-        return system_or_sequence
-    from proseflow.structures import build_peptide
-
-    topology, _ = build_peptide(str(system_or_sequence), minimize=False)
-    return topology
 
 
 class _ContextEvaluator:

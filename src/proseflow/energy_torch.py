@@ -20,7 +20,7 @@ import numpy as np
 import openmm
 import torch
 
-from proseflow.system import kT_kJ_per_mol
+from proseflow.system import MAX_FINITE_ENERGY_KJ_PER_MOL, kT_kJ_per_mol
 
 ONE_4PI_EPS0 = 138.93545764438198  # kJ mol^-1 nm e^-2, OpenMM's value (SimTKOpenMMRealType.h)
 # Default samples per chunk = this / N^2: bounds memory; eager keeps each [b, N, N] intermediate near L2 size.
@@ -443,7 +443,7 @@ class TorchEnergyAPI:
 
     def __init__(self, system_or_sequence, temperature_K: float, dtype: torch.dtype | str = torch.float64,
                  device: torch.device | str | None = None, chunk_size: int | None = None, compile: bool = False):
-        from proseflow.energy import topology_of
+        from proseflow.structures import topology_of
         from proseflow.system import create_system
 
         if isinstance(system_or_sequence, openmm.System):
@@ -461,8 +461,6 @@ class TorchEnergyAPI:
         self.n_atoms = self.model.num_atoms
 
     def _cap(self, energy_kT: np.ndarray) -> np.ndarray:
-        from proseflow.energy import MAX_FINITE_ENERGY_KJ_PER_MOL
-
         return np.where(energy_kT * self.kT > MAX_FINITE_ENERGY_KJ_PER_MOL, np.inf, energy_kT)
 
     def energy_kT(self, positions_nm: np.ndarray) -> np.ndarray:

@@ -24,7 +24,6 @@ environments without torch.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -218,51 +217,3 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     log.info("self-improvement: final ESS %.4f over %d proposals, %d energy evaluations in all, %.1f s", r.ess,
              len(e_kT), n_evals, final["wall_time_s"])
     return {"model": model.requires_grad_(False), "rounds": rounds, "final": final}
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-def _json_arg(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
-
-
-def cli_main(args) -> None:
-    """Self-improvement of one system: fine-tuned model in --out-model-dir, final SNIS set in --out."""
-    import torch
-
-    from proseflow.artefacts import save_npz
-    from proseflow.energy import make_energy
-    from proseflow.structures import load_pdb
-    from proseflow.train import load_model
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    config = SelfImproveConfig(**args.settings)
-    model = load_model(args.model, device)
-    topology, _ = load_pdb(args.structure)
-    energy = make_energy(topology, args.temperature_K, backend=args.energy_backend)
-    try:
-        result = self_improve(model, topology, energy, config, args.out_model_dir, seed=args.seed, device=device)
-    finally:
-        close = getattr(energy, "close", None)
-        if close is not None:
-            close()
-    save_npz(args.out, **{**result["final"], "temperature_K": args.temperature_K, "model": str(args.model),
-                           "device": str(device), "com_correction": config.com_correction})
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``self-improve`` subcommand (called from :func:`proseflow.cli.build_parser`)."""
-    s = subparsers.add_parser("self-improve", help="self-improvement fine-tuning + final SNIS set of one system")
-    s.add_argument("--model", required=True)
-    s.add_argument("--structure", required=True)
-    s.add_argument("--temperature-K", type=float, required=True)
-    s.add_argument("--energy-backend", default="openmm")
-    s.add_argument("--settings", type=_json_arg, default={}, help="SelfImproveConfig overrides as JSON")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True, help="final SNIS set (.npz)")
-    s.add_argument("--out-model-dir", required=True, help="model.pt and rounds.json")
-    s.set_defaults(func=cli_main)
-    return s

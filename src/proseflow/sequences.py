@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
+# numpy and pandas are imported where they are used: validation runs when Snakemake builds the DAG,
+# which imports nothing beyond the standard library and PyYAML (proseflow.settings).
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 """The 20 standard amino acids, one-letter codes, alphabetical."""
@@ -56,6 +56,8 @@ def draw_uniform(
     Sequences in ``exclude`` (validation and test sets) are never drawn. Deterministic given ``seed``;
     lengths are drawn in increasing order so adding a length does not change the others' draws.
     """
+    import numpy as np
+
     excluded = set(exclude)
     rng = np.random.default_rng(seed)
     out: list[str] = []
@@ -86,6 +88,8 @@ def draw_balanced(n: int, length: int, seed: int, exclude: Iterable[str] = ()) -
     Repeats (and members of ``exclude``) are discarded and the procedure continues with a fresh shuffle
     until ``n`` distinct sequences exist.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     excluded = set(exclude)
     out: dict[str, None] = {}
@@ -112,12 +116,17 @@ def check_disjoint(named_sets: Mapping[str, Sequence[str]]) -> None:
             seen.setdefault(s, name)
 
 
-def to_frame(sequences: Sequence[str]) -> pd.DataFrame:
+def to_frame(sequences: Sequence[str]):
+    """A DataFrame with columns sequence, length."""
+    import pandas as pd
+
     return pd.DataFrame({"sequence": list(sequences), "length": [len(s) for s in sequences]})
 
 
 def read_sequences(path) -> list[str]:
     """Sequences of a ``results/sequences/*.csv`` file. Read as plain strings: pandas' default would turn
     the dipeptide ``NA`` (Asn-Ala, in the paper's test set) into a missing value."""
+    import pandas as pd
+
     frame = pd.read_csv(path, dtype={"sequence": str}, keep_default_na=False)
     return [validate_sequence(s) for s in frame["sequence"]]

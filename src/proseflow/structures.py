@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,29 +39,44 @@ def _backbone_pdb(sequence: str) -> str:
 
 
 def build_peptide(sequence: str, minimize: bool = True, max_iterations: int = 0) -> tuple[app.Topology, np.ndarray]:
-    """Topology and positions (nm, ``[N, 3]``) of the capped-free zwitterionic peptide ``sequence``."""
+    """Topology and positions (nm, ``[N, 3]``) of the capped-free zwitterionic peptide ``sequence``;
+    deterministic for a sequence."""
+    validate_sequence(sequence, min_length=1)
+    # PDBFixer and Modeller.addHydrogens place new atoms with Python's global `random` (unseeded) and relax
+    # them with an unseeded integrator on the fastest platform: seed both from the sequence and relax on
+    # the Reference platform, so a structure (and all that follows from it) is reproducible.
+    state = random.getstate()
+    random.seed(zlib.crc32(sequence.encode()))
+    try:
+        topology, positions_nm = _build(sequence)
+    finally:
+        random.setstate(state)
+    if minimize:
+        positions_nm = minimize_positions(topology, positions_nm, max_iterations=max_iterations)
+    return topology, positions_nm
+
+
+def _build(sequence: str) -> tuple[app.Topology, np.ndarray]:
     from pdbfixer import PDBFixer
 
-    validate_sequence(sequence, min_length=1)
     fixer = PDBFixer(pdbfile=io.StringIO(_backbone_pdb(sequence)))
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findNonstandardResidues()
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms()  # side-chain leftovers and the C-terminal OXT
+    fixer.addMissingAtoms(seed=zlib.crc32(sequence.encode()) % 2**31)  # side-chain leftovers, C-terminal OXT
 
     modeller = app.Modeller(fixer.topology, fixer.positions)
     modeller.delete([a for a in modeller.topology.atoms() if a.element is not None and a.element.symbol == "H"])
     variants = ["HIE" if r.name == "HIS" else None for r in modeller.topology.residues()]
-    modeller.addHydrogens(forcefield(), pH=7.0, variants=variants)
+    # the Reference platform: deterministic (the default picks the fastest, whose sums may not be)
+    modeller.addHydrogens(forcefield(), pH=7.0, variants=variants,
+                          platform=openmm.Platform.getPlatformByName("Reference"))
     topology = modeller.topology
     for residue in topology.residues():
         if residue.name == "HIS":
             residue.name = "HIE"
-    positions_nm = np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
-    if minimize:
-        positions_nm = minimize_positions(topology, positions_nm, max_iterations=max_iterations)
-    return topology, positions_nm
+    return topology, np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
 
 
 def minimize_positions(topology: app.Topology, positions_nm: np.ndarray, max_iterations: int = 0,
@@ -91,3 +108,11 @@ def sequence_of(topology: app.Topology) -> str:
     from proseflow.sequences import THREE_TO_ONE
 
     return "".join(THREE_TO_ONE[r.name] for r in topology.residues())
+
+
+def topology_of(system_or_sequence) -> app.Topology:
+    """The topology of a sequence (built, not minimised), or the topology itself."""
+    if isinstance(system_or_sequence, app.Topology):
+        return system_or_sequence
+    topology, _ = build_peptide(str(system_or_sequence), minimize=False)
+    return topology

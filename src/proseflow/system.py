@@ -13,6 +13,8 @@ from openmm import app, unit
 
 FORCEFIELD_FILES = ("amber14-all.xml", "implicit/obc1.xml")
 NONBONDED_CUTOFF_NM = 2.0
+MAX_FINITE_ENERGY_KJ_PER_MOL = 1e30
+"""Energies above this (or NaN) are reported as +inf: float accumulation has overflowed (both energy backends)."""
 MOLAR_GAS_CONSTANT_KJ_PER_MOL_K = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 
 
@@ -63,15 +65,6 @@ def create_system(topology: app.Topology, spec: ForceFieldSpec = PAPER_FORCEFIEL
         removeCMMotion=False,
         hydrogenMass=None if spec.hydrogen_mass_amu is None else spec.hydrogen_mass_amu * unit.amu,
     )
-
-
-def assign_force_groups(system: openmm.System) -> dict[int, str]:
-    """Put each force in its own force group so energies can be split per term. Returns group -> name."""
-    names = {}
-    for i, force in enumerate(system.getForces()):
-        force.setForceGroup(i)
-        names[i] = type(force).__name__
-    return names
 
 
 def platform_by_name(name: str = "auto") -> openmm.Platform:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +19,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow.artefacts import save_csv, save_text
+from proseflow.settings import PRIOR_MODES, prior_std_for  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
-PRIOR_MODES = ("plain", "scaled")
 ROW_KEYS = ("sequence", "temperature_K", "prior", "ess", "energy_w2", "torus_w2", "tica_w2")
 PLOT_METRICS = ("ess", "energy_w2", "torus_w2", "tica_w2")
 LINESTYLES = {"scaled": "-", "plain": "--"}
-
-
-def prior_std_for(temperature_K: float, train_temperature_K: float, mode: str) -> float:
-    """Prior standard deviation of the proposal at ``temperature_K``: sqrt(T / T_train) ("scaled") or 1 ("plain")."""
-    if mode == "scaled":
-        t, t0 = float(temperature_K), float(train_temperature_K)
-        if not (t > 0 and t0 > 0):
-            raise ValueError(f"temperatures must be positive, got T={temperature_K} K, T_train={train_temperature_K} K")
-        return math.sqrt(t / t0)
-    if mode == "plain":
-        return 1.0
-    raise ValueError(f"unknown prior mode {mode!r}: expected one of {', '.join(PRIOR_MODES)}")
 
 
 def _frame(rows) -> pd.DataFrame:
@@ -119,21 +106,3 @@ def rows_from_evals(eval_paths, priors, sampler: str = "snis") -> list[dict]:
         rows.append({"sequence": d["sequence"], "temperature_K": float(d["metadata"]["temperature (K)"]),
                      "prior": prior, **{k: m.get(k, float("nan")) for k in PLOT_METRICS}})
     return rows
-
-
-def cli_temperature(args) -> None:
-    rows = rows_from_evals(args.evals, args.priors, args.sampler)
-    write_temperature_csv(args.out_csv, rows)
-    write_temperature_page(args.out_html, rows)
-    log.info("temperature transfer: %d rows -> %s, %s", len(rows), args.out_html, args.out_csv)
-
-
-def add_parsers(sub) -> None:
-    """Register ``temperature-report`` on cli.py's subparsers."""
-    s = sub.add_parser("temperature-report", help="temperature-transfer page and CSV (plain vs scaled prior)")
-    s.add_argument("--evals", nargs="+", required=True, help="evaluate JSON files, one per (system, T, prior)")
-    s.add_argument("--priors", nargs="+", required=True, choices=PRIOR_MODES, help="prior mode of each --evals file")
-    s.add_argument("--sampler", default="snis")
-    s.add_argument("--out-html", required=True)
-    s.add_argument("--out-csv", required=True)
-    s.set_defaults(func=cli_temperature)

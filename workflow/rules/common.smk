@@ -1,47 +1,65 @@
-import json
 import shlex
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from proseflow.config import (
-    ConfigError,
-    check_config,
-    md_protocol,
-    n_batches,
-    sequence_set,
-    tica_lag_frames,
-    train_settings,
-)
-from proseflow.sequences import validate_sequence
-from proseflow.temperature import prior_std_for
+# The only library module the workflow imports: the standard library and PyYAML, nothing scientific.
+from proseflow import settings as S
 
 try:
-    check_config(config)
-except ConfigError as e:
+    S.check_config(config)
+except S.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 
-# Every rule runs the library through its CLI adapter, with the repository's src/ importable
-# (works in the project venv and in the conda envs of envs/).
+# Every rule runs one stage through the same entry point,
+#   python -m proseflow run <stage> --settings JSON --input NAME PATH... --output NAME PATH...
+# with the repository's src/ importable (in the project venv and in the conda envs of envs/).
 # Without --use-conda, the interpreter running Snakemake (the project venv) runs the jobs too.
 from snakemake.settings.types import DeploymentMethod
 
 _PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
 _ENV = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}"
-PF = f"{_ENV} {_PYTHON} -m proseflow"
+PROSEFLOW = f"{_ENV} {_PYTHON} -m proseflow"
 
 
 def launcher(wildcards, resources):
-    """The CLI, or under torchrun with one process per GPU when the job has several (DDP training)."""
+    """The entry point, or under torchrun with one process per GPU when the job has several (DDP training)."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
         return f"{_ENV} {_PYTHON} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m proseflow"
-    return PF
+    return PROSEFLOW
 
-N_TRAIN_BATCHES = n_batches(config, "train")
-N_VAL_BATCHES = n_batches(config, "val")
-VAL = sequence_set(config, "val")
-TEST = sequence_set(config, "test")
+
+def settings(stage, **conditions):
+    """A params function: the JSON of ``stage``'s settings (proseflow.settings), built from the config and
+    this job's conditions (a value, or a function of the wildcards)."""
+
+    def params(wildcards):
+        values = {k: v(wildcards) if callable(v) else v for k, v in conditions.items()}
+        return S.build(stage, config, **values).to_json()
+
+    return params
+
+
+def files(wildcards, input, output):
+    """A params function: the rule's named inputs and outputs as ``--input NAME PATH... --output NAME PATH...``."""
+    parts = []
+    for flag, named in (("--input", input), ("--output", output)):
+        for name, value in named.items():
+            paths = [value] if isinstance(value, str) else list(value)
+            if paths:
+                parts.append(" ".join([flag, name, *map(shlex.quote, map(str, paths))]))
+    return " ".join(parts)
+
+
+PLAN = S.plan(config)
+N_TRAIN_BATCHES = PLAN.n_train_batches
+N_VAL_BATCHES = PLAN.n_val_batches
+VAL = PLAN.val
+TEST = PLAN.test
+EVAL_MODEL = PLAN.eval_model
+VARIANTS = PLAN.variants
+EVAL_SYSTEMS = PLAN.eval_systems
 
 
 wildcard_constraints:
@@ -49,14 +67,14 @@ wildcard_constraints:
     batch=r"\d{5}",
     split="train|val",
     model="[A-Za-z0-9_]+",
-    temp=r"\d+(\.\d+)?",
-    prior="plain|scaled",
+    cond=S.CONDITION_PATTERN,
+    at_T=S.MD_TEMPERATURE_PATTERN,
 
 
 def valid_target(seq):
     """Validate a target sequence named in a path; a clear error instead of 'missing rule'."""
     try:
-        return validate_sequence(seq, min_length=1, max_length=config["sequences"]["max_target_length"])
+        return S.validate_sequence(seq, min_length=1, max_length=config["sequences"]["max_target_length"])
     except ValueError as e:
         raise WorkflowError(f"invalid target: {e}") from None
 
@@ -83,8 +101,22 @@ def check_target_case():
                     valid_target(match["seq"])
 
 
-def protocol_json(kind, **overrides):
-    return shlex.quote(json.dumps({**md_protocol(config, kind).__dict__, **overrides}))
+# Temperature transfer is a condition of the main rules: "" (the config's temperature) or T400K_scaled/
+# ({cond}, in sample and evaluation paths) and "" or _400K ({at_T}, in MD paths).
+def target_temperature(wildcards):
+    return S.parse_condition(wildcards.cond)[0]
+
+
+def prior(wildcards):
+    return S.parse_condition(wildcards.cond)[1]
+
+
+def md_temperature(wildcards):
+    return S.parse_md_suffix(wildcards.at_T)
+
+
+def md_suffix(wildcards):
+    return S.md_suffix(target_temperature(wildcards))
 
 
 def md_batches(split):
@@ -94,35 +126,17 @@ def md_batches(split):
 
 
 
-EVAL_MODEL = config["sampling"]["model"]
-VARIANTS = [m for m in config["train_models"] if m != EVAL_MODEL]
-EXTRA = [valid_target(s) for s in config.get("extrapolation_targets", [])]
-EVAL_SYSTEMS = [*TEST, *(s for s in EXTRA if s not in TEST)]
-
-
-# The shell command of every evaluation rule (per system, per variant, per temperature): each rule
-# provides the same input/output/params names.
-EVALUATE = (
-    "{PF} evaluate --md {input.md} --tica {input.tica} --structure {input.structure}"
-    " --samplers {input.samplers} --proposals {input.proposals} --train-sequences {input.train}"
-    " --model-name {params.model} --model-path {input.model} --temperature-K {params.temperature_K}"
-    " --reference-frames {params.reference_frames} --n-metric {params.n_metric} --kmeans-k {params.k}"
-    " --seed {params.seed} --out-json {output.json} --out-html {output.html} > {log} 2>&1"
-)
-
-
-def sampler_files(seq):
-    names = ["snis", *(s for s in config["samplers"] if s != "snis")]
-    return [f"results/samples/{EVAL_MODEL}/{seq}/{name}.npz" for name in names]
+def sampler_files(seq, cond=""):
+    """The evaluated sample sets of a system: every configured sampler, or SNIS under a temperature condition."""
+    return [f"results/samples/{EVAL_MODEL}/{seq}/{cond}{name}.npz" for name in (["snis"] if cond else PLAN.samplers)]
 
 
 def temperature_cases():
-    tt = config["temperature_transfer"]
-    return [(s, t, p) for s in tt["systems"] for t in tt["temperatures_K"] for p in tt["priors"]]
+    return PLAN.temperature_cases
 
 
 def temperature_evals():
-    return [f"results/temperature/{s}_{t:g}K_{p}.json" for s, t, p in temperature_cases()]
+    return [f"results/eval/{S.condition_name(t, p)}{s}.json" for s, t, p in temperature_cases()]
 
 
 def dataset_stores(split):
@@ -135,7 +149,7 @@ def all_targets():
         *md_batches("train"),
         *md_batches("val"),
         *[f"results/md/{s}.h5" for s in TEST],
-        *[f"results/models/{m}/model.pt" for m in config["train_models"]],
+        *[f"results/models/{m}/model.pt" for m in PLAN.train_models],
         "results/eval/summary.html",
         "results/eval/budget.html",
         *(["results/eval/temperature.html"] if temperature_cases() else []),

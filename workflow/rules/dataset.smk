@@ -1,14 +1,16 @@
 rule build_dataset:
     """One Zarr v3 frame store per MD batch (so parallel jobs never write the same store)."""
     input:
-        "results/md/{split}/batch{batch}",
+        batch="results/md/{split}/batch{batch}",
     output:
-        directory("results/dataset/{split}/batch{batch}.zarr"),
+        store=directory("results/dataset/{split}/batch{batch}.zarr"),
     params:
-        frame_interval_ps=config["dataset"]["frame_interval_ps"],
+        launch=PROSEFLOW,
+        settings=settings("dataset"),
+        files=files,
     log:
         "logs/dataset/{split}/batch{batch}.log",
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{PF} dataset --md-dir {input} --frame-interval-ps {params.frame_interval_ps} --out {output} > {log} 2>&1"
+        "{params.launch} run dataset --settings {params.settings:q} {params.files} > {log} 2>&1"

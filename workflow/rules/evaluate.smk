@@ -1,31 +1,31 @@
 rule evaluate_system:
-    """Every configured sampler of one system against its reference MD: metrics JSON + HTML page."""
+    """Every configured sampler of one system against its reference MD: metrics JSON + HTML page. Under a
+    temperature condition ({cond} = T400K_scaled/): SNIS at that temperature and prior against the reference
+    MD at that temperature."""
     input:
-        md="results/md/{seq}.h5",
+        md=lambda w: f"results/md/{w.seq}{md_suffix(w)}.h5",
         tica="results/tica/{seq}.npz",
         structure="results/structures/{seq}.pdb",
-        samplers=lambda w: sampler_files(valid_target(w.seq)),
-        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/proposals.npz",
+        samplers=lambda w: sampler_files(valid_target(w.seq), w.cond),
+        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/{{cond}}proposals.npz",
         model=f"results/models/{EVAL_MODEL}/model.pt",
         train="results/sequences/train.csv",
     output:
-        json="results/eval/{seq}.json",
-        html=report("results/eval/{seq}.html", caption="../report/system_report.rst", category="Systems",
-                    labels={"system": "{seq}"}),
+        json="results/eval/{cond}{seq}.json",
+        html=report("results/eval/{cond}{seq}.html", caption="../report/system_report.rst", category="Systems",
+                    labels={"system": "{seq}", "condition": "{cond}"}),
     params:
-        model=EVAL_MODEL,
-        temperature_K=config["md"]["temperature_K"],
-        reference_frames=config["eval"]["reference_frames"],
-        n_metric=config["eval"]["n_metric"],
-        k=config["eval"]["kmeans_k"],
-        seed=config["sampling"]["seed"],
+        launch=PROSEFLOW,
+        settings=settings("evaluate", temperature_K=target_temperature,
+                          summary_href=lambda w: "../summary.html" if w.cond else "summary.html"),
+        files=files,
     threads: 1
     log:
-        "logs/eval/{seq}.log",
+        "logs/eval/{cond}{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        EVALUATE
+        "{params.launch} run evaluate --settings {params.settings:q} {params.files} > {log} 2>&1"
 
 
 rule evaluate_variant:
@@ -42,40 +42,35 @@ rule evaluate_variant:
         json="results/eval/models/{model}/{seq}.json",
         html="results/eval/models/{model}/{seq}.html",
     params:
-        model=lambda w: w.model,
-        temperature_K=config["md"]["temperature_K"],
-        reference_frames=config["eval"]["reference_frames"],
-        n_metric=config["eval"]["n_metric"],
-        k=config["eval"]["kmeans_k"],
-        seed=config["sampling"]["seed"],
+        launch=PROSEFLOW,
+        settings=settings("evaluate", model=lambda w: w.model, summary_href="../../summary.html"),
+        files=files,
     log:
         "logs/eval/models/{model}/{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        EVALUATE
+        "{params.launch} run evaluate --settings {params.settings:q} {params.files} > {log} 2>&1"
 
 
 rule summarise:
     """Summary page and the paper's tables over the test set (and extrapolation targets, variants)."""
     input:
-        expand("results/eval/{seq}.json", seq=EVAL_SYSTEMS),
-        expand("results/eval/models/{model}/{seq}.json", model=VARIANTS, seq=TEST),
+        evals=[*expand("results/eval/{seq}.json", seq=EVAL_SYSTEMS),
+               *expand("results/eval/models/{model}/{seq}.json", model=VARIANTS, seq=TEST)],
     output:
         html=report("results/eval/summary.html", caption="../report/summary.rst", category="Summary"),
         table2="results/tables/table2.csv",
     params:
-        links=" ".join(
-            shlex.quote(f"--link={label}={href}")
-            for label, href in (
-                ("MD vs flow at equal budget", "budget.html"),
-                *((("Temperature transfer", "temperature.html"),) if temperature_cases() else ()),
-            )
-        ),
+        launch=PROSEFLOW,
+        settings=settings("report", links={
+            "MD vs flow at equal budget": "budget.html",
+            **({"Temperature transfer": "temperature.html"} if temperature_cases() else {}),
+        }),
+        files=files,
     log:
         "logs/eval/summary.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{PF} summary --evals {input} --tables-dir results/tables --out-html {output.html} {params.links}"
-        " > {log} 2>&1"
+        "{params.launch} run report --settings {params.settings:q} {params.files} > {log} 2>&1"

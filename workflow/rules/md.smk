@@ -1,32 +1,36 @@
 rule simulate_reference:
-    """Reference MD of one system (test systems and any valid target sequence)."""
+    """Reference MD of one system (test systems and any valid target sequence), at the config's temperature
+    or, under a temperature condition ({at_T} = _400K), at that temperature (its own cached artefact)."""
     input:
-        "results/structures/{seq}.pdb",
+        structure="results/structures/{seq}.pdb",
     output:
-        "results/md/{seq}.h5",
+        h5="results/md/{seq}{at_T}.h5",
     params:
-        protocol=protocol_json("reference"),
+        launch=PROSEFLOW,
+        settings=settings("md", split="reference", name=lambda w: f"{w.seq}{w.at_T}",
+                          temperature_K=md_temperature),
+        files=files,
     threads: 2
     resources:
         runtime=lambda w, attempt: 24 * 60 * attempt,
     log:
-        "logs/md/{seq}.log",
+        "logs/md/{seq}{at_T}.log",
     conda:
         "../../envs/md.yaml"
     shell:
-        "{PF} md --name {wildcards.seq} --structure {input} --protocol {params.protocol}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"
 
 
 rule simulate_batch:
     """Training/validation MD: `systems_per_job` sequences as non-interacting copies in one context."""
     input:
-        "results/sequences/{split}.csv",
+        sequences="results/sequences/{split}.csv",
     output:
-        directory("results/md/{split}/batch{batch}"),
+        batch=directory("results/md/{split}/batch{batch}"),
     params:
-        protocol=lambda w: protocol_json(w.split),
-        systems_per_job=lambda w: config["md"][w.split]["systems_per_job"],
+        launch=PROSEFLOW,
+        settings=settings("md", split=lambda w: w.split, batch=lambda w: int(w.batch)),
+        files=files,
     threads: 2
     resources:
         runtime=lambda w, attempt: 24 * 60 * attempt,
@@ -35,5 +39,4 @@ rule simulate_batch:
     conda:
         "../../envs/md.yaml"
     shell:
-        "{PF} md-batch --sequences-csv {input} --batch {wildcards.batch} --systems-per-job {params.systems_per_job}"
-        " --protocol {params.protocol} --threads {threads} --out-dir {output} > {log} 2>&1"
+        "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"

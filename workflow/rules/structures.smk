@@ -1,12 +1,14 @@
 rule build_structure:
+    """An energy-minimised structure of one peptide (PDB)."""
     output:
-        "results/structures/{seq}.pdb",
+        pdb="results/structures/{seq}.pdb",
     params:
-        seq=lambda w: valid_target(w.seq),
-        max_length=config["sequences"]["max_target_length"],
+        launch=PROSEFLOW,
+        settings=settings("structure", sequence=lambda w: valid_target(w.seq)),
+        files=files,
     log:
         "logs/structures/{seq}.log",
     conda:
         "../../envs/md.yaml"
     shell:
-        "{PF} structure --sequence {params.seq} --max-length {params.max_length} --out {output} > {log} 2>&1"
+        "{params.launch} run structure --settings {params.settings:q} {params.files} > {log} 2>&1"

@@ -9,8 +9,9 @@ rule train_model:
         curve=report("results/models/{model}/loss_curve.png", caption="../report/loss_curve.rst",
                      category="Training", labels={"model": "{model}"}),
     params:
-        train=lambda w: shlex.quote(json.dumps(train_settings(config, w.model))),
         launch=launcher,
+        settings=settings("train", model=lambda w: w.model),
+        files=files,
     threads: 2
     resources:
         gpu=1,
@@ -20,5 +21,4 @@ rule train_model:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} train --train {params.train} --train-stores {input.train} --val-stores {input.val}"
-        " --out-dir results/models/{wildcards.model} > {log} 2>&1"
+        "{params.launch} run train --settings {params.settings:q} {params.files} > {log} 2>&1"

@@ -1,0 +1,659 @@
+"""Settings: the validated configuration, and one typed settings value per pipeline stage.
+
+This is the only module the workflow (``workflow/rules/common.smk``) imports, so it imports nothing beyond
+the standard library and PyYAML (numpy only where a sequence set is generated). Every stage's settings are
+built here from the config, once; each setting has exactly one default, on its dataclass field, and only
+fields that the config does not hold have one (listed in :data:`DOCUMENTED_DEFAULTS`). A rule hands its
+stage the JSON of its settings (``python -m proseflow run <stage> --settings JSON``); the stage rebuilds
+the dataclass with :func:`from_json` and calls the library.
+
+Conditions are what a rule's wildcards say and the config does not: the model variant, the system, a
+target temperature and prior, the SMC kernel, the MD split.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from proseflow.sequences import SequenceError, check_disjoint, draw_balanced, validate_sequence
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work."""
+
+
+# ------------------------------------------------------------------------------------------ config
+def deep_update(base: dict, override: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load_config(*paths: str | Path) -> dict:
+    """``config.yaml`` then each preset on top (as ``snakemake --configfile`` does)."""
+    config: dict = {}
+    for p in paths:
+        with open(p) as fh:
+            config = deep_update(config, yaml.safe_load(fh) or {})
+    return config
+
+
+def train_counts(config: Mapping) -> dict[int, int]:
+    sq = config["sequences"]
+    out = {}
+    for key, n in sq["train_counts"].items():
+        try:
+            length = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"sequences.train_counts: length key {key!r} is not an integer") from None
+        if not sq["min_length"] <= length <= sq["max_length"]:
+            raise ConfigError(f"sequences.train_counts: length {length} outside the configured range "
+                              f"{sq['min_length']}..{sq['max_length']}")
+        out[length] = int(n)
+    return out
+
+
+def overlap_allowed(config: Mapping) -> bool:
+    """A single-system study: training, validation and test sets may share sequences."""
+    return bool(_sequences(config).allow_train_test_overlap)
+
+
+def explicit_train(config: Mapping) -> list[str] | None:
+    """The explicit training list (``sequences.train``), validated, or None (draw from train_counts)."""
+    sq = config["sequences"]
+    if sq.get("train") is None:
+        return None
+    seqs = list(sq["train"])
+    for s in seqs:
+        try:
+            validate_sequence(s, min_length=sq["min_length"], max_length=sq["max_length"])
+        except SequenceError as e:
+            raise ConfigError(f"sequences.train: {e}") from None
+    if len(set(seqs)) != len(seqs):
+        raise ConfigError(f"sequences.train: duplicated sequence(s) {sorted({s for s in seqs if seqs.count(s) > 1})}")
+    return seqs
+
+
+def sequence_set(config: Mapping, name: str) -> list[str]:
+    """The explicit or generated validation/test list, validated."""
+    sq = config["sequences"]
+    spec = sq[name]
+    if isinstance(spec, Mapping):
+        seqs: list[str] = []
+        salt = {"val": 1, "test": 2}[name]
+        for key, n in spec["generate"].items():
+            seqs += draw_balanced(int(n), int(key), seed=sq["seed"] * 1000 + salt * 100 + int(key),
+                                  exclude=seqs)
+        if name == "val":  # generated validation sets must avoid the test set
+            test = sequence_set(config, "test")
+            seqs = [s for s in seqs if s not in set(test)]
+    else:
+        seqs = list(spec)
+    for s in seqs:
+        try:
+            validate_sequence(s, min_length=1, max_length=sq["max_target_length"])
+        except SequenceError as e:
+            raise ConfigError(f"sequences.{name}: {e}") from None
+    if len(set(seqs)) != len(seqs):
+        dup = sorted({s for s in seqs if seqs.count(s) > 1})
+        raise ConfigError(f"sequences.{name}: duplicated sequence(s) {dup}")
+    return seqs
+
+
+def n_batches(config: Mapping, split: str) -> int:
+    """Number of batched MD jobs for ``split`` (train or val): known from the config alone."""
+    if split == "train":
+        explicit = explicit_train(config)
+        total = len(explicit) if explicit is not None else sum(train_counts(config).values())
+    else:
+        total = len(sequence_set(config, "val"))
+    return math.ceil(total / config["md"][split]["systems_per_job"])
+
+
+def tica_lag_frames(config: Mapping) -> int:
+    ev = config["eval"]
+    frames = ev["tica_lag_ps"] / (config["md"]["reference"]["save_interval_ps"] * ev["tica_stride"])
+    if frames < 1 or abs(frames - round(frames)) > 1e-6:
+        raise ConfigError(f"eval.tica_lag_ps {ev['tica_lag_ps']} is not a whole number (>= 1) of strided reference "
+                          f"frames ({config['md']['reference']['save_interval_ps']} ps x stride {ev['tica_stride']})")
+    return int(round(frames))
+
+
+def check_config(config: Mapping) -> None:
+    """Semantic checks the schema cannot express. Raises :class:`ConfigError` naming the bad value."""
+    sq = config["sequences"]
+    if sq["min_length"] > sq["max_length"]:
+        raise ConfigError(f"sequences.min_length {sq['min_length']} > max_length {sq['max_length']}")
+    if sq["max_target_length"] < sq["max_length"]:
+        raise ConfigError(f"sequences.max_target_length {sq['max_target_length']} < max_length {sq['max_length']}")
+    train_counts(config)
+    train = explicit_train(config)
+    val, test = sequence_set(config, "val"), sequence_set(config, "test")
+    if not overlap_allowed(config):
+        try:
+            check_disjoint({"val": val, "test": test, **({"train": train} if train is not None else {})})
+        except SequenceError as e:
+            raise ConfigError(f"{e} (set sequences.allow_train_test_overlap: true for a single-system study)") from None
+    if "models" in config:
+        for name in [*config["train_models"], config["sampling"]["model"]]:
+            if name not in config["models"]:
+                raise ConfigError(f"model {name!r} is not defined under `models` (defined: {sorted(config['models'])})")
+        for split in ("train", "val"):
+            ratio = config["dataset"]["frame_interval_ps"] / config["md"][split]["save_interval_ps"]
+            if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+                raise ConfigError(f"dataset.frame_interval_ps {config['dataset']['frame_interval_ps']} is not a whole "
+                                  f"multiple of md.{split}.save_interval_ps {config['md'][split]['save_interval_ps']}")
+    for kind in ("train", "val", "reference"):
+        try:
+            p = md_protocol(config, kind)
+            p.n_frames, p.steps_per_frame, p.burn_in_steps  # noqa: B018 - raise on inconsistent times
+        except ValueError as e:
+            raise ConfigError(f"md.{kind}: {e}") from None
+    if "eval" in config:
+        tica_lag_frames(config)
+    if "temperature_transfer" in config:
+        for prior in config["temperature_transfer"]["priors"]:
+            if prior not in PRIOR_MODES:
+                raise ConfigError(f"temperature_transfer.priors: unknown prior {prior!r} (expected one of "
+                                  f"{', '.join(PRIOR_MODES)})")
+
+
+# ------------------------------------------------------------------------------------- MD protocol
+def as_steps(time_ps: float, timestep_fs: float, name: str, allow_zero: bool = False) -> int:
+    steps = time_ps * 1000.0 / timestep_fs
+    if abs(steps - round(steps)) > 1e-6 or (round(steps) < 1 and not allow_zero):
+        raise ValueError(f"{name}={time_ps} ps is not a whole positive number of {timestep_fs} fs steps")
+    return int(round(steps))
+
+
+@dataclass(frozen=True)
+class MDProtocol:
+    """The MD protocol of PAPER.md section 1. Times in ps, temperature in K."""
+
+    temperature_K: float = 310.0
+    friction_per_ps: float = 0.3
+    timestep_fs: float = 1.0
+    burn_in_ps: float = 50.0
+    length_ps: float = 200_000.0
+    save_interval_ps: float = 1.0
+    seed: int = 0
+    minimize: bool = True
+    platform: str = "auto"
+    checkpoint_interval_s: float = 300.0
+    recentre_interval_ps: float = 0.5
+    replicas: int = 1  # independent runs of each system (copies in the same context), concatenated
+
+    def __post_init__(self) -> None:
+        if int(self.replicas) != self.replicas or self.replicas < 1:
+            raise ValueError(f"replicas must be a positive integer, got {self.replicas!r}")
+
+    @property
+    def steps_per_frame(self) -> int:
+        return as_steps(self.save_interval_ps, self.timestep_fs, "save_interval_ps")
+
+    @property
+    def n_frames(self) -> int:
+        n = self.length_ps / self.save_interval_ps
+        if abs(n - round(n)) > 1e-9 or round(n) < 1:
+            raise ValueError(f"length_ps {self.length_ps} is not a positive multiple of save_interval_ps "
+                             f"{self.save_interval_ps}")
+        return int(round(n))
+
+    @property
+    def burn_in_steps(self) -> int:
+        return as_steps(self.burn_in_ps, self.timestep_fs, "burn_in_ps", allow_zero=True)
+
+    @property
+    def chunk_steps(self) -> int:
+        """Steps per integration chunk: the largest divisor of a frame's steps within the recentre interval."""
+        limit = max(1, int(self.recentre_interval_ps * 1000 / self.timestep_fs))
+        n = self.steps_per_frame
+        return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def md_protocol(config: Mapping, kind: str, temperature_K: float | None = None) -> MDProtocol:
+    """The MD protocol for ``kind`` in (train, val, reference), at the config's or another temperature."""
+    md = config["md"]
+    sub = md[kind]
+    return MDProtocol(
+        temperature_K=float(md["temperature_K"] if temperature_K is None else temperature_K),
+        friction_per_ps=md["friction_per_ps"], timestep_fs=md["timestep_fs"],
+        burn_in_ps=md["burn_in_ps"], length_ps=sub["length_ps"], save_interval_ps=sub["save_interval_ps"],
+        seed=md["seed"], platform=md["platform"], checkpoint_interval_s=md["checkpoint_interval_s"],
+        **({"replicas": int(sub["replicas"])} if "replicas" in sub else {}),  # optional key: MDProtocol's default
+    )
+
+
+# -------------------------------------------------------------------------------- temperature prior
+PRIOR_MODES = ("plain", "scaled")
+
+
+def prior_std_for(temperature_K: float, train_temperature_K: float, mode: str) -> float:
+    """Prior standard deviation of the proposal at ``temperature_K``: sqrt(T / T_train) ("scaled") or 1 ("plain")."""
+    if mode == "scaled":
+        t, t0 = float(temperature_K), float(train_temperature_K)
+        if not (t > 0 and t0 > 0):
+            raise ValueError(f"temperatures must be positive, got T={temperature_K} K, T_train={train_temperature_K} K")
+        return math.sqrt(t / t0)
+    if mode == "plain":
+        return 1.0
+    raise ValueError(f"unknown prior mode {mode!r}: expected one of {', '.join(PRIOR_MODES)}")
+
+
+# ------------------------------------------------------------------------------- stage settings
+class StageSettings:
+    """Base of every stage's settings: a plain dataclass that travels as JSON."""
+
+    stage: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class SequencesSettings(StageSettings):
+    """The ``sequences`` section: train/val/test sets."""
+
+    stage: ClassVar[str] = "sequences"
+    seed: int
+    min_length: int
+    max_length: int
+    max_target_length: int
+    train_counts: dict
+    val: Any  # list of sequences or {generate: {length: count}}
+    test: Any
+    train: list | None = None  # explicit training list (replaces the draw from train_counts)
+    allow_train_test_overlap: bool = False
+
+
+@dataclass
+class StructureSettings(StageSettings):
+    stage: ClassVar[str] = "structure"
+    sequence: str  # condition: the system
+    max_target_length: int
+
+
+@dataclass
+class MDSettings(StageSettings):
+    """One MD job: reference MD of one system, or a batch of training/validation systems."""
+
+    stage: ClassVar[str] = "md"
+    split: str  # condition: reference, train or val
+    protocol: dict  # MDProtocol fields
+    name: str | None = None  # condition: the system of a reference run (its per-job seed)
+    systems_per_job: int | None = None  # train/val batches only
+    batch: int | None = None  # condition: the batch index of a train/val job
+
+
+@dataclass
+class DatasetSettings(StageSettings):
+    stage: ClassVar[str] = "dataset"
+    frame_interval_ps: float
+
+
+@dataclass
+class TrainSettings(StageSettings):
+    """TrainConfig fields of one model variant: the shared recipe plus the variant's preset and overrides."""
+
+    stage: ClassVar[str] = "train"
+    model: str  # condition: the variant
+    config: dict  # TrainConfig(**config); fields the config file does not set keep TrainConfig's defaults
+
+
+@dataclass
+class TicaSettings(StageSettings):
+    stage: ClassVar[str] = "tica"
+    lag_frames: int
+    stride: int
+    dim: int = 2
+
+
+@dataclass
+class SampleSettings(StageSettings):
+    """Proposals x ~ q with exact log q."""
+
+    stage: ClassVar[str] = "sample"
+    n_proposals: int
+    batch_size: int
+    com_correction: str
+    seed: int
+    prior_std: float = 1.0  # sampling.prior_std x the condition's factor (scaled prior: sqrt(T / T_train))
+    device: str = "auto"
+
+
+@dataclass
+class SnisSettings(StageSettings):
+    stage: ClassVar[str] = "snis"
+    temperature_K: float  # the config's MD temperature or a target temperature (condition)
+    energy_backend: str
+    drop_top_fraction: float
+    seed: int
+
+
+@dataclass
+class SmcSettings(StageSettings):
+    stage: ClassVar[str] = "smc"
+    kernel: str  # condition: ula or mala
+    n_particles: int
+    smc: dict  # SMCConfig overrides of the kernel (smc.ula / smc.mala)
+    temperature_K: float
+    energy_backend: str
+    batch_size: int
+    seed: int
+    device: str = "auto"
+
+
+@dataclass
+class SelfImproveSettings(StageSettings):
+    stage: ClassVar[str] = "self_improve"
+    improve: dict  # SelfImproveConfig fields
+    temperature_K: float
+    energy_backend: str
+    seed: int
+    device: str = "auto"
+
+
+@dataclass
+class EvaluateSettings(StageSettings):
+    stage: ClassVar[str] = "evaluate"
+    model: str  # condition: the evaluated variant
+    temperature_K: float
+    reference_frames: int
+    n_metric: int
+    kmeans_k: int
+    seed: int
+    summary_href: str = "summary.html"  # condition: the summary page relative to this system's page
+
+
+@dataclass
+class BudgetSettings(StageSettings):
+    stage: ClassVar[str] = "budget"
+    budgets: list
+    map_budget: float
+    temperature_K: float
+    reference_frames: int
+    n_metric: int
+    kmeans_k: int
+    drop_top_fraction: float
+    seed: int
+
+
+@dataclass
+class TemperatureSettings(StageSettings):
+    stage: ClassVar[str] = "temperature"
+    priors: list  # condition: the prior mode of each evaluation file, in input order
+    sampler: str = "snis"
+
+
+@dataclass
+class ReportSettings(StageSettings):
+    stage: ClassVar[str] = "report"
+    links: dict = field(default_factory=dict)  # label -> href of the other pages
+
+
+SETTINGS: dict[str, type[StageSettings]] = {
+    cls.stage: cls
+    for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, TicaSettings,
+                SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, EvaluateSettings, BudgetSettings,
+                TemperatureSettings, ReportSettings)
+}
+
+# Fields a rule sets from its wildcards (the job's conditions), not from a config key.
+CONDITIONS = {
+    ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"),
+    ("smc", "kernel"), ("evaluate", "model"), ("evaluate", "summary_href"), ("report", "links"),
+    ("sample", "prior_std"),
+}
+
+# Fields that no config key sets: their one default is the dataclass field's (device: CUDA when present).
+DOCUMENTED_DEFAULTS = {
+    ("tica", "dim"): "two TICA components (the paper's maps)",
+    ("sample", "device"): "auto: CUDA when present",
+    ("smc", "device"): "auto: CUDA when present",
+    ("self_improve", "device"): "auto: CUDA when present",
+    ("temperature", "sampler"): "the temperature study reweights with SNIS",
+    ("sequences", "train"): "optional key sequences.train; without it the training set is drawn from train_counts",
+    ("sequences", "allow_train_test_overlap"): "optional key; without it train, val and test must be disjoint",
+}
+
+
+def from_dict(stage: str, data: Mapping) -> StageSettings:
+    """Settings of ``stage`` from their dict; unknown or missing fields are named."""
+    try:
+        cls = SETTINGS[stage]
+    except KeyError:
+        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(SETTINGS))})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{stage} settings: unknown field(s) {unknown} (known: {sorted(names)})")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{stage} settings: {e}") from None
+
+
+def from_json(stage: str, text: str) -> StageSettings:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{stage} settings are not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{stage} settings must be a JSON object, got {type(data).__name__}")
+    return from_dict(stage, data)
+
+
+# ------------------------------------------------------------------------------------- builders
+def _temperature(config: Mapping, temperature_K: float | None) -> float:
+    return float(config["md"]["temperature_K"] if temperature_K is None else temperature_K)
+
+
+def build(stage: str, config: Mapping, **conditions) -> StageSettings:
+    """The settings of ``stage`` from the (validated) config and the rule's conditions."""
+    try:
+        builder = _BUILDERS[stage]
+    except KeyError:
+        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(_BUILDERS))})") from None
+    return builder(config, **conditions)
+
+
+def _sequences(config):
+    sq = config["sequences"]
+    return SequencesSettings(
+        seed=sq["seed"], min_length=sq["min_length"], max_length=sq["max_length"],
+        max_target_length=sq["max_target_length"], train_counts={str(k): v for k, v in sq["train_counts"].items()},
+        val=copy.deepcopy(sq["val"]), test=copy.deepcopy(sq["test"]),
+        **{k: copy.deepcopy(sq[k]) for k in ("train", "allow_train_test_overlap") if k in sq},  # optional keys
+    )
+
+
+def _structure(config, sequence):
+    return StructureSettings(sequence=sequence, max_target_length=config["sequences"]["max_target_length"])
+
+
+def _md(config, split, name=None, batch=None, temperature_K=None):
+    if split not in ("reference", "train", "val"):
+        raise ConfigError(f"MD split must be reference, train or val, got {split!r}")
+    protocol = dataclasses.asdict(md_protocol(config, split, temperature_K))
+    if split == "reference":
+        return MDSettings(split=split, protocol=protocol, name=name)
+    return MDSettings(split=split, protocol=protocol, systems_per_job=config["md"][split]["systems_per_job"],
+                      batch=None if batch is None else int(batch))
+
+
+def _dataset(config):
+    return DatasetSettings(frame_interval_ps=config["dataset"]["frame_interval_ps"])
+
+
+def _train(config, model):
+    if model not in config["models"]:
+        raise ConfigError(f"model {model!r} is not defined under `models` (defined: {sorted(config['models'])})")
+    spec = config["models"][model]
+    return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), "model_preset": spec["preset"],
+                                              "model": copy.deepcopy(dict(spec.get("overrides", {})))})
+
+
+def _tica(config):
+    return TicaSettings(lag_frames=tica_lag_frames(config), stride=config["eval"]["tica_stride"])
+
+
+def _sample(config, temperature_K=None, prior="plain"):
+    sp = config["sampling"]
+    return SampleSettings(n_proposals=sp["n_proposals"], batch_size=sp["batch_size"],
+                          com_correction=sp["com_correction"], seed=sp["seed"],
+                          # sampling.prior_std (a reduced prior temperature, exact IS) times the condition's factor
+                          prior_std=sp.get("prior_std", 1.0) * prior_std_for(
+                              _temperature(config, temperature_K), config["md"]["temperature_K"], prior))
+
+
+def _snis(config, temperature_K=None):
+    sp = config["sampling"]
+    return SnisSettings(temperature_K=_temperature(config, temperature_K), energy_backend=sp["energy_backend"],
+                        drop_top_fraction=sp["drop_top_fraction"], seed=sp["seed"])
+
+
+def _smc(config, kernel):
+    if kernel not in ("ula", "mala"):
+        raise ConfigError(f"SMC kernel must be ula or mala, got {kernel!r}")
+    sp = config["sampling"]
+    return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"],
+                       smc=copy.deepcopy(dict(config["smc"][kernel])), temperature_K=_temperature(config, None),
+                       energy_backend=sp["energy_backend"], batch_size=sp["batch_size"], seed=sp["seed"])
+
+
+def _self_improve(config):
+    sp = config["sampling"]
+    improve = {"n_final": sp["n_proposals"], "sample_batch_size": sp["batch_size"],
+               "com_correction": sp["com_correction"], "drop_top_fraction": sp["drop_top_fraction"],
+               **copy.deepcopy(dict(config["self_improve"]))}
+    return SelfImproveSettings(improve=improve, temperature_K=_temperature(config, None),
+                               energy_backend=sp["energy_backend"], seed=sp["seed"])
+
+
+def _evaluate(config, model=None, temperature_K=None, summary_href=None):
+    ev = config["eval"]
+    return EvaluateSettings(model=config["sampling"]["model"] if model is None else model,
+                            temperature_K=_temperature(config, temperature_K), reference_frames=ev["reference_frames"],
+                            n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"], seed=config["sampling"]["seed"],
+                            **({} if summary_href is None else {"summary_href": summary_href}))
+
+
+def _budget(config):
+    ev, bu = config["eval"], config["budget"]
+    return BudgetSettings(budgets=[float(b) for b in bu["budgets"]], map_budget=float(bu["map_budget"]),
+                          temperature_K=_temperature(config, None), reference_frames=ev["reference_frames"],
+                          n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"],
+                          drop_top_fraction=config["sampling"]["drop_top_fraction"], seed=config["sampling"]["seed"])
+
+
+def _temperature_report(config, priors=None):
+    priors = [p for *_, p in temperature_cases(config)] if priors is None else list(priors)
+    for p in priors:
+        prior_std_for(1.0, 1.0, p)  # names an unknown prior mode
+    return TemperatureSettings(priors=priors)
+
+
+def _report(config, links=None):
+    return ReportSettings(links=dict(links or {}))
+
+
+_BUILDERS = {"sequences": _sequences, "structure": _structure, "md": _md, "dataset": _dataset, "train": _train,
+             "tica": _tica, "sample": _sample, "snis": _snis, "smc": _smc, "self_improve": _self_improve,
+             "evaluate": _evaluate, "budget": _budget, "temperature": _temperature_report, "report": _report}
+
+
+# ------------------------------------------------------------------------- what the workflow runs
+def temperature_cases(config: Mapping) -> list[tuple[str, float, str]]:
+    """(system, temperature in K, prior) of the temperature-transfer study."""
+    tt = config["temperature_transfer"]
+    return [(s, float(t), p) for s in tt["systems"] for t in tt["temperatures_K"] for p in tt["priors"]]
+
+
+@dataclass
+class Plan:
+    """What the workflow runs for a config: the config keys that choose jobs rather than settle a stage."""
+
+    train_models: list  # trained by `all`
+    eval_model: str  # the variant evaluated in results/eval/
+    variants: list  # the other trained variants (evaluated with SNIS for Table 3)
+    val: list
+    test: list
+    eval_systems: list  # test systems, then extrapolation targets
+    samplers: list  # sampler files per evaluated system; snis first, always
+    temperature_cases: list  # (system, temperature in K, prior)
+    n_train_batches: int
+    n_val_batches: int
+
+
+def plan(config: Mapping) -> Plan:
+    test = sequence_set(config, "test")
+    extra = []
+    for s in config.get("extrapolation_targets", []):
+        try:
+            extra.append(validate_sequence(s, min_length=1, max_length=config["sequences"]["max_target_length"]))
+        except SequenceError as e:
+            raise ConfigError(f"extrapolation_targets: {e}") from None
+    eval_model = config["sampling"]["model"]
+    return Plan(train_models=list(config["train_models"]), eval_model=eval_model,
+                variants=[m for m in config["train_models"] if m != eval_model], val=sequence_set(config, "val"),
+                test=test, eval_systems=[*test, *(s for s in extra if s not in test)],
+                samplers=["snis", *(s for s in config["samplers"] if s != "snis")],
+                temperature_cases=temperature_cases(config), n_train_batches=n_batches(config, "train"),
+                n_val_batches=n_batches(config, "val"))
+
+
+# A temperature-transfer job is a main job under a condition: a path segment naming the target temperature
+# and prior (``T400K_scaled/`` in sample and evaluation paths; ``_400K`` after the system in MD paths), or
+# "" for the config's temperature.
+CONDITION_PATTERN = r"(T\d+(\.\d+)?K_(plain|scaled)/)?"
+MD_TEMPERATURE_PATTERN = r"(_\d+(\.\d+)?K)?"
+
+
+def condition_name(temperature_K: float, prior: str) -> str:
+    """Path segment of a target temperature and prior: ``T400K_scaled/``."""
+    prior_std_for(temperature_K, temperature_K, prior)  # names an unknown prior mode
+    return f"T{float(temperature_K):g}K_{prior}/"
+
+
+def parse_condition(segment: str) -> tuple[float | None, str]:
+    """(target temperature in K or None for the config's, prior mode) of a condition segment."""
+    if not segment:
+        return None, "plain"
+    m = re.fullmatch(r"T(\d+(?:\.\d+)?)K_(plain|scaled)/", segment)
+    if m is None:
+        raise ConfigError(f"condition {segment!r} is not of the form T<kelvin>K_<plain|scaled>/")
+    return float(m.group(1)), m.group(2)
+
+
+def md_suffix(temperature_K: float | None) -> str:
+    """Suffix of an MD path at another temperature: ``_400K`` (or "" for the config's temperature)."""
+    return "" if temperature_K is None else f"_{float(temperature_K):g}K"
+
+
+def parse_md_suffix(suffix: str) -> float | None:
+    if not suffix:
+        return None
+    m = re.fullmatch(r"_(\d+(?:\.\d+)?)K", suffix)
+    if m is None:
+        raise ConfigError(f"MD temperature suffix {suffix!r} is not of the form _<kelvin>K")
+    return float(m.group(1))
+
+
+__all__ = ["ConfigError", "MDProtocol", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+           "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
+           "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
+           "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]

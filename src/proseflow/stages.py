@@ -1,0 +1,476 @@
+"""The pipeline's stages: one function per Snakemake rule kind, ``run_<stage>(settings, inputs, outputs)``.
+
+Each takes its stage's settings (:mod:`proseflow.settings`) and the rule's named input and output files,
+and calls the library. Imports are made inside each function, so running one stage imports only what that
+stage needs (the MD stage loads neither torch nor matplotlib); ``tests/test_env_guard.py`` checks every
+stage against the conda env of the rules that run it. ``python -m proseflow run <stage>`` is the entry
+point (:mod:`proseflow.cli`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from proseflow import settings as S
+
+log = logging.getLogger("proseflow")
+
+
+class Files:
+    """A rule's named files: ``files.one("md")`` for a single path, ``files.many("evals")`` for a list."""
+
+    def __init__(self, kind: str, named: Mapping[str, Sequence[str]]):
+        self.kind = kind
+        self.named = {k: [str(p) for p in v] for k, v in named.items()}
+
+    def _get(self, name: str) -> list[str]:
+        try:
+            return self.named[name]
+        except KeyError:
+            raise ValueError(f"missing {self.kind} {name!r} (given: {', '.join(sorted(self.named)) or 'none'})") from None
+
+    def one(self, name: str) -> str:
+        paths = self._get(name)
+        if len(paths) != 1:
+            raise ValueError(f"{self.kind} {name!r} must be one path, got {len(paths)}")
+        return paths[0]
+
+    def many(self, name: str, default: list[str] | None = None) -> list[str]:
+        if default is not None and name not in self.named:
+            return default
+        return self._get(name)
+
+    def optional(self, name: str) -> str | None:
+        return self.one(name) if name in self.named else None
+
+
+def _device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------- physics stages
+def run_sequences(s: S.SequencesSettings, inputs: Files, outputs: Files) -> None:
+    from proseflow.sequences import check_disjoint, draw_uniform, to_frame
+
+    config = {"sequences": s.to_dict()}
+    val, test = S.sequence_set(config, "val"), S.sequence_set(config, "test")
+    train = S.explicit_train(config)
+    if train is None:
+        train = draw_uniform(S.train_counts(config), seed=s.seed, exclude=[*val, *test])
+    if s.allow_train_test_overlap:
+        log.warning("sequences.allow_train_test_overlap: training, validation and test sets may share sequences "
+                    "(single-system study)")
+    else:
+        check_disjoint({"train": train, "val": val, "test": test})
+    from proseflow.artefacts import save_csv
+
+    for name, seqs in (("train", train), ("val", val), ("test", test)):
+        save_csv(outputs.one(name), to_frame(seqs))
+        log.info("%s: %d sequences", name, len(seqs))
+
+
+def run_structure(s: S.StructureSettings, inputs: Files, outputs: Files) -> None:
+    from proseflow.sequences import validate_sequence
+    from proseflow.structures import build_peptide, write_pdb
+
+    validate_sequence(s.sequence, min_length=1, max_length=s.max_target_length)
+    topology, positions_nm = build_peptide(s.sequence)
+    out = outputs.one("pdb")
+    write_pdb(out, topology, positions_nm)
+    log.info("%s: %d atoms -> %s", s.sequence, topology.getNumAtoms(), out)
+
+
+def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None = None) -> None:
+    """Reference MD of one system (split reference), or a batch of training/validation systems."""
+    from dataclasses import replace
+
+    from proseflow.md import MDSystem, simulate, stable_seed
+
+    protocol = S.MDProtocol(**s.protocol)
+    if s.split == "reference":
+        from proseflow.structures import load_pdb
+
+        if not s.name:
+            raise ValueError("reference MD needs the system's name (settings.name)")
+        protocol = replace(protocol, seed=stable_seed(protocol.seed, s.name))
+        topology, positions_nm = load_pdb(inputs.one("structure"))
+        out = Path(outputs.one("h5"))
+        t0 = time.time()
+        simulate([MDSystem(s.name, topology, positions_nm, out)], protocol, out.parent / ".work" / s.name,
+                 threads=threads)
+        log.info("MD of %s done in %.1f s", s.name, time.time() - t0)
+        return
+
+    from proseflow.sequences import read_sequences
+    from proseflow.structures import build_peptide, write_pdb
+
+    if s.batch is None or s.systems_per_job is None:
+        raise ValueError(f"{s.split} MD needs settings.batch and settings.systems_per_job")
+    seqs = read_sequences(inputs.one("sequences"))
+    mine = seqs[s.batch * s.systems_per_job: (s.batch + 1) * s.systems_per_job]
+    out = Path(outputs.one("batch"))
+    tmp_dir = out.with_name(f".{out.name}.tmp")
+    # the split is part of the seed: a single-system study simulates the same sequence for train and val
+    protocol = replace(protocol, seed=stable_seed(protocol.seed, out.parent.name, out.name, *mine))
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    systems = []
+    for seq in mine:
+        topology, positions_nm = build_peptide(seq)
+        write_pdb(tmp_dir / f"{seq}.pdb", topology, positions_nm)
+        systems.append(MDSystem(seq, topology, positions_nm, tmp_dir / f"{seq}.h5"))
+    if systems:
+        simulate(systems, protocol, out.with_name(f".{out.name}.work"), threads=threads)
+    (tmp_dir / "manifest.json").write_text(json.dumps({"sequences": mine, "protocol": protocol.__dict__}, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp_dir, out)
+    log.info("batch %s: %d systems -> %s", s.batch, len(mine), out)
+
+
+# ---------------------------------------------------------------------------------- flow stages
+def run_dataset(s: S.DatasetSettings, inputs: Files, outputs: Files) -> None:
+    """Zarr frame store of one MD batch, subsampled to the configured frame interval."""
+    from proseflow.dataset import subsample_every_for, write_store
+
+    md_dir = Path(inputs.one("batch"))
+    manifest = json.loads((md_dir / "manifest.json").read_text())
+    every = subsample_every_for(manifest["protocol"]["save_interval_ps"], s.frame_interval_ps)
+    systems = [(seq, md_dir / f"{seq}.h5") for seq in manifest["sequences"]]
+    out = outputs.one("store")
+    write_store(out, systems, every, input_interval_ps=manifest["protocol"]["save_interval_ps"],
+                expected_interval_ps=s.frame_interval_ps)
+    log.info("%d systems -> %s (every %d-th frame)", len(systems), out, every)
+
+
+def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
+    from proseflow.train import TrainConfig, train
+
+    config = TrainConfig(**s.config)
+    out_dir = Path(outputs.one("model")).parent
+    summary = train(config, inputs.many("train"), inputs.many("val", default=[]) or None, out_dir)
+    log.info("training finished: %s", json.dumps(summary, default=str))
+    if not summary["completed"]:  # stopped by train.stop_after_s: checkpoint written, no model.pt
+        raise RuntimeError(f"training stopped at step {summary['step']} before max_steps; rerun to resume")
+
+
+# ------------------------------------------------------------------------------- sampler stages
+def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
+    """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
+    from proseflow.artefacts import save_npz
+    from proseflow.sampling import draw_proposals
+    from proseflow.structures import load_pdb
+    from proseflow.train import load_model
+
+    device = _device(s.device)
+    model_path = inputs.one("model")
+    model = load_model(model_path, device)
+    topology, _ = load_pdb(inputs.one("structure"))
+    p = draw_proposals(model, topology, s.n_proposals, batch_size=s.batch_size, prior_std=s.prior_std,
+                       scale_nm=model.meta.get("scale_nm", 0.35), com_correction=s.com_correction,
+                       seed=s.seed, device=device)
+    save_npz(outputs.one("proposals"), positions_nm=p.positions_nm, log_q=p.log_q, chirality_ok=p.chirality_ok,
+             n_chirality_fixed=p.n_chirality_fixed, n_chirality_unfixable=p.n_chirality_unfixable,
+             wall_time_s=p.wall_time_s, prior_std=s.prior_std, model=str(model_path),
+             device=str(device), com_correction=s.com_correction,
+             centroid_flow=p.x_flow.astype("float64").mean(axis=1))  # for the other COM correction's ESS
+    log.info("%d proposals in %.1f s; chirality fixed %d, unfixable %d", s.n_proposals, p.wall_time_s,
+             p.n_chirality_fixed, p.n_chirality_unfixable)
+
+
+def run_snis(s: S.SnisSettings, inputs: Files, outputs: Files) -> None:
+    """Energies of the proposals and self-normalised importance weights."""
+    import numpy as np
+
+    from proseflow.artefacts import save_npz
+    from proseflow.energy import make_energy
+    from proseflow.reweight import snis
+    from proseflow.structures import load_pdb
+
+    t0 = time.time()
+    prop = np.load(inputs.one("proposals"))
+    topology, _ = load_pdb(inputs.one("structure"))
+    energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
+    e_kT = energy.energy_kT(prop["positions_nm"])
+    log_q = prop["log_q"]
+    r = snis(-e_kT, log_q, drop_top_fraction=s.drop_top_fraction, rng=s.seed)
+    save_npz(outputs.one("snis"), positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
+             log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_distinct=r.n_distinct,
+             n_nonfinite=r.n_nonfinite, n_dropped=r.n_dropped, n_energy_evals=len(e_kT), temperature_K=s.temperature_K,
+             drop_top_fraction=s.drop_top_fraction, wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
+    log.info("SNIS: ESS %.4f over %d proposals (%d non-finite, %d dropped)", r.ess, len(e_kT), r.n_nonfinite,
+             r.n_dropped)
+
+
+def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
+    """SMC with the flow as proposal (ULA or MALA moves), forces from the energy API."""
+    import numpy as np
+
+    from proseflow import sampling
+    from proseflow.artefacts import save_npz
+    from proseflow.energy import make_energy
+    from proseflow.structures import load_pdb
+    from proseflow.train import load_model
+
+    t0 = time.time()
+    device = _device(s.device)
+    model = load_model(inputs.one("model"), device)
+    topology, _ = load_pdb(inputs.one("structure"))
+    energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
+    result, positions, e_kT, n_fixed, n_unfixable, ok = sampling.run_smc(
+        model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model.meta.get("scale_nm", 0.35),
+        batch_size=s.batch_size, device=device, **s.smc)
+    save_npz(outputs.one("samples"), positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
+             ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess), min_ess=result.min_ess,
+             resampled=np.asarray(result.resampled), n_distinct=result.n_distinct,
+             n_distinct_ancestors=result.n_distinct_ancestors, step_size_units=sampling.STEP_SIZE_UNITS,
+             n_dropped_top_weight=result.info["n_dropped_top_weight"],
+             n_dropped_high_energy=result.info["n_dropped_high_energy"],
+             acceptance=np.asarray(result.acceptance, dtype=float), step_sizes=np.asarray(result.step_sizes),
+             t_schedule=np.asarray(result.t_schedule), n_energy_evals=result.n_energy_evals,
+             n_chirality_fixed=n_fixed, n_chirality_unfixable=n_unfixable, temperature_K=s.temperature_K,
+             wall_time_s=time.time() - t0, kernel=s.kernel)
+    log.info("SMC-%s: %d particles, final ESS before resampling %.4f (min %.4f), %d distinct (from %d proposals; "
+             "%d + %d dropped before SMC), %d energy evaluations, %.1f s", s.kernel, s.n_particles,
+             result.final_ess_pre_resampling, result.min_ess, result.n_distinct, result.n_distinct_ancestors,
+             result.info["n_dropped_top_weight"], result.info["n_dropped_high_energy"], result.n_energy_evals,
+             time.time() - t0)
+
+
+def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) -> None:
+    """Self-improvement of one system: fine-tuned model (and rounds.json) beside outputs.model, final SNIS set."""
+    from proseflow.artefacts import save_npz
+    from proseflow.energy import make_energy
+    from proseflow.self_improve import SelfImproveConfig, self_improve
+    from proseflow.structures import load_pdb
+    from proseflow.train import load_model
+
+    device = _device(s.device)
+    config = SelfImproveConfig(**s.improve)
+    model_path = inputs.one("model")
+    model = load_model(model_path, device)
+    topology, _ = load_pdb(inputs.one("structure"))
+    energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
+    try:
+        result = self_improve(model, topology, energy, config, Path(outputs.one("model")).parent, seed=s.seed,
+                              device=device)
+    finally:
+        close = getattr(energy, "close", None)
+        if close is not None:
+            close()
+    save_npz(outputs.one("samples"), **{**result["final"], "temperature_K": s.temperature_K, "model": str(model_path),
+                                        "device": str(device), "com_correction": config.com_correction})
+
+
+# ---------------------------------------------------------------------------- evaluation stages
+def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
+    from proseflow import trajectory_io
+    from proseflow.tica import fit_tica
+
+    md = inputs.one("md")
+    n_segments = trajectory_io.segments(md)
+    per_replica = trajectory_io.n_frames(md) // n_segments
+    if per_replica % s.stride:
+        raise ValueError(f"TICA stride {s.stride} does not divide the {per_replica} frames of each replica")
+    data = trajectory_io.read(md, stride=s.stride)
+    topology = trajectory_io.mdtraj_topology(md)
+    model = fit_tica(data["positions_nm"], lag=s.lag_frames, dim=s.dim, koopman=True, topology=topology,
+                     n_segments=n_segments)
+    out = outputs.one("tica")
+    model.save(out)  # atomic (proseflow.artefacts)
+    log.info("TICA of %s: %d frames (stride %d), lag %d frames -> %s", md, len(data["positions_nm"]), s.stride,
+             s.lag_frames, out)
+
+
+def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
+    """Metrics of every sampler of one system against its reference MD; JSON + self-contained HTML page."""
+    import platform
+
+    import numpy as np
+
+    from proseflow.artefacts import save_json
+    from proseflow.evaluate import SAMPLER_COUNTS, project, reference, reference_indices, sampler_metrics
+    from proseflow.report import write_system_report
+    from proseflow.smc import count_distinct
+    from proseflow.structures import load_pdb
+    from proseflow.tica import TicaModel
+
+    structure, md = inputs.one("structure"), inputs.one("md")
+    topology, _ = load_pdb(structure)
+    tica_model = TicaModel.load(inputs.one("tica"))
+    ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames)
+    metrics, sets, meta_rows = {}, {}, {}
+    for path in inputs.many("samplers"):
+        name = Path(path).stem
+        d = np.load(path)
+        proj = project(d["positions_nm"], d["energy_kT"], topology, tica_model)
+        n_evals = int(d["n_energy_evals"])
+        if name == "snis":  # the raw proposal is the SNIS set without its weights
+            metrics["proposal"] = sampler_metrics(ref, proj, None, s.n_metric, s.seed, n_evals, s.kmeans_k)
+            metrics["proposal"]["n_distinct"] = count_distinct(d["positions_nm"])
+            sets["proposal"] = {"energy_kT": proj.energy_kT, "weights": None, "phi_psi": proj.phi_psi,
+                                "tica": proj.tica}
+        log_w = d["log_weights"] if "log_weights" in d else None
+        metrics[name] = sampler_metrics(ref, proj, log_w, s.n_metric, s.seed, n_evals, s.kmeans_k)
+        if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling)
+            metrics[name]["ess"] = float(d["ess"])
+        # distinct configurations next to the ESS, so a collapsed population shows (proseflow.smc doc)
+        metrics[name]["n_distinct"] = int(d["n_distinct"]) if "n_distinct" in d else count_distinct(d["positions_nm"])
+        for key in SAMPLER_COUNTS:
+            if key in d:
+                metrics[name][key] = float(d[key]) if key == "min_ess" else int(d[key])
+        sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w, "phi_psi": proj.phi_psi, "tica": proj.tica}
+        meta_rows[f"{name} wall time (s)"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
+    proposals = inputs.optional("proposals")
+    diagnostics = None
+    if proposals:
+        prop = np.load(proposals)
+        n = len(prop["log_q"])
+        for key in metrics:
+            metrics[key]["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
+            metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
+        snis_path = next((p for p in inputs.many("samplers") if Path(p).stem == "snis"), None)
+        if snis_path is not None:  # why the weights look the way they do (proseflow.diagnostics)
+            from proseflow import trajectory_io
+            from proseflow.diagnostics import diagnose
+
+            d = np.load(snis_path)
+            idx = reference_indices(md, s.reference_frames)
+            diagnostics = diagnose(
+                topology, s.temperature_K, trajectory_io.read(md)["positions_nm"][idx], d["positions_nm"],
+                d["energy_kT"], d["log_q"], d["log_weights"],
+                centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
+                com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
+                drop_top_fraction=float(d["drop_top_fraction"]) if "drop_top_fraction" in d else 0.002)
+    train_csv = inputs.optional("train")
+    train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
+    seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
+    metadata = {"sequence": seq, "model": s.model, "checkpoint": inputs.optional("model") or "",
+                "temperature (K)": s.temperature_K, "reference MD": md,
+                "reference frames used": len(ref.energy_kT), "in training set": seq in train,
+                "TICA Koopman-weighted": bool(tica_model.koopman), "TICA lag (frames)": tica_model.lag_frames,
+                "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
+                "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
+    out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
+           "diagnostics": diagnostics}
+    write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
+                                              "diagnostics": diagnostics,
+                                              "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
+                                                            "tica": ref.tica},
+                                              "samplers": sets}, summary_href=s.summary_href)
+    save_json(outputs.one("json"), out)  # strict JSON, written last: it marks completion
+    log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items()
+                                            if m in ("ess", "energy_w2", "torus_w2", "tica_w2")}
+                                        for k, d in metrics.items()}))
+
+
+def run_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
+    """Summary page and the paper's tables (in the folder of outputs.table2)."""
+    from proseflow.report import write_summary
+
+    rows = []
+    evals = inputs.many("evals")
+    for path in evals:
+        d = json.loads(Path(path).read_text())
+        for sampler, m in d["metrics"].items():
+            rows.append({"sequence": d["sequence"], "length": d["length"], "model": d["model"], "sampler": sampler, **m})
+    html = outputs.one("html")
+    write_summary(html, Path(outputs.one("table2")).parent, rows, links=s.links)
+    log.info("summary of %d systems -> %s", len(evals), html)
+
+
+def run_budget(s: S.BudgetSettings, inputs: Files, outputs: Files) -> None:
+    """One system: MD and flow curves at equal energy-evaluation budgets (JSON rows) and the TICA maps (npz)."""
+    from proseflow.artefacts import save_json, save_npz
+    from proseflow.budget import budget_tica_maps, flow_budget_curve, md_budget_curve
+    from proseflow.evaluate import reference
+    from proseflow.structures import load_pdb
+    from proseflow.tica import TicaModel
+
+    md, snis_path = inputs.one("md"), inputs.one("snis")
+    topology, _ = load_pdb(inputs.one("structure"))
+    tica_model = TicaModel.load(inputs.one("tica"))
+    seq = Path(md).stem
+    ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames)
+    rows = md_budget_curve(md, topology, tica_model, ref, s.budgets, s.n_metric, s.seed, sequence=seq,
+                           temperature_K=s.temperature_K, kmeans_k=s.kmeans_k)
+    rows += flow_budget_curve(snis_path, topology, tica_model, ref, s.budgets, s.n_metric, s.seed,
+                              s.drop_top_fraction, sequence=seq, kmeans_k=s.kmeans_k)
+    md_tica, flow_tica, _ = budget_tica_maps(md, snis_path, topology, tica_model, s.map_budget, s.n_metric, s.seed,
+                                             s.drop_top_fraction, s.temperature_K)
+    save_npz(outputs.one("maps"), md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
+             map_budget=float(s.map_budget))
+    out = save_json(outputs.one("json"), {"sequence": seq, "md": str(md), "snis": str(snis_path), "rows": rows})
+    log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows), sum(r["status"] != "ok" for r in rows), out)
+
+
+def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
+    """All systems: the budget page (Figure 1 / Figure 4 style) and CSV."""
+    import numpy as np
+
+    from proseflow.budget import write_budget_csv, write_budget_page
+
+    curves = {}
+    for p in inputs.many("curves"):
+        d = json.loads(Path(p).read_text())
+        curves[d["sequence"]] = d["rows"]
+    maps, map_budget = {}, None
+    for p in inputs.many("maps", default=[]):
+        with np.load(p) as m:
+            maps[str(m["sequence"])] = (m["md_tica"], m["flow_tica"], None, m["reference_tica"])
+            map_budget = float(m["map_budget"])
+    write_budget_csv(outputs.one("csv"), curves)
+    write_budget_page(outputs.one("html"), curves, maps, map_budget=map_budget)
+    log.info("budget study of %d systems -> %s", len(curves), outputs.one("html"))
+
+
+def run_temperature(s: S.TemperatureSettings, inputs: Files, outputs: Files) -> None:
+    """The temperature-transfer page and CSV (plain vs scaled prior)."""
+    from proseflow.temperature import rows_from_evals, write_temperature_csv, write_temperature_page
+
+    rows = rows_from_evals(inputs.many("evals"), s.priors, s.sampler)
+    write_temperature_csv(outputs.one("csv"), rows)
+    write_temperature_page(outputs.one("html"), rows)
+    log.info("temperature transfer: %d rows -> %s", len(rows), outputs.one("html"))
+
+
+# stage name -> (settings stage, runner). A runner's stage name is what `proseflow run` takes.
+STAGES: dict[str, tuple[str, Callable]] = {
+    "sequences": ("sequences", run_sequences),
+    "structure": ("structure", run_structure),
+    "md": ("md", run_md),
+    "dataset": ("dataset", run_dataset),
+    "train": ("train", run_train),
+    "sample": ("sample", run_sample),
+    "snis": ("snis", run_snis),
+    "smc": ("smc", run_smc),
+    "self_improve": ("self_improve", run_self_improve),
+    "tica": ("tica", run_tica),
+    "evaluate": ("evaluate", run_evaluate),
+    "report": ("report", run_report),
+    "budget": ("budget", run_budget),
+    "budget_report": ("report", run_budget_report),
+    "temperature": ("temperature", run_temperature),
+}
+THREADED = {"md"}  # stages that take the job's thread count
+
+
+def run(stage: str, settings_json: str, inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Sequence[str]],
+        threads: int | None = None) -> None:
+    """Run ``stage`` with its settings (JSON) on the named files."""
+    try:
+        settings_stage, runner = STAGES[stage]
+    except KeyError:
+        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(sorted(STAGES))})") from None
+    s = S.from_json(settings_stage, settings_json)
+    kwargs = {"threads": threads} if stage in THREADED else {}
+    runner(s, Files("input", inputs), Files("output", outputs), **kwargs)
