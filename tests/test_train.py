@@ -247,6 +247,7 @@ def test_length_buckets_and_compile_settings(stores, tmp_path):
     sizes = sorted(s["n_atoms"] for s in FrameLoader(stores[0], 8, seed=0).systems)
     assert settings["length_buckets"]["max_atoms"] == sizes and sum(settings["length_buckets"]["frames"]) == 96
     assert settings["compiled"] is False
+    (out / "settings.json").unlink()  # as if interrupted before the end: a rerun resumes (a finished one restarts)
     with pytest.raises(ValueError, match="length_buckets"):
         train(tiny(max_steps=6), *stores, out)  # other batches: not the same run
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)

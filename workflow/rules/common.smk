@@ -95,7 +95,7 @@ def check_target_case():
                         regex += "(?P=seq)" if seen else "(?P<seq>[A-Za-z]+)"
                         seen = True
                     else:
-                        regex += "[^/]+" if part.startswith("{") else re.escape(part)
+                        regex += "[^/]*" if part.startswith("{") else re.escape(part)  # other wildcards may be empty ({at_T})
                 match = seen and re.fullmatch(regex, str(target))
                 if match and match["seq"] != match["seq"].upper():
                     valid_target(match["seq"])
