@@ -87,8 +87,8 @@ def check_target_case():
     settings = workflow.dag_settings  # None while the Snakefile is parsed: read the command line then
     targets = settings.targets if settings is not None else [a for a in sys.argv[1:] if not a.startswith("-")]
     for target in targets:
-        for rule in workflow.rules:
-            for pattern in map(str, rule.output):  # e.g. results/md/{seq,[A-Z]+}.h5
+        for r in workflow.rules:
+            for pattern in map(str, r.output):  # e.g. results/md/{seq,[A-Z]+}.h5
                 regex, seen = "", False
                 for part in re.split(r"(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})", pattern):
                     if part.startswith("{") and part[1:-1].split(",")[0].strip() == "seq":
