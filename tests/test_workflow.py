@@ -86,3 +86,12 @@ def test_lower_case_target_says_sequences_are_upper_case(workdir):
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "MissingRule" not in log
     assert "upper-case one-letter amino-acid codes" in log and "did you mean GYDP?" in log
+
+
+@pytest.mark.parametrize("configs", [(), ("configs/demo.yaml",)])
+def test_workflow_is_lint_clean(workdir, configs):
+    """`snakemake --lint` reports nothing for the paper config and the demo preset."""
+    args = [*SNAKEMAKE, "--lint", *(["--configfile", *configs] if configs else [])]
+    proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out and "good condition" in out, out[-3000:]
