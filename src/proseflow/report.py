@@ -27,16 +27,16 @@ from proseflow.artefacts import save_text
 
 DPI = 90
 FREE_ENERGY_MAX_KT = 8.0  # colour-scale cap of the -log density maps
-METRICS = ["ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
+METRICS = ["ess", "n_distinct", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
            "n_samples", "n_energy_evals", "chirality_fixed_rate", "chirality_unfixable_rate"]
-LABELS = {"ess": "ESS", "energy_w2": "E-W2", "torus_w2": "T-W2", "tica_w2": "TICA-W2",
+LABELS = {"ess": "ESS", "n_distinct": "distinct samples", "energy_w2": "E-W2", "torus_w2": "T-W2", "tica_w2": "TICA-W2",
           "tica_jsd": "TICA-JSD", "torus_jsd": "Torus-JSD", "mean_energy_kT": "mean E (kT)",
           "n_samples": "samples", "n_energy_evals": "energy evals",
           "chirality_fixed_rate": "chirality fixed", "chirality_unfixable_rate": "chirality unfixable"}
 HIGHER_IS_BETTER = {"ess"}
 LOWER_IS_BETTER = {"energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd"}
-INTEGER_METRICS = {"n_samples", "n_energy_evals"}
-TABLE2_METRICS = ["ess", "energy_w2", "torus_w2", "tica_w2"]
+INTEGER_METRICS = {"n_samples", "n_energy_evals", "n_distinct"}
+TABLE2_METRICS = ["ess", "n_distinct", "energy_w2", "torus_w2", "tica_w2"]
 TABLE4_METRICS = ["energy_w2", "torus_w2", "tica_w2"]
 DEFAULT_MODEL = "prose"  # rows without a model key belong to it; Table 4 uses its rows
 UNWEIGHTED = {"proposal"}  # samplers that are not reweighted (plus names starting with "md")
