@@ -191,3 +191,18 @@ def test_pages_render_in_chromium(pages, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bc.main(["--min-images", "3", *map(str, paths.values())]) == 0
     assert bc.main(["--min-images", "4", str(paths["WA"])]) == 1
+
+
+def test_distinct_samples_sit_next_to_the_ess():
+    """A set that resampling collapsed onto one configuration shows as such in Table 2 / Table 4 and per system."""
+    rows = [{"sequence": "WA", "length": 2, "model": "prose", "sampler": "smc_mala", "ess": 1.0, "n_distinct": 1,
+             "energy_w2": 5e7, "torus_w2": 1.0, "tica_w2": 1.0},
+            {"sequence": "WA", "length": 2, "model": "prose", "sampler": "snis", "ess": 0.2, "n_distinct": 4000,
+             "energy_w2": 0.4, "torus_w2": 0.2, "tica_w2": 0.2}]
+    t2 = report.table2(rows)
+    run = t2[t2.source == "this run"].set_index("sampler")
+    assert run.loc["smc_mala", "2AA distinct samples"] == 1 and run.loc["snis", "2AA distinct samples"] == 4000
+    t4 = report.table4(rows).set_index("sampler")
+    assert t4.loc["smc_mala", "2AA distinct samples"] == 1
+    df, _ = report._metrics_frame({"smc_mala": rows[0]})
+    assert list(df.columns[:3]) == ["sampler", "ess", "n_distinct"]
