@@ -14,6 +14,7 @@ What is compared (what is deterministic across hosts):
   * If the local run also did MD (full mode), the stored protocols (seeds included) and time stamps
     must match, and the largest coordinate difference is reported (same seeds, but OpenMM's
     floating-point results may differ between processes; reported, not required to be zero).
+  * Every results/**/*.json of both runs parses with a strict JSON parser (no NaN / Infinity).
 
 Exit status 0 when everything matches; otherwise each mismatch is printed and the status is 1.
 """
@@ -148,6 +149,20 @@ def main(argv: list[str]) -> int:
                 check_traj(d / f"{s}.h5", s, split, d / f"{s}.pdb")
                 n_traj += 1
     notes.append(f"MD: {n_traj} trajectories checked against the protocol")
+
+    # -- every JSON artefact the demo wrote is strict JSON (no NaN / Infinity) ------------------------------
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    n_json = 0
+    for root in (slurm, local):
+        for path in sorted((root / "results").rglob("*.json")):
+            n_json += 1
+            try:
+                json.loads(path.read_text(), parse_constant=refuse)
+            except ValueError as e:
+                err(f"{path}: not strict JSON ({e})")
+    notes.append(f"JSON: {n_json} files parsed with a strict parser")
 
     for n in notes:
         print(f"  {n}")
