@@ -185,10 +185,10 @@ def mark_length_dynamic(x: torch.Tensor, trimmed: dict) -> None:
     """Mark the atom dimension of a trimmed batch dynamic, so that one compiled graph serves every padded length.
     (Only that dimension: with every dimension dynamic, torch would give equal sizes one symbol, e.g. a batch of
     3 and the 3 coordinates, and compile again when they differ.)"""
-    torch._dynamo.mark_dynamic(x, 1)
+    torch._dynamo.maybe_mark_dynamic(x, 1)
     for key in ("mask", "atom_type", "residue_type", "residue_index"):
-        torch._dynamo.mark_dynamic(trimmed[key], 1)
-    torch._dynamo.mark_dynamic(trimmed["permutations"], 2)
+        torch._dynamo.maybe_mark_dynamic(trimmed[key], 1)
+    torch._dynamo.maybe_mark_dynamic(trimmed["permutations"], 2)
 
 
 def compile_loss(loss_fn: nn.Module, warm_up) -> float | None:
