@@ -67,7 +67,8 @@ def _weighted_mean(x: np.ndarray, log_w: np.ndarray) -> float | None:
     return float(np.sum(w * x[ok]) / w.sum())
 
 
-def _finite_stat(x: np.ndarray, stat) -> float | None:
+def finite_stat(x: np.ndarray, stat=np.mean) -> float | None:
+    """``stat`` of the finite entries of ``x``, or None if there are none."""
     x = x[np.isfinite(x)]
     return float(stat(x)) if x.size else None
 
@@ -82,8 +83,8 @@ def energy_terms(md_terms: dict[str, np.ndarray], proposal_terms: dict[str, np.n
     for key in [*keys, "total"]:
         p = np.asarray(proposal_terms[key], dtype=np.float64)
         out[key] = {
-            "md_mean_kT": _finite_stat(np.asarray(md_terms[key], dtype=np.float64), np.mean),
-            "proposal_median_kT": _finite_stat(p, np.median),
+            "md_mean_kT": finite_stat(np.asarray(md_terms[key], dtype=np.float64), np.mean),
+            "proposal_median_kT": finite_stat(p, np.median),
             "snis_mean_kT": None if log_weights is None else _weighted_mean(p, np.asarray(log_weights, float)),
         }
     return out
@@ -126,8 +127,8 @@ def bond_deviation(topology, md_positions_nm: np.ndarray, proposal_positions_nm:
     labels = np.asarray(labels)
     for key in sorted(set(labels.tolist()), key=lambda k: (-int((labels == k).sum()), k)):
         cols = labels == key
-        md_rms = _finite_stat(dev_md[:, cols].ravel(), lambda v: math.sqrt(np.mean(v**2)))
-        prop_rms = _finite_stat(dev_prop[:, cols].ravel(), lambda v: math.sqrt(np.mean(v**2)))
+        md_rms = finite_stat(dev_md[:, cols].ravel(), lambda v: math.sqrt(np.mean(v**2)))
+        prop_rms = finite_stat(dev_prop[:, cols].ravel(), lambda v: math.sqrt(np.mean(v**2)))
         ratio = prop_rms / md_rms if md_rms and prop_rms is not None else None
         out[key] = {"n_bonds": int(cols.sum()), "md_rms_nm": md_rms, "proposal_rms_nm": prop_rms, "ratio": ratio}
     return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,6 +88,7 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
     import torch
     from tqdm.auto import tqdm
 
+    from proseflow.diagnostics import finite_stat
     from proseflow.flow.preprocess import preprocess_train
     from proseflow.sampling import system_batch
 
@@ -128,20 +129,11 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
                        u_med if u_med is not None else math.nan, float(grad_norm)))
         if step % config.log_every == 0 or step == config.steps:
             a = np.array(window)
-            row = {"step": step, "kl_per_dim": _finite_stat(a[:, 0]), "nll_per_dim": _finite_stat(a[:, 1]),
-                   "median_energy_kT": _finite_stat(a[:, 2], np.median), "grad_norm": _finite_stat(a[:, 3]),
+            row = {"step": step, "kl_per_dim": finite_stat(a[:, 0]), "nll_per_dim": finite_stat(a[:, 1]),
+                   "median_energy_kT": finite_stat(a[:, 2], np.median), "grad_norm": finite_stat(a[:, 3]),
                    "wall_s": round(time.time() - t0, 1)}
             rows.append(row)
             log.info("energy-KL step %d: %s", step, row)
             window.clear()
     model.eval()
     return rows
-
-
-def _finite_stat(v: np.ndarray, stat=np.mean) -> float | None:
-    v = v[np.isfinite(v)]
-    return float(stat(v)) if v.size else None
-
-
-def settings(config: EnergyKLConfig) -> dict:
-    return asdict(config)
