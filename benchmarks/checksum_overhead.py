@@ -2,7 +2,7 @@
 without checksums, measured in the same run on the same frames.
 
 Writes one store in the current format (blosc-zstd + crc32c per chunk, crc32c on each shard index) with
-:func:`proseflow.dataset.write_store`, and a copy of it whose ``positions`` arrays are rewritten without
+:func:`proseflow.data.dataset.write_store`, and a copy of it whose ``positions`` arrays are rewritten without
 the per-chunk crc32c (the store-version-1 codecs: blosc-zstd only). The frames are real MD frames
 (``--md-glob``, e.g. the demo's ``results/md/train/*/*.h5``) or, without it, a random walk on real peptide
 topologies. Reports, for each store: bytes of the positions arrays per frame, random-batch loader
@@ -29,14 +29,13 @@ import numpy as np
 
 
 def systems_from_md(pattern: str, max_systems: int):
-    from proseflow import trajectory_io
-
+    from proseflow.physics import trajectory_io
     for path in sorted(glob.glob(pattern))[:max_systems]:
         yield Path(path).stem, path, trajectory_io.n_frames(path)
 
 
 def synthetic(sequences, n_frames):
-    from proseflow.structures import build_peptide
+    from proseflow.physics.structures import build_peptide
 
     for i, seq in enumerate(sequences):
         _, positions_nm = build_peptide(seq, minimize=False)
@@ -68,7 +67,7 @@ def positions_bytes(store: Path) -> int:
 
 
 def loader_rate(store: Path, batches: int, batch_size: int, chunk_cache_size: int) -> float:
-    from proseflow.dataset import FrameLoader
+    from proseflow.data.dataset import FrameLoader
 
     loader = FrameLoader([store], batch_size=batch_size, seed=0, chunk_cache_size=chunk_cache_size)
     loader.batch(0)
@@ -79,7 +78,7 @@ def loader_rate(store: Path, batches: int, batch_size: int, chunk_cache_size: in
 
 
 def sequential_rate(store: Path) -> float:
-    from proseflow.dataset import iterate_system_frames, store_index
+    from proseflow.data.dataset import iterate_system_frames, store_index
 
     start, n = time.process_time(), 0
     for row in store_index(store):
@@ -99,7 +98,7 @@ def main() -> None:
     if args.quick:
         args.repeats, args.batches = 2, 10
 
-    from proseflow.dataset import write_store
+    from proseflow.data.dataset import write_store
 
     tmp = Path(tempfile.mkdtemp(prefix="pf-crc-"))
     try:
@@ -116,7 +115,7 @@ def main() -> None:
             write_store(checked, synthetic(seqs, n), subsample_every=1)
         shutil.copytree(checked, plain)
         strip_chunk_checksums(plain)
-        from proseflow.dataset import open_store
+        from proseflow.data.dataset import open_store
 
         n_frames = open_store(checked).attrs["proseflow_store"]["n_frames_total"]
         rates = {name: {"cold": [], "cached": [], "sequential": []} for name in ("plain", "checked")}

@@ -4,7 +4,7 @@ Prints evaluations/s (energy) and evaluations+forces/s for B = 1e2, 1e3, 1e4 sam
 tetrapeptide and octapeptide (minimised structure + 0.01 nm noise), with the ratio to the OpenMM loop:
   (a) OpenMM, one CPU-platform context, ``setPositions`` + ``getState`` per sample (the baseline);
   (b) PyTorch ``TorchEnergy`` in float64 and float32, eager and ``compile=True``;
-  (c) ``proseflow.energy.OpenMMEnergy`` (OpenMM on all cores), when that module provides it.
+  (c) ``proseflow.physics.energy.OpenMMEnergy`` (OpenMM on all cores), when that module provides it.
 The loop rate does not depend on B, so (a) is timed on at most ``--loop-samples`` samples.
     python benchmarks/energy_throughput.py [--quick] [--compile | --no-compile] [--threads 1]
 """
@@ -20,9 +20,9 @@ import openmm
 import torch
 from openmm import unit
 
-from proseflow.energy_torch import TorchEnergy
-from proseflow.structures import build_peptide
-from proseflow.system import create_system
+from proseflow.physics.energy_torch import TorchEnergy
+from proseflow.physics.structures import build_peptide
+from proseflow.physics.system import create_system
 
 TEMPERATURE_K = 310.0
 SEQUENCES = {"dipeptide": "GY", "tetrapeptide": "GYDP", "octapeptide": "GYDPETGT"}
@@ -68,10 +68,10 @@ def torch_evaluator(model: TorchEnergy):
 
 
 def openmm_energy_api(system):
-    """(c) if ``proseflow.energy.OpenMMEnergy`` exists (the lead's multi-core evaluator), else None."""
+    """(c) if ``proseflow.physics.energy.OpenMMEnergy`` exists (the lead's multi-core evaluator), else None."""
     try:
-        from proseflow.energy import OpenMMEnergy
-    except ImportError:  # hook: (c) is skipped until proseflow.energy provides OpenMMEnergy
+        from proseflow.physics.energy import OpenMMEnergy
+    except ImportError:  # hook: (c) is skipped until proseflow.physics.energy provides OpenMMEnergy
         return None
     return OpenMMEnergy(system, TEMPERATURE_K, platform="CPU")
 

@@ -1,7 +1,7 @@
 """GPU smoke test of the paper-size model: train briefly at batch 512, sample, check invertibility.
 
 Synthetic octapeptide frames (built structure + 0.02 nm noise, real topologies) -> the real trainer
-(:func:`proseflow.train.train`, fp32, TF32 off, grad checkpointing on by default) for at most
+(:func:`proseflow.flow.train.train`, fp32, TF32 off, grad checkpointing on by default) for at most
 ``--max-steps`` steps or ``--train-seconds`` s -> the EMA model samples ``--samples`` conformations.
 Prints iterations per GPU-hour (paper: 260 per H100-hour), peak GPU memory, sampling speed and the
 float32 inverse errors max|reverse(forward(x)) - x| on data and on samples, and |log q(sample) -
@@ -25,8 +25,8 @@ SEQUENCES = ["ANKSMIEA", "CGSWHKQR", "DDRDTEQT", "EKYYWMQT"]  # 8AA test-set seq
 
 
 def build_store(path: Path, n_frames: int) -> Path:
-    from proseflow.dataset import write_store
-    from proseflow.structures import build_peptide
+    from proseflow.data.dataset import write_store
+    from proseflow.physics.structures import build_peptide
 
     def systems():
         for i, seq in enumerate(SEQUENCES):
@@ -56,9 +56,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = p.parse_args()
 
-    from proseflow.dataset import FrameLoader
+    from proseflow.data.dataset import FrameLoader
     from proseflow.flow import FlowConfig, ProseFlow, count_parameters
-    from proseflow.train import TrainConfig, _generator, augment, train
+    from proseflow.flow.train import TrainConfig, _generator, augment, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # prints the compilation time
     device = torch.device(args.device)

@@ -23,8 +23,8 @@ import numpy as np
 
 
 def build_store(path: Path, sequences: list[str], n_frames: int, seed: int) -> None:
-    from proseflow.dataset import write_store
-    from proseflow.structures import build_peptide
+    from proseflow.data.dataset import write_store
+    from proseflow.physics.structures import build_peptide
 
     def systems():  # one trajectory in memory at a time
         for i, seq in enumerate(sequences):
@@ -50,7 +50,7 @@ def measure(store: str, batches: int, batch_size: int, chunk_cache_size: int) ->
     """
     import torch  # noqa: F401  (import cost is not the loader's)
 
-    from proseflow.dataset import FrameLoader
+    from proseflow.data.dataset import FrameLoader
 
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
     base_MiB, _ = _rss_MiB()
@@ -87,7 +87,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.batches, args.batch_size, args.chunk_cache)))
         return
 
-    from proseflow.sequences import draw_uniform
+    from proseflow.physics.sequences import draw_uniform
 
     sequences = draw_uniform({2: 4, 4: 8, 8: 8}, seed=0)
     rng = np.random.default_rng(0)

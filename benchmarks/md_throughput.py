@@ -14,10 +14,10 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from proseflow.energy import OpenMMEnergy
-from proseflow.md import combine_copies
-from proseflow.structures import build_peptide
-from proseflow.system import create_system
+from proseflow.physics.energy import OpenMMEnergy
+from proseflow.physics.md import combine_copies
+from proseflow.physics.structures import build_peptide
+from proseflow.physics.system import create_system
 
 
 def steps_per_s(topology, positions, n_steps, threads):

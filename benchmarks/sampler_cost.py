@@ -10,12 +10,12 @@ import time
 
 import torch
 
-from proseflow.energy import make_energy
 from proseflow.flow.model import ProseFlow
-from proseflow.reweight import snis
-from proseflow.sampling import draw_proposals, run_smc
-from proseflow.structures import build_peptide
-from proseflow.train import TrainConfig, flow_config
+from proseflow.flow.train import TrainConfig, flow_config
+from proseflow.physics.energy import make_energy
+from proseflow.physics.structures import build_peptide
+from proseflow.samplers.proposals import draw_proposals, run_smc
+from proseflow.samplers.snis import snis
 
 
 def main():

@@ -9,7 +9,7 @@
    DAG, counting a job group (groups + group-components of the profile) as one submission and
    leaving out local rules (e.g. `all`). Computed from snakemake's own DAG, in a subprocess that runs
    the normal CLI with the profile (dry run) and reads the DAG's groups after they are formed.
-3. Zarr training store (proseflow.dataset.write_store, when that module exists; skipped otherwise):
+3. Zarr training store (proseflow.data.dataset.write_store, when that module exists; skipped otherwise):
    bytes on disk per training frame for the largest (8-residue) systems, from MD trajectories if
    --md-glob finds some, else from a synthetic thermal trajectory of a built peptide (the
    compression ratio then is indicative only). Extrapolated to the paper's training set.
@@ -122,11 +122,11 @@ def slurm_submissions(work: Path, configfile: str) -> dict:
 def zarr_bytes_per_frame(md_glob: str | None, n_frames_synthetic: int = 4096) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     try:
-        from proseflow import dataset
+        from proseflow.data import dataset
     except ImportError as e:
-        return {"skipped": f"proseflow.dataset not importable ({e})"}
+        return {"skipped": f"proseflow.data.dataset not importable ({e})"}
     if not hasattr(dataset, "write_store"):
-        return {"skipped": "proseflow.dataset has no write_store yet"}
+        return {"skipped": "proseflow.data.dataset has no write_store yet"}
     import numpy as np
 
     systems, source = [], ""
@@ -144,7 +144,7 @@ def zarr_bytes_per_frame(md_glob: str | None, n_frames_synthetic: int = 4096) ->
             systems = [(p.stem, str(p)) for p in files]
             source = f"MD trajectories ({', '.join(p.name for p in files)})"
     if not systems:
-        from proseflow.structures import build_peptide
+        from proseflow.physics.structures import build_peptide
 
         rng = np.random.default_rng(0)
         seq = "ACDEFGHK"  # 8 residues: the paper's largest training systems
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     figures["zarr"] = zarr_bytes_per_frame(args.md_glob, 512 if args.quick else 4096)
 
     sys.path.insert(0, str(ROOT / "src"))
-    from proseflow.settings import load_config, md_protocol
+    from proseflow.stages.settings import load_config, md_protocol
 
     cfg = load_config(ROOT / "config.yaml", *([ROOT / args.configfile] if args.configfile != "config.yaml" else []))
     n_train = sum(cfg["sequences"]["train_counts"].values())

@@ -1,7 +1,7 @@
 """CPU throughput of training and sampling for a model preset on dipeptides and octapeptides.
 
 Synthetic frames (built structure + 0.02 nm noise) on real topologies go into real frame stores; the
-real trainer (:func:`proseflow.train.train`) runs a few steps on each length and the steps/s of its
+real trainer (:func:`proseflow.flow.train.train`) runs a few steps on each length and the steps/s of its
 log (first logged window, which holds the start-up, dropped) is reported; then the trained model.pt
 draws samples with and without the KV cache.
 
@@ -25,8 +25,8 @@ LENGTHS = {"2AA": ["AL", "EC"], "8AA": ["AHKILWHG", "AMYNLMIR"]}  # validation-s
 
 
 def build_store(path: Path, sequences: list[str], n_frames: int = 64) -> Path:
-    from proseflow.dataset import write_store
-    from proseflow.structures import build_peptide
+    from proseflow.data.dataset import write_store
+    from proseflow.physics.structures import build_peptide
 
     def systems():
         for i, seq in enumerate(sequences):
@@ -62,9 +62,9 @@ def main() -> None:
         args.preset, args.steps, args.samples, args.uncached_samples = "tiny", 4, 8, 2
     torch.set_num_threads(args.threads)
 
-    from proseflow.dataset import FrameLoader
+    from proseflow.data.dataset import FrameLoader
     from proseflow.flow import count_parameters
-    from proseflow.train import TrainConfig, load_model, train
+    from proseflow.flow.train import TrainConfig, load_model, train
 
     print(f"preset={args.preset} batch={args.batch_size} threads={args.threads} torch={torch.__version__} (CPU)")
     print(f"{'system':6} {'atoms':>5} {'params':>8} {'train steps/s':>14} {'frames/s':>9} "

@@ -93,7 +93,7 @@ def return_freed_memory_at_once() -> None:
 
 def paper_sequences(scale: float, seed: int) -> list[str]:
     """Random sequences, lengths 2-8 in the paper's proportions (counts x scale, at least 1 each)."""
-    from proseflow.sequences import AMINO_ACIDS
+    from proseflow.physics.sequences import AMINO_ACIDS
 
     rng = np.random.default_rng(seed)
     out = []
@@ -105,8 +105,8 @@ def paper_sequences(scale: float, seed: int) -> list[str]:
 
 def build_store(path: Path, sequences: list[str], n_frames: int) -> Path:
     """A real frame store; coordinates are random (the cost of a step does not depend on them)."""
-    from proseflow.dataset import write_store
-    from proseflow.features import system_features
+    from proseflow.data.dataset import write_store
+    from proseflow.data.features import system_features
 
     def systems():
         for i, seq in enumerate(sequences):
@@ -117,10 +117,10 @@ def build_store(path: Path, sequences: list[str], n_frames: int) -> Path:
 
 
 class Step:
-    """One full training step (forward + loss, backward, clip, AdamW, as proseflow.train) for a variant."""
+    """One full training step (forward + loss, backward, clip, AdamW, as proseflow.flow.train) for a variant."""
 
     def __init__(self, model, loss_fn, fused: bool, trim: bool = True):
-        from proseflow.train import _fast_adamw
+        from proseflow.flow.train import _fast_adamw
 
         kw = _fast_adamw(next(model.parameters()).device) if fused else {}  # {}: torch's default (today)
         self.model, self.loss_fn, self.trim = model, loss_fn, trim
@@ -128,7 +128,7 @@ class Step:
 
     def inputs(self, batch: dict, scale_nm: float = 0.35):
         from proseflow.flow.preprocess import normalise
-        from proseflow.train import mark_length_dynamic
+        from proseflow.flow.train import mark_length_dynamic
 
         x = normalise(batch["x"], batch["mask"], scale_nm)
         if self.trim:
@@ -194,9 +194,9 @@ def main() -> None:
     if device.type == "cpu":
         return_freed_memory_at_once()
 
-    from proseflow.dataset import FrameLoader
+    from proseflow.data.dataset import FrameLoader
     from proseflow.flow import count_parameters
-    from proseflow.train import _NLL, compile_loss
+    from proseflow.flow.train import _NLL, compile_loss
 
     overrides = {"n_blocks": args.blocks, "n_layers": args.layers, "head_dim": args.head_dim}
     model = make_model(args.preset, overrides, device)

@@ -2,10 +2,10 @@
 
 A run with ``train.snapshot_every`` keeps ``results/models/{model}/snapshots/step_NNNNNNN.pt``; this script
 scores each snapshot it has not scored yet (so it can run repeatedly while training goes on) with the same
-library functions the pipeline's rules use: proposals with exact log q (:func:`proseflow.sampling.draw_proposals`),
-energies (PyTorch backend), SNIS (:func:`proseflow.reweight.snis`), the paper's metrics against evenly spaced
-reference frames (:func:`proseflow.evaluate.sampler_metrics`) and the weight diagnostics
-(:mod:`proseflow.diagnostics`). It writes, into ``--out`` (committed with the study):
+library functions the pipeline's rules use: proposals with exact log q (:func:`proseflow.samplers.proposals.draw_proposals`),
+energies (PyTorch backend), SNIS (:func:`proseflow.samplers.snis.snis`), the paper's metrics against evenly spaced
+reference frames (:func:`proseflow.evaluation.evaluate.sampler_metrics`) and the weight diagnostics
+(:mod:`proseflow.evaluation.diagnostics`). It writes, into ``--out`` (committed with the study):
 
 - ``curve.csv``: one row per (snapshot, prior std): step, val NLL/dim (from train_log.csv), held-out NLL/dim
   on 2,000 reference-MD frames, ESS, E-W2, T-W2,
@@ -74,8 +74,8 @@ def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> flo
     with a fixed augmentation: a held-out likelihood that does not depend on the validation run's build."""
     import torch
 
-    from proseflow.sampling import system_batch
-    from proseflow.train import TrainConfig, _generator, augment
+    from proseflow.flow.train import TrainConfig, _generator, augment
+    from proseflow.samplers.proposals import system_batch
 
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float32))
     batch = system_batch(topology, len(x))
@@ -87,10 +87,10 @@ def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> flo
 
 def noise_floor(md_path: Path, topology, tica_model, temperature_K: float, n_metric: int) -> dict:
     """Each W2 between two independent halves of the reference MD (``n_metric / 2`` frames each)."""
-    from proseflow import trajectory_io
-    from proseflow.evaluate import project
-    from proseflow.metrics import energy_w2, tica_w2, torus_w2
-    from proseflow.system import kT_kJ_per_mol
+    from proseflow.evaluation.evaluate import project
+    from proseflow.evaluation.metrics import energy_w2, tica_w2, torus_w2
+    from proseflow.physics import trajectory_io
+    from proseflow.physics.system import kT_kJ_per_mol
 
     data = trajectory_io.read(md_path)
     total = len(data["positions_nm"])
@@ -108,12 +108,12 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
                       n_metric: int, prior_std: float, seed: int, md_positions: np.ndarray) -> dict:
     import torch
 
-    from proseflow.diagnostics import bond_deviation, weight_spread
-    from proseflow.energy import make_energy
-    from proseflow.evaluate import project, sampler_metrics
-    from proseflow.reweight import snis
-    from proseflow.sampling import draw_proposals
-    from proseflow.train import load_model
+    from proseflow.evaluation.diagnostics import bond_deviation, weight_spread
+    from proseflow.evaluation.evaluate import project, sampler_metrics
+    from proseflow.flow.train import load_model
+    from proseflow.physics.energy import make_energy
+    from proseflow.samplers.proposals import draw_proposals
+    from proseflow.samplers.snis import snis
 
     model = load_model(path, "cpu")
     nll_heldout = heldout_nll(model, topology, md_positions)
@@ -222,10 +222,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from proseflow import trajectory_io
-    from proseflow.evaluate import reference, reference_indices
-    from proseflow.structures import load_pdb
-    from proseflow.tica import TicaModel, fit_tica
+    from proseflow.evaluation.evaluate import reference, reference_indices
+    from proseflow.evaluation.tica import TicaModel, fit_tica
+    from proseflow.physics import trajectory_io
+    from proseflow.physics.structures import load_pdb
 
     torch.set_num_threads(args.threads)
     wd = args.workdir

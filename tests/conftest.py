@@ -4,7 +4,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-from proseflow.structures import build_peptide  # noqa: E402
+from proseflow.physics.structures import build_peptide  # noqa: E402
 
 
 @pytest.fixture(scope="session")

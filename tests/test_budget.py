@@ -7,12 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from proseflow import budget, trajectory_io
-from proseflow.evaluate import project, reference, sampler_metrics
+from proseflow.evaluation import budget
+from proseflow.evaluation.evaluate import project, reference, sampler_metrics
+from proseflow.evaluation.tica import fit_tica
+from proseflow.physics import trajectory_io
+from proseflow.physics.system import kT_kJ_per_mol
 from proseflow.report import format_value
-from proseflow.reweight import snis
-from proseflow.system import kT_kJ_per_mol
-from proseflow.tica import fit_tica
+from proseflow.samplers.snis import snis
 
 T_K = 300.0
 N_FRAMES = 240

@@ -2,8 +2,14 @@ import mdtraj as md
 import numpy as np
 import pytest
 
-from proseflow.chirality import check_chirality, chiral_centres, fix_chirality, handedness, signed_volumes
-from proseflow.structures import build_peptide
+from proseflow.physics.chirality import (
+    check_chirality,
+    chiral_centres,
+    fix_chirality,
+    handedness,
+    signed_volumes,
+)
+from proseflow.physics.structures import build_peptide
 
 SEQUENCES = ["GG", "AITG", "PTCW", "IT"]
 

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import proseflow.dataset as dataset
-from proseflow import trajectory_io
-from proseflow.dataset import (
+import proseflow.data.dataset as dataset
+from proseflow.data.dataset import (
     FrameLoader,
     iterate_system_frames,
     open_store,
@@ -15,12 +14,13 @@ from proseflow.dataset import (
     subsample_every_for,
     write_store,
 )
-from proseflow.features import (
+from proseflow.data.features import (
     _sequence_topology,
     canonical_hydrogen_labels,
     equivalent_hydrogen_groups,
     system_features,
 )
+from proseflow.physics import trajectory_io
 
 SEQS = ("AG", "PWH", "GAVL")
 
@@ -231,7 +231,7 @@ def test_equivalent_hydrogens_get_one_labelling(tmp_path, peptide):
     import openmm
     from openmm import unit
 
-    from proseflow.system import create_system
+    from proseflow.physics.system import create_system
 
     top, pos = peptide("AK")
     groups = equivalent_hydrogen_groups(top)

@@ -8,8 +8,7 @@ import pytest
 import torch
 from openmm import unit
 
-from proseflow import trajectory_io
-from proseflow.diagnostics import (
+from proseflow.evaluation.diagnostics import (
     bond_deviation,
     diagnose,
     energy_terms,
@@ -19,8 +18,9 @@ from proseflow.diagnostics import (
     weight_spread,
 )
 from proseflow.flow.preprocess import com_log_density
-from proseflow.md import MDProtocol, MDSystem, simulate
-from proseflow.system import create_system, kT_kJ_per_mol
+from proseflow.physics import trajectory_io
+from proseflow.physics.md import MDProtocol, MDSystem, simulate
+from proseflow.physics.system import create_system, kT_kJ_per_mol
 
 T = 310.0
 

@@ -5,8 +5,8 @@ import openmm
 import pytest
 from openmm import unit
 
-from proseflow.energy import OpenMMEnergy, make_energy
-from proseflow.system import create_system, kT_kJ_per_mol
+from proseflow.physics.energy import OpenMMEnergy, make_energy
+from proseflow.physics.system import create_system, kT_kJ_per_mol
 
 T = 310.0
 

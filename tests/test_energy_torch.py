@@ -12,9 +12,9 @@ import pytest
 import torch
 from openmm import app, unit
 
-from proseflow.energy_torch import TorchEnergy, UnsupportedForceError
-from proseflow.structures import build_peptide
-from proseflow.system import create_system, forcefield, kT_kJ_per_mol
+from proseflow.physics.energy_torch import TorchEnergy, UnsupportedForceError
+from proseflow.physics.structures import build_peptide
+from proseflow.physics.system import create_system, forcefield, kT_kJ_per_mol
 
 torch.set_num_threads(1)
 TEMPERATURE_K = 310.0
@@ -242,7 +242,7 @@ def test_compiled_matches_eager():
 
 
 def test_energy_api_torch_backend_matches_openmm_backend():
-    from proseflow.energy import make_energy
+    from proseflow.physics.energy import make_energy
 
     system, frames, _ = _case("AC")
     with make_energy(system, TEMPERATURE_K, backend="torch", dtype="float64", device="cpu") as torch_energy:

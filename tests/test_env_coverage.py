@@ -4,7 +4,7 @@ conda environments (envs/*.yaml) of the rules that run it.
 * every third-party import anywhere in src/proseflow is in pyproject.toml and in at least one env;
 * for each rule of workflow/rules/*.smk that runs proseflow (shell `... run <stage>` or a
   `script:`), its `conda:` env holds every third-party import reachable from that code: the
-  stage's function in stages.py (and the entry point cli.py), then, transitively, every proseflow
+  stage's function in stages/run.py (and the entry point cli.py), then, transitively, every proseflow
   module it imports (all of a module's imports count, also those inside functions). This is the
   static half; tests/test_env_guard.py imports each stage under an import guard built from the env;
 * env pins are exact (`name=version`) and satisfy pyproject's lower bounds; the envs are valid YAML
@@ -57,7 +57,7 @@ IMPORT_TO_DIST: dict[str, tuple[str, set[str]]] = {
     "networkx": ("networkx", {"networkx"}),
 }
 # Needed at run time by the import of another package, not imported by proseflow itself:
-# MDTraj's HDF5 trajectory format (used by proseflow.trajectory_io) needs PyTables.
+# MDTraj's HDF5 trajectory format (used by proseflow.physics.trajectory_io) needs PyTables.
 IMPLIED = {"mdtraj": {"tables"}}
 
 
@@ -81,6 +81,8 @@ def imports_of(tree: ast.AST) -> tuple[set[str], set[str]]:
             if node.module == "proseflow":
                 own.update(a.name for a in node.names)
                 continue
+            if names[0].startswith("proseflow."):  # `from proseflow.pkg import module` imports a submodule
+                own.update(f"{names[0][len('proseflow.'):]}.{a.name}" for a in node.names)
         else:
             continue
         for n in names:
@@ -211,7 +213,7 @@ def parse_rules() -> dict[str, dict]:
 def subcommand_functions() -> dict[str, object]:
     """stage name -> its runner (the `run <stage>` of the rules)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from proseflow.stages import STAGES
+    from proseflow.stages.run import STAGES
 
     return {name: runner for name, (_, runner) in STAGES.items()}
 
@@ -227,12 +229,13 @@ def _module_level_imports(module) -> tuple[set[str], set[str]]:
 
 
 def subcommand_imports(name: str) -> set[str]:
-    from proseflow import cli, stages
+    from proseflow import cli
+    from proseflow.stages import run as stages
 
     func = subcommand_functions()[name]
     tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
     third, own = imports_of(tree)
-    # the entry point's and stages.py's module-level imports run too, and helpers of stages it calls (_device)
+    # the entry point's and stages/run.py's module-level imports run too, and helpers of stages it calls (_device)
     for module in (cli, stages):
         t, o = _module_level_imports(module)
         third |= t

@@ -3,7 +3,7 @@
 For every env of envs/*.yaml, a fresh interpreter installs a guard on ``sys.meta_path`` that refuses any
 top-level module not provided by the env's packages or their dependency closure (pip metadata of the
 installed distributions, ``importlib.metadata``), then, for each stage its rules run, imports the entry
-point, builds its parser and runs every import statement of the stage's function (``proseflow.stages``),
+point, builds its parser and runs every import statement of the stage's function (``proseflow.stages.run``),
 so everything the stage imports when it runs is imported for real, with the imports of those modules.
 This is the dynamic half of tests/test_env_coverage.py (which reads the source statically): it sees what
 the interpreter actually loads, e.g. a parser that imports matplotlib while the md env has none.
@@ -117,7 +117,7 @@ GUARD = textwrap.dedent('''
         try:
             from proseflow import cli
             cli.build_parser()
-            from proseflow import stages
+            from proseflow.stages import run as stages
             runner = stages.STAGES[stage][1]
             tree = ast.parse(inspect.cleandoc("\\n" + inspect.getsource(runner)))
             called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
@@ -185,9 +185,8 @@ def test_each_stage_imports_under_its_env_guard(env):
 
 
 def test_import_guard_runs_the_real_function_source():
-    """The guard script executes the stage's own import statements: the md stage imports proseflow.md."""
-    from proseflow import stages
-
+    """The guard script executes the stage's own import statements: the md stage imports proseflow.physics.md."""
+    from proseflow.stages import run as stages
     tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(stages.run_md)))
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "proseflow.md" in modules
+    assert "proseflow.physics.md" in modules

@@ -4,7 +4,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-from proseflow.features import (
+from proseflow.data.features import (
     ATOM_NAMES,
     BACKBONE_FIRST_IDX,
     PERMUTATION_NAMES,
@@ -13,8 +13,8 @@ from proseflow.features import (
     standard_atom_name,
     system_features,
 )
-from proseflow.sequences import AMINO_ACIDS
-from proseflow.structures import build_peptide
+from proseflow.physics.sequences import AMINO_ACIDS
+from proseflow.physics.structures import build_peptide
 
 # Every amino acid once at the N terminus, once in the middle and once at the C terminus.
 TRIPEPTIDES = [AMINO_ACIDS[i] + AMINO_ACIDS[(i + 7) % 20] + AMINO_ACIDS[(i + 13) % 20] for i in range(20)]

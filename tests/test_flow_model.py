@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
+from proseflow.data.permutations import PERMUTATION_NAMES
 from proseflow.flow import FlowConfig, ProseFlow, count_parameters, proposal_log_prob_nm
 from proseflow.flow import preprocess as pp
-from proseflow.permutations import PERMUTATION_NAMES
 
 torch.set_num_threads(2)
 N_ATOM_TYPES = 12
@@ -310,7 +310,7 @@ def test_trimmed_loss_is_the_loss():
 def test_compiled_flow_equals_eager_on_mixed_length_batches():
     """torch.compile with the atom dimension dynamic (the training step's setting): one graph for batches of
     any padded length, the same numbers as eager to float32 round-off."""
-    from proseflow.train import mark_length_dynamic
+    from proseflow.flow.train import mark_length_dynamic
 
     model = make_model(seed=3)
     flow = torch.compile(model.flow)
@@ -336,7 +336,7 @@ def test_compiled_flow_equals_eager_on_mixed_length_batches():
 def test_compiled_training_loss_and_gradients_equal_eager():
     """Forward + loss compiled as the trainer does (nn.Module.compile, atom dimension dynamic): loss, gradients and the
     log-determinant (against the autograd Jacobian) as eager; parameter names unchanged."""
-    from proseflow.train import _NLL, mark_length_dynamic
+    from proseflow.flow.train import _NLL, mark_length_dynamic
 
     model = make_model(seed=5)
     eager, compiled = _NLL(model), _NLL(model)

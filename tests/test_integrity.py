@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from proseflow import trajectory_io
-from proseflow.dataset import (
+from proseflow.data.dataset import (
     STORE_VERSION,
     CorruptStoreError,
     FrameLoader,
@@ -20,9 +19,10 @@ from proseflow.dataset import (
     open_store,
     write_store,
 )
-from proseflow.features import _sequence_topology
-from proseflow.structures import build_peptide
-from proseflow.train import TrainConfig, train
+from proseflow.data.features import _sequence_topology
+from proseflow.flow.train import TrainConfig, train
+from proseflow.physics import trajectory_io
+from proseflow.physics.structures import build_peptide
 
 torch.set_num_threads(1)
 SEQS = ("AG", "VS")

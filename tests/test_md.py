@@ -16,11 +16,11 @@ import openmm
 import pytest
 from openmm import unit
 
-from proseflow import trajectory_io
-from proseflow.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
-from proseflow.settings import MDSettings
-from proseflow.structures import write_pdb
-from proseflow.system import create_system
+from proseflow.physics import trajectory_io
+from proseflow.physics.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
+from proseflow.physics.structures import write_pdb
+from proseflow.physics.system import create_system
+from proseflow.stages.settings import MDSettings
 
 TINY = MDProtocol(burn_in_ps=0.05, length_ps=0.5, save_interval_ps=0.05, seed=7, platform="CPU",
                   recentre_interval_ps=0.025)
@@ -162,11 +162,11 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
     assert np.abs(last[0] - last[1]).max() > 1e-3 and np.abs(last[1] - last[2]).max() > 1e-3
     assert mdtraj.load(str(out)).n_frames == 3 * n  # still an MDTraj file
     # the training-store writer accepts it (time restarts per replica) and keeps every frame asked for
-    from proseflow.dataset import open_store, store_index, write_store
+    from proseflow.data.dataset import open_store, store_index, write_store
 
     store = write_store(tmp_path / "AA.zarr", [("AA", out)], 2, expected_interval_ps=2 * TINY.save_interval_ps)
     assert store_index(store)[0]["n_frames"] == 3 * n // 2
-    from proseflow.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
+    from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
 
     np.testing.assert_array_equal(open_store(store)["systems/AA/positions"][:],
                                   canonical_hydrogen_labels(data["positions_nm"][::2], equivalent_hydrogen_groups(top)))

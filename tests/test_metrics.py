@@ -4,7 +4,7 @@ import ot
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from proseflow.metrics import (
+from proseflow.evaluation.metrics import (
     as_trajectory,
     backbone_dihedrals,
     energy_w2,
@@ -16,7 +16,7 @@ from proseflow.metrics import (
     torus_cost_matrix,
     torus_w2,
 )
-from proseflow.structures import build_peptide
+from proseflow.physics.structures import build_peptide
 
 
 def test_energy_w2_self_is_zero_and_gaussian_closed_form():

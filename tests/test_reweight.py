@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from proseflow.reweight import kish_ess, multinomial_resample, snis, systematic_resample
+from proseflow.samplers.snis import kish_ess, multinomial_resample, snis, systematic_resample
 
 
 def _log(w):

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from proseflow.energy import make_energy
 from proseflow.flow.model import ProseFlow
 from proseflow.flow.preprocess import proposal_log_prob_nm, to_nm
-from proseflow.sampling import (
+from proseflow.flow.train import TrainConfig, flow_config
+from proseflow.physics.energy import make_energy
+from proseflow.samplers.proposals import (
     FlowExtendedEnergy,
     TargetExtendedEnergy,
     draw_proposals,
     run_smc,
     system_batch,
 )
-from proseflow.train import TrainConfig, flow_config
 
 torch.set_num_threads(1)
 

@@ -10,17 +10,17 @@ import torch
 from proseflow.cli import main
 from proseflow.flow import ProseFlow
 from proseflow.flow.preprocess import preprocess_train
-from proseflow.sampling import system_batch
-from proseflow.self_improve import (
+from proseflow.flow.train import TrainConfig, flow_config, load_model
+from proseflow.physics.structures import write_pdb
+from proseflow.samplers.proposals import system_batch
+from proseflow.samplers.self_improve import (
     SelfImproveConfig,
     finetune,
     finetune_loss,
     save_model,
     self_improve,
 )
-from proseflow.settings import SelfImproveSettings
-from proseflow.structures import write_pdb
-from proseflow.train import TrainConfig, flow_config, load_model
+from proseflow.stages.settings import SelfImproveSettings
 
 torch.set_num_threads(1)
 

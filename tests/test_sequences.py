@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from proseflow.sequences import (
+from proseflow.physics.sequences import (
     AMINO_ACIDS,
     SequenceError,
     check_disjoint,
@@ -10,7 +10,7 @@ from proseflow.sequences import (
     draw_uniform,
     validate_sequence,
 )
-from proseflow.settings import (
+from proseflow.stages.settings import (
     ConfigError,
     check_config,
     explicit_train,
@@ -89,7 +89,7 @@ def test_generated_sets_are_disjoint():
 
 def test_sequence_files_keep_NA_as_a_sequence(tmp_path):
     """'NA' (Asn-Ala) is in the paper's 2AA test set; pandas reads it as a missing value by default."""
-    from proseflow.sequences import read_sequences, to_frame
+    from proseflow.physics.sequences import read_sequences, to_frame
 
     to_frame(["NA", "NAN", "AA"]).to_csv(tmp_path / "s.csv", index=False)
     assert read_sequences(tmp_path / "s.csv") == ["NA", "NAN", "AA"]
@@ -116,7 +116,7 @@ def test_single_system_study_needs_the_explicit_flag():
 def test_lower_case_sequence_suggests_upper_case():
     import pytest
 
-    from proseflow.sequences import SequenceError, validate_sequence
+    from proseflow.physics.sequences import SequenceError, validate_sequence
 
     with pytest.raises(SequenceError, match=r"upper-case one-letter .*did you mean GYDP\?"):
         validate_sequence("gydp")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from proseflow import settings as S
+from proseflow.stages import settings as S
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = S.load_config(ROOT / "config.yaml")
@@ -160,9 +160,9 @@ def test_bad_settings_are_named():
 @pytest.mark.parametrize("config", [PAPER, DEMO], ids=["paper", "demo"])
 def test_settings_build_the_library_configs(config):
     """The dicts a stage hands the library are accepted by the library's own config classes."""
-    from proseflow.self_improve import SelfImproveConfig
-    from proseflow.smc import SMCConfig
-    from proseflow.train import TrainConfig
+    from proseflow.flow.train import TrainConfig
+    from proseflow.samplers.self_improve import SelfImproveConfig
+    from proseflow.samplers.smc import SMCConfig
 
     for name, s in every_settings(config).items():
         if isinstance(s, S.TrainSettings):
@@ -200,8 +200,8 @@ def test_temperature_conditions_are_path_segments():
 
 
 def test_settings_and_the_workflow_import_no_scientific_stack():
-    """Building the DAG imports proseflow.settings only: no numpy, torch, openmm or matplotlib."""
-    code = ("import sys; from proseflow import settings as S; "
+    """Building the DAG imports proseflow.stages.settings only: no numpy, torch, openmm or matplotlib."""
+    code = ("import sys; from proseflow.stages import settings as S; "
             f"c = S.load_config({str(ROOT / 'config.yaml')!r}); S.check_config(c); S.plan(c); "
             "[S.build(s, c) for s in ('sequences', 'dataset', 'tica', 'sample', 'snis', 'budget', 'self_improve')]; "
             "heavy = {'numpy', 'pandas', 'torch', 'openmm', 'matplotlib', 'mdtraj', 'scipy'} & set(sys.modules); "
@@ -212,4 +212,4 @@ def test_settings_and_the_workflow_import_no_scientific_stack():
     smk = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     smk += (ROOT / "Snakefile").read_text()
     imported = {line.split()[1] for line in smk.splitlines() if line.startswith(("from proseflow", "import proseflow"))}
-    assert imported == {"proseflow"} and "from proseflow import settings as S" in smk
+    assert imported == {"proseflow.stages"} and "from proseflow.stages import settings as S" in smk

@@ -1,9 +1,9 @@
-"""Tests for proseflow.smc on toy targets with known answers (Gaussian proposal, closed-form energies)."""
+"""Tests for proseflow.samplers.smc on toy targets with known answers (Gaussian proposal, closed-form energies)."""
 
 import numpy as np
 import pytest
 
-from proseflow.smc import SMCConfig, normalised_ess, smc, systematic_resample
+from proseflow.samplers.smc import SMCConfig, normalised_ess, smc, systematic_resample
 
 LOG2PI = np.log(2 * np.pi)
 
@@ -283,11 +283,11 @@ def test_collapse_is_visible_in_distinct_counts():
 
 def stiffest_bond_kT_per_flow_unit2(temperature_K=300.0, scale_nm=0.35):
     """The largest harmonic bond constant of amber14 (paper force field) for a real dipeptide, in
-    kT per (normalised flow unit)^2, the units SMC's step sizes are in (proseflow.sampling.run_smc)."""
+    kT per (normalised flow unit)^2, the units SMC's step sizes are in (proseflow.samplers.proposals.run_smc)."""
     import openmm
 
-    from proseflow.structures import build_peptide
-    from proseflow.system import create_system, kT_kJ_per_mol
+    from proseflow.physics.structures import build_peptide
+    from proseflow.physics.system import create_system, kT_kJ_per_mol
 
     topology, _ = build_peptide("AS", minimize=False)
     force = next(f for f in create_system(topology).getForces() if isinstance(f, openmm.HarmonicBondForce))

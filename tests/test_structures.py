@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from openmm import app
 
-from proseflow.structures import load_pdb, sequence_of, write_pdb
-from proseflow.system import create_system, forcefield
+from proseflow.physics.structures import load_pdb, sequence_of, write_pdb
+from proseflow.physics.system import create_system, forcefield
 
 # Sequences with P, G, H, C, W at either terminus.
 SEQUENCES = ["PG", "GP", "HC", "CH", "WAW", "PHCWG", "GWCHP"]
@@ -11,7 +11,7 @@ SEQUENCES = ["PG", "GP", "HC", "CH", "WAW", "PHCWG", "GWCHP"]
 
 def _template_atom_count(seq):
     """Atoms of the amber14 terminal/internal templates (N*, C* variants), computed from the XML."""
-    from proseflow.sequences import AMBER_RESIDUE_NAMES
+    from proseflow.physics.sequences import AMBER_RESIDUE_NAMES
 
     templates = forcefield()._templates
     n = 0
@@ -88,7 +88,7 @@ def test_structure_is_reproducible_across_processes():
     import sys
 
     code = ("import random; random.seed(None); s = random.getstate()\n"
-            "from proseflow.structures import build_peptide\n"
+            "from proseflow.physics.structures import build_peptide\n"
             "t, x = build_peptide('KW'); assert random.getstate() == s; print(x.tobytes().hex())")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]

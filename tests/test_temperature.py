@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proseflow import temperature
+from proseflow.evaluation import temperature
 from proseflow.report import format_value
 
 

@@ -4,9 +4,9 @@ import pytest
 from deeptime.covariance import KoopmanWeightingEstimator
 from deeptime.decomposition import TICA
 
-from proseflow.metrics import as_trajectory
-from proseflow.structures import build_peptide
-from proseflow.tica import TicaModel, compute_features, feature_spec, fit_tica
+from proseflow.evaluation.metrics import as_trajectory
+from proseflow.evaluation.tica import TicaModel, compute_features, feature_spec, fit_tica
+from proseflow.physics.structures import build_peptide
 
 
 def _two_state_process(n_frames=20_000, seed=0):

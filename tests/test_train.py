@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from proseflow import features
-from proseflow.dataset import FrameLoader, write_store
+from proseflow.data import features
+from proseflow.data.dataset import FrameLoader, write_store
 from proseflow.flow import ProseFlow
-from proseflow.structures import build_peptide
-from proseflow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train, use_compile
+from proseflow.flow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train, use_compile
+from proseflow.physics.structures import build_peptide
 
 torch.set_num_threads(1)
 
@@ -151,7 +151,7 @@ KILLED_CHILD = textwrap.dedent(
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    import proseflow.train as T
+    import proseflow.flow.train as T
 
     kill_at, cfg, train_store, val_store, out = int(sys.argv[1]), json.loads(sys.argv[2]), *sys.argv[3:]
     append = T._CSVLog.append
@@ -290,7 +290,7 @@ def test_compiled_training_matches_eager_and_checkpoints_interchange(stores, tmp
 
 def test_compile_falls_back_to_eager_when_compilation_fails(caplog):
     """A compiler error during the warm-up leaves the loss eager (and says so in the log)."""
-    from proseflow.train import _NLL, compile_loss
+    from proseflow.flow.train import _NLL, compile_loss
 
     model = ProseFlow(flow_config(tiny()))
     loss_fn = _NLL(model)

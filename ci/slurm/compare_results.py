@@ -7,7 +7,7 @@ What is compared (what is deterministic across hosts):
   * results/structures/*.pdb: the same set of files with the same residues and atom names
     (coordinates are not deterministic: two local runs differ too).
   * MD (reference and batches, as many as the config asks for): the file exists, frame count and
-    time stamps follow the protocol of the config (proseflow.settings.md_protocol), the topology
+    time stamps follow the protocol of the config (proseflow.stages.settings.md_protocol), the topology
     matches the sequence (and the structure file, for reference MD), the protocol stored in the file
     holds the config's settings (seed aside: it is derived per job), energies and coordinates are finite.
     Batches: manifest.json names the right slice of the split's sequence CSV.
@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
         return 2
     slurm, local = Path(argv[0]), Path(argv[1])
     sys.path.insert(0, str(slurm / "src"))
-    from proseflow import trajectory_io
-    from proseflow.settings import load_config, md_protocol, n_batches, sequence_set
+    from proseflow.physics import trajectory_io
+    from proseflow.stages.settings import load_config, md_protocol, n_batches, sequence_set
 
     config = load_config(*[slurm / p for p in argv[2:]])
     errors: list[str] = []
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
         if not (np.isfinite(data["positions_nm"]).all() and np.isfinite(data["energy_kJ_per_mol"]).all()):
             err(f"{rel}: non-finite coordinates or energies")
         top = trajectory_io.mdtraj_topology(path)
-        from proseflow.sequences import THREE_TO_ONE
+        from proseflow.physics.sequences import THREE_TO_ONE
 
         seq = "".join(THREE_TO_ONE.get(r.name, "?") for r in top.residues if r.name not in ("ACE", "NME"))
         if seq != sequence:
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         if data["positions_nm"].shape[1:] != (top.n_atoms, 3):
             err(f"{rel}: coordinates {data['positions_nm'].shape} vs topology {top.n_atoms} atoms")
         if pdb is not None and pdb.is_file():
-            from proseflow.structures import load_pdb
+            from proseflow.physics.structures import load_pdb
 
             ptop, _ = load_pdb(pdb)
             if ptop.getNumAtoms() != top.n_atoms:

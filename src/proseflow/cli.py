@@ -3,7 +3,7 @@
     proseflow run <stage> --settings JSON --input NAME PATH [PATH ...] ... --output NAME PATH ...
     proseflow verify [results/]
 
-``run`` runs one pipeline stage (:mod:`proseflow.stages`) with its settings (:mod:`proseflow.settings`); this is
+``run`` runs one pipeline stage (:mod:`proseflow.stages.run`) with its settings (:mod:`proseflow.stages.settings`); this is
 what every Snakemake rule calls. Building the parser imports only the standard library: each command
 imports what it needs when it runs. A user-facing command that is not a stage is one more subparser here.
 """
@@ -29,7 +29,7 @@ def _named_files(pairs: list[list[str]] | None, flag: str) -> dict[str, list[str
 
 
 def cmd_run(args) -> None:
-    from proseflow.stages import run
+    from proseflow.stages.run import run
 
     run(args.stage, args.settings, _named_files(args.input, "--input"), _named_files(args.output, "--output"),
         threads=args.threads)
@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="run one pipeline stage with its settings (what the Snakemake rules call)")
-    s.add_argument("stage", help="stage name (proseflow.stages.STAGES)")
-    s.add_argument("--settings", required=True, help="the stage's settings as JSON (proseflow.settings)")
+    s.add_argument("stage", help="stage name (proseflow.stages.run.STAGES)")
+    s.add_argument("--settings", required=True, help="the stage's settings as JSON (proseflow.stages.settings)")
     s.add_argument("--input", nargs="+", action="append", metavar=("NAME", "PATH"),
                    help="a named input: NAME PATH [PATH ...] (repeat for each name)")
     s.add_argument("--output", nargs="+", action="append", metavar=("NAME", "PATH"),

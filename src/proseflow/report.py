@@ -376,7 +376,7 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
 
 
 def diagnostics_html(diag: dict) -> str:
-    """The "why do the weights look like this" section (proseflow.diagnostics): three small tables."""
+    """The "why do the weights look like this" section (proseflow.evaluation.diagnostics): three small tables."""
     parts = ['<h2 id="diagnostics">Diagnostics: why the weights look like this</h2>']
     terms = diag.get("energy_terms") or {}
     if terms:

@@ -2,10 +2,10 @@
 
 Each kind of artefact has one check that reads all of its bytes, so every checksum is exercised:
 
-- MD trajectories ``*.h5`` (:mod:`proseflow.trajectory_io`): datasets present, shapes ``[T, N, 3]`` /
+- MD trajectories ``*.h5`` (:mod:`proseflow.physics.trajectory_io`): datasets present, shapes ``[T, N, 3]`` /
   ``[T]`` and float32, every chunk read (Fletcher-32 checked by HDF5), coordinates finite, topology atom
   count and protocol JSON; a file written without checksums is a warning.
-- Frame stores ``*.zarr`` (:mod:`proseflow.dataset`): ``complete: true`` and the current store version,
+- Frame stores ``*.zarr`` (:mod:`proseflow.data.dataset`): ``complete: true`` and the current store version,
   every chunk of every array read (crc32c), shapes and dtypes against the store's index, frames finite.
 - Models and checkpoints ``*.pt``: every zip member against its CRC-32 (``torch.load`` does not check
   it), then load, the expected keys, finite weights; a model
@@ -65,8 +65,7 @@ def check_json(path: Path) -> list[str]:
 
 
 def check_md(path: Path) -> list[str]:
-    from proseflow import trajectory_io
-
+    from proseflow.physics import trajectory_io
     warnings = []
     with trajectory_io.open_checked(path) as f:
         missing = [name for name in MD_DATASETS if name not in f]
@@ -100,7 +99,7 @@ def check_md(path: Path) -> list[str]:
 
 
 def check_store(path: Path) -> list[str]:
-    from proseflow.dataset import N_PERMUTATIONS, open_store, read_checked, store_index
+    from proseflow.data.dataset import N_PERMUTATIONS, open_store, read_checked, store_index
 
     root = open_store(path)  # complete, format and version
     rows = store_index(path)

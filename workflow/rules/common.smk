@@ -4,8 +4,7 @@ import sys
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 # The only library module the workflow imports: the standard library and PyYAML, nothing scientific.
-from proseflow import settings as S
-
+from proseflow.stages import settings as S
 try:
     S.check_config(config)
 except S.ConfigError as e:
@@ -31,7 +30,7 @@ def launcher(wildcards, resources):
 
 
 def settings(stage, **conditions):
-    """A params function: the JSON of ``stage``'s settings (proseflow.settings), built from the config and
+    """A params function: the JSON of ``stage``'s settings (proseflow.stages.settings), built from the config and
     this job's conditions (a value, or a function of the wildcards)."""
 
     def params(wildcards):

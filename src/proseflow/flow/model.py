@@ -14,7 +14,7 @@ Batch convention (one dict of tensors, see ``ProseFlow.forward``):
     [B, N] int64 (0 = padding), chain_length [B] int64, permutations [B, P, N] int64 (each row a
     permutation of range(N) with the padding indices last). Which of the P permutations a block uses
     is ``FlowConfig.permutation_order()``; the meaning of the P = 8 rows is
-    :data:`proseflow.permutations.PERMUTATION_NAMES` (one vocabulary for the loader and the model).
+    :data:`proseflow.data.permutations.PERMUTATION_NAMES` (one vocabulary for the loader and the model).
 
 Padding tokens never influence real atoms (key-padding mask in attention, lookahead masked, their
 affine parameters are zero so padding coordinates pass through unchanged), so a system's output does
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from proseflow.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
+from proseflow.data.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
 
 
 def set_fp32_numerics() -> None:
@@ -54,7 +54,7 @@ class FlowConfig:
         and its flip.
     backbone_first=False (ablation): only the four residue-by-residue permutations are cycled.
     Block k uses permutation ``permutation_order()[k % len]``: the schedules of
-    :data:`proseflow.permutations.SCHEDULES` (prose: the paper's interleaved cycle of all 8 orders).
+    :data:`proseflow.data.permutations.SCHEDULES` (prose: the paper's interleaved cycle of all 8 orders).
     adaln_gate: "zero" (adaLN-Zero: the residual gates start at exactly 0) or "sigmoid" (the paper's code:
     gate = sigmoid(linear), bias -2, so every gate starts at sigmoid(-2) = 0.12).
     """

@@ -3,7 +3,7 @@
 A centre's handedness is the sign of the signed volume det[a - c, b - c, d - c] of three heavy-atom
 substituents a, b, d around the centre c. With the CIP priorities 1, 2, 3 as a, b, d, the volume is
 positive for S and negative for R (lowest priority pointing away, 1 -> 2 -> 3 counter-clockwise is S).
-Reference signs (checked in tests against amber14 structures built by ``proseflow.structures``):
+Reference signs (checked in tests against amber14 structures built by ``proseflow.physics.structures``):
 - CA of every residue but Gly, (N, C, CB): positive. L = S for N > C(O,O) > CB (for Cys CB > C makes it R
   by name, but the spatial arrangement, and so this sign, is the same).
 - Ile CB (2S,3S), (CA, CG1, CG2) with CA > CG1 > CG2: S -> positive.

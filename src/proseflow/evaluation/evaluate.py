@@ -12,10 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from proseflow import trajectory_io
-from proseflow.metrics import as_trajectory, backbone_dihedrals, energy_w2, kmeans_jsd, tica_w2, torus_w2
-from proseflow.reweight import kish_ess, multinomial_resample
-from proseflow.system import kT_kJ_per_mol
+from proseflow.evaluation.metrics import (
+    as_trajectory,
+    backbone_dihedrals,
+    energy_w2,
+    kmeans_jsd,
+    tica_w2,
+    torus_w2,
+)
+from proseflow.physics import trajectory_io
+from proseflow.physics.system import kT_kJ_per_mol
+from proseflow.samplers.snis import kish_ess, multinomial_resample
 
 METRIC_KEYS = ("ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
                "n_samples", "n_energy_evals", "n_nonfinite")

@@ -5,11 +5,11 @@ Conditioning (index 0 is always padding):
   share a name: hydrogens numbered within their heavy atom's group lose the number (HB1/HB2/HB3 -> HB,
   HD21/HD22 -> HD2, N-terminal H/H2/H3 -> H, glycine HA2/HA3 -> HA) except the single ring hydrogens of
   His/Phe/Trp/Tyr, which keep their position (HD1, HE1, HZ2, ...); side-chain OD1/OD2 -> OD, OE1/OE2 -> OE.
-- ``residue_type`` 1..20 in :data:`proseflow.sequences.AMINO_ACIDS` order.
+- ``residue_type`` 1..20 in :data:`proseflow.physics.sequences.AMINO_ACIDS` order.
 - ``residue_index`` 1..L and ``chain_length`` L.
 
 Permutations: ``perm[k]`` lists original atom indices in the order block ``k`` visits them
-(``x_permuted = x[perm[k]]``). The 8 rows, in :data:`proseflow.permutations.PERMUTATION_NAMES` order:
+(``x_permuted = x[perm[k]]``). The 8 rows, in :data:`proseflow.data.permutations.PERMUTATION_NAMES` order:
 ``[bb_std, bb_std_flip, rbr_std, rbr_std_flip, bb_var, bb_var_flip, rbr_var, rbr_var_flip]``:
 - backbone-first (bb): N, CA, C, O (, OXT) of every residue in residue order; then per residue its
   backbone hydrogens (H, H2, H3, HA, HA2, HA3) and its side chain.
@@ -19,7 +19,7 @@ Permutations: ``perm[k]`` lists original atom indices in the order block ``k`` v
   atom-name order. The "variant" reverses the order of the roots and of every branch, so rings are
   walked the other way round (Phe CD2 before CD1, Pro from CD) and branches swap (Val CG2 before CG1).
 - flip: the same order reversed.
-Which row each flow block uses: :data:`proseflow.permutations.SCHEDULES`.
+Which row each flow block uses: :data:`proseflow.data.permutations.SCHEDULES`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from proseflow.permutations import (  # noqa: F401 - re-exported: the loader's rows
+from proseflow.data.permutations import (  # noqa: F401 - re-exported: the loader's rows
     BACKBONE_FIRST_IDX,
     N_PERMUTATIONS,
     PERMUTATION_NAMES,
     RESIDUE_BY_RESIDUE_IDX,
 )
-from proseflow.sequences import AMINO_ACIDS, THREE_TO_ONE
+from proseflow.physics.sequences import AMINO_ACIDS, THREE_TO_ONE
 
 ATOM_NAMES: tuple[str, ...] = (
     "C", "CA", "CB", "CD", "CD1", "CD2", "CE", "CE1", "CE2", "CE3", "CG", "CG1", "CG2", "CH2", "CZ", "CZ2",
@@ -110,7 +110,7 @@ class _Graph:
 
 @functools.lru_cache(maxsize=64)
 def _sequence_topology(sequence: str):
-    from proseflow.structures import build_peptide
+    from proseflow.physics.structures import build_peptide
 
     return build_peptide(sequence, minimize=False)[0]
 
@@ -189,7 +189,7 @@ def chemistry_permutations(topology_or_sequence) -> np.ndarray:
 
 def system_features(topology_or_sequence) -> dict:
     """Conditioning of one peptide from its topology (OpenMM or MDTraj) or its sequence (built with
-    :func:`proseflow.structures.build_peptide`, whose atom order every artefact uses).
+    :func:`proseflow.physics.structures.build_peptide`, whose atom order every artefact uses).
 
     Returns ``atom_type``, ``residue_type``, ``residue_index`` (int64 ``[N]``), ``chain_length`` (int),
     ``atom_names`` (list of the topology's names) and ``permutations`` (int64 ``[8, N]``).

@@ -1,6 +1,6 @@
 """The pipeline's stages: one function per Snakemake rule kind, ``run_<stage>(settings, inputs, outputs)``.
 
-Each takes its stage's settings (:mod:`proseflow.settings`) and the rule's named input and output files,
+Each takes its stage's settings (:mod:`proseflow.stages.settings`) and the rule's named input and output files,
 and calls the library. Imports are made inside each function, so running one stage imports only what that
 stage needs (the MD stage loads neither torch nor matplotlib); ``tests/test_env_guard.py`` checks every
 stage against the conda env of the rules that run it. ``python -m proseflow run <stage>`` is the entry
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from proseflow import settings as S
+from proseflow.stages import settings as S
 
 log = logging.getLogger("proseflow")
 
@@ -60,7 +60,7 @@ def _device(requested: str) -> str:
 
 # ------------------------------------------------------------------------------- physics stages
 def run_sequences(s: S.SequencesSettings, inputs: Files, outputs: Files) -> None:
-    from proseflow.sequences import check_disjoint, draw_uniform, to_frame
+    from proseflow.physics.sequences import check_disjoint, draw_uniform, to_frame
 
     config = {"sequences": s.to_dict()}
     val, test = S.sequence_set(config, "val"), S.sequence_set(config, "test")
@@ -80,8 +80,8 @@ def run_sequences(s: S.SequencesSettings, inputs: Files, outputs: Files) -> None
 
 
 def run_structure(s: S.StructureSettings, inputs: Files, outputs: Files) -> None:
-    from proseflow.sequences import validate_sequence
-    from proseflow.structures import build_peptide, write_pdb
+    from proseflow.physics.sequences import validate_sequence
+    from proseflow.physics.structures import build_peptide, write_pdb
 
     validate_sequence(s.sequence, min_length=1, max_length=s.max_target_length)
     topology, positions_nm = build_peptide(s.sequence)
@@ -94,11 +94,11 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
     """Reference MD of one system (split reference), or a batch of training/validation systems."""
     from dataclasses import replace
 
-    from proseflow.md import MDSystem, simulate, stable_seed
+    from proseflow.physics.md import MDSystem, simulate, stable_seed
 
     protocol = S.MDProtocol(**s.protocol)
     if s.split == "reference":
-        from proseflow.structures import load_pdb
+        from proseflow.physics.structures import load_pdb
 
         if not s.name:
             raise ValueError("reference MD needs the system's name (settings.name)")
@@ -111,8 +111,8 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
         log.info("MD of %s done in %.1f s", s.name, time.time() - t0)
         return
 
-    from proseflow.sequences import read_sequences
-    from proseflow.structures import build_peptide, write_pdb
+    from proseflow.physics.sequences import read_sequences
+    from proseflow.physics.structures import build_peptide, write_pdb
 
     if s.batch is None or s.systems_per_job is None:
         raise ValueError(f"{s.split} MD needs settings.batch and settings.systems_per_job")
@@ -140,7 +140,7 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
 # ---------------------------------------------------------------------------------- flow stages
 def run_dataset(s: S.DatasetSettings, inputs: Files, outputs: Files) -> None:
     """Zarr frame store of one MD batch, subsampled to the configured frame interval."""
-    from proseflow.dataset import subsample_every_for, write_store
+    from proseflow.data.dataset import subsample_every_for, write_store
 
     md_dir = Path(inputs.one("batch"))
     manifest = json.loads((md_dir / "manifest.json").read_text())
@@ -153,7 +153,7 @@ def run_dataset(s: S.DatasetSettings, inputs: Files, outputs: Files) -> None:
 
 
 def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
-    from proseflow.train import TrainConfig, train
+    from proseflow.flow.train import TrainConfig, train
 
     config = TrainConfig(**s.config)
     out_dir = Path(outputs.one("model")).parent
@@ -167,9 +167,9 @@ def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
 def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
     from proseflow.artefacts import save_npz
-    from proseflow.sampling import draw_proposals
-    from proseflow.structures import load_pdb
-    from proseflow.train import load_model
+    from proseflow.flow.train import load_model
+    from proseflow.physics.structures import load_pdb
+    from proseflow.samplers.proposals import draw_proposals
 
     device = _device(s.device)
     model_path = inputs.one("model")
@@ -192,9 +192,9 @@ def run_snis(s: S.SnisSettings, inputs: Files, outputs: Files) -> None:
     import numpy as np
 
     from proseflow.artefacts import save_npz
-    from proseflow.energy import make_energy
-    from proseflow.reweight import snis
-    from proseflow.structures import load_pdb
+    from proseflow.physics.energy import make_energy
+    from proseflow.physics.structures import load_pdb
+    from proseflow.samplers.snis import snis
 
     t0 = time.time()
     prop = np.load(inputs.one("proposals"))
@@ -215,11 +215,11 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     """SMC with the flow as proposal (ULA or MALA moves), forces from the energy API."""
     import numpy as np
 
-    from proseflow import sampling
     from proseflow.artefacts import save_npz
-    from proseflow.energy import make_energy
-    from proseflow.structures import load_pdb
-    from proseflow.train import load_model
+    from proseflow.flow.train import load_model
+    from proseflow.physics.energy import make_energy
+    from proseflow.physics.structures import load_pdb
+    from proseflow.samplers import proposals as sampling
 
     t0 = time.time()
     device = _device(s.device)
@@ -249,10 +249,10 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
 def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) -> None:
     """Self-improvement of one system: fine-tuned model (and rounds.json) beside outputs.model, final SNIS set."""
     from proseflow.artefacts import save_npz
-    from proseflow.energy import make_energy
-    from proseflow.self_improve import SelfImproveConfig, self_improve
-    from proseflow.structures import load_pdb
-    from proseflow.train import load_model
+    from proseflow.flow.train import load_model
+    from proseflow.physics.energy import make_energy
+    from proseflow.physics.structures import load_pdb
+    from proseflow.samplers.self_improve import SelfImproveConfig, self_improve
 
     device = _device(s.device)
     config = SelfImproveConfig(**s.improve)
@@ -273,8 +273,8 @@ def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) ->
 
 # ---------------------------------------------------------------------------- evaluation stages
 def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
-    from proseflow import trajectory_io
-    from proseflow.tica import fit_tica
+    from proseflow.evaluation.tica import fit_tica
+    from proseflow.physics import trajectory_io
 
     md = inputs.one("md")
     n_segments = trajectory_io.segments(md)
@@ -298,11 +298,17 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     import numpy as np
 
     from proseflow.artefacts import save_json
-    from proseflow.evaluate import SAMPLER_COUNTS, project, reference, reference_indices, sampler_metrics
+    from proseflow.evaluation.evaluate import (
+        SAMPLER_COUNTS,
+        project,
+        reference,
+        reference_indices,
+        sampler_metrics,
+    )
+    from proseflow.evaluation.tica import TicaModel
+    from proseflow.physics.structures import load_pdb
     from proseflow.report import write_system_report
-    from proseflow.smc import count_distinct
-    from proseflow.structures import load_pdb
-    from proseflow.tica import TicaModel
+    from proseflow.samplers.smc import count_distinct
 
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
@@ -323,7 +329,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
         metrics[name] = sampler_metrics(ref, proj, log_w, s.n_metric, s.seed, n_evals, s.kmeans_k)
         if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling)
             metrics[name]["ess"] = float(d["ess"])
-        # distinct configurations next to the ESS, so a collapsed population shows (proseflow.smc doc)
+        # distinct configurations next to the ESS, so a collapsed population shows (proseflow.samplers.smc doc)
         metrics[name]["n_distinct"] = int(d["n_distinct"]) if "n_distinct" in d else count_distinct(d["positions_nm"])
         for key in SAMPLER_COUNTS:
             if key in d:
@@ -339,9 +345,9 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
             metrics[key]["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
             metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
         snis_path = next((p for p in inputs.many("samplers") if Path(p).stem == "snis"), None)
-        if snis_path is not None:  # why the weights look the way they do (proseflow.diagnostics)
-            from proseflow import trajectory_io
-            from proseflow.diagnostics import diagnose
+        if snis_path is not None:  # why the weights look the way they do (proseflow.evaluation.diagnostics)
+            from proseflow.evaluation.diagnostics import diagnose
+            from proseflow.physics import trajectory_io
 
             d = np.load(snis_path)
             idx = reference_indices(md, s.reference_frames)
@@ -391,10 +397,10 @@ def run_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
 def run_budget(s: S.BudgetSettings, inputs: Files, outputs: Files) -> None:
     """One system: MD and flow curves at equal energy-evaluation budgets (JSON rows) and the TICA maps (npz)."""
     from proseflow.artefacts import save_json, save_npz
-    from proseflow.budget import budget_tica_maps, flow_budget_curve, md_budget_curve
-    from proseflow.evaluate import reference
-    from proseflow.structures import load_pdb
-    from proseflow.tica import TicaModel
+    from proseflow.evaluation.budget import budget_tica_maps, flow_budget_curve, md_budget_curve
+    from proseflow.evaluation.evaluate import reference
+    from proseflow.evaluation.tica import TicaModel
+    from proseflow.physics.structures import load_pdb
 
     md, snis_path = inputs.one("md"), inputs.one("snis")
     topology, _ = load_pdb(inputs.one("structure"))
@@ -417,7 +423,7 @@ def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> Non
     """All systems: the budget page (Figure 1 / Figure 4 style) and CSV."""
     import numpy as np
 
-    from proseflow.budget import write_budget_csv, write_budget_page
+    from proseflow.evaluation.budget import write_budget_csv, write_budget_page
 
     curves = {}
     for p in inputs.many("curves"):
@@ -435,7 +441,11 @@ def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> Non
 
 def run_temperature(s: S.TemperatureSettings, inputs: Files, outputs: Files) -> None:
     """The temperature-transfer page and CSV (plain vs scaled prior)."""
-    from proseflow.temperature import rows_from_evals, write_temperature_csv, write_temperature_page
+    from proseflow.evaluation.temperature import (
+        rows_from_evals,
+        write_temperature_csv,
+        write_temperature_page,
+    )
 
     rows = rows_from_evals(inputs.many("evals"), s.priors, s.sampler)
     write_temperature_csv(outputs.one("csv"), rows)

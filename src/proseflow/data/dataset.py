@@ -43,15 +43,15 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from proseflow import trajectory_io
-from proseflow.features import (
+from proseflow.data.features import (
     N_PERMUTATIONS,
     canonical_hydrogen_labels,
     equivalent_hydrogen_groups,
     pad_permutations,
     system_features,
 )
-from proseflow.sequences import THREE_TO_ONE, validate_sequence
+from proseflow.physics import trajectory_io
+from proseflow.physics.sequences import THREE_TO_ONE, validate_sequence
 
 STORE_FORMAT = "proseflow-frames"
 STORE_VERSION = 2  # 2: crc32c on every chunk and shard index; 1 had no checksums
@@ -121,7 +121,7 @@ def _topology_for(sequence: str, source, topologies):
                 return mdtraj.load_topology(str(source))
             except Exception as err:  # noqa: BLE001 (PyTables raises HDF5ExtError for a failed checksum)
                 raise trajectory_io.corrupt(source, err) from err
-    return sequence  # features.system_features builds it (proseflow.structures atom order)
+    return sequence  # features.system_features builds it (proseflow.physics.structures atom order)
 
 
 def _input_frames(sequence: str, source, input_interval_ps: float):
@@ -133,7 +133,7 @@ def _input_frames(sequence: str, source, input_interval_ps: float):
         coords = fh["coordinates"]
         time_ps = np.asarray(fh["time"][:], dtype=np.float64) if "time" in fh else None
         protocol = json.loads(fh.attrs["proseflow_protocol"]) if "proseflow_protocol" in fh.attrs else {}
-        replicas = int(protocol.get("replicas", 1))  # independent runs one after another (proseflow.md)
+        replicas = int(protocol.get("replicas", 1))  # independent runs one after another (proseflow.physics.md)
         if time_ps is not None and len(time_ps) >= 2 * replicas:
             if len(time_ps) % replicas:
                 fh.close()
@@ -265,7 +265,7 @@ def write_store(
     to a new Zarr v3 store at ``out_path``, keeping every ``subsample_every``-th frame (frame 0 first).
 
     The topology of a system (for the atom count check and the conditioning) is ``topologies[seq]`` if
-    given, else the one in its HDF5 file, else the one :func:`proseflow.structures.build_peptide` builds.
+    given, else the one in its HDF5 file, else the one :func:`proseflow.physics.structures.build_peptide` builds.
     ``input_interval_ps`` is the frame spacing of array inputs (HDF5 files carry ``time``); with
     ``expected_interval_ps`` every system must come out at that spacing. Raises ValueError naming the
     system for a wrong atom count, a non-finite coordinate or unevenly spaced frames.

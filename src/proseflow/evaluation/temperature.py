@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow.artefacts import save_csv, save_text
-from proseflow.settings import PRIOR_MODES, prior_std_for  # noqa: F401 - part of this module's API
+from proseflow.samplers.prior import PRIOR_MODES, prior_std_for  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 # numpy and pandas are imported where they are used: validation runs when Snakemake builds the DAG,
-# which imports nothing beyond the standard library and PyYAML (proseflow.settings).
+# which imports nothing beyond the standard library and PyYAML (proseflow.stages.settings).
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 """The 20 standard amino acids, one-letter codes, alphabetical."""

@@ -15,8 +15,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from proseflow.sequences import validate_sequence
-from proseflow.system import create_system, forcefield
+from proseflow.physics.sequences import validate_sequence
+from proseflow.physics.system import create_system, forcefield
 
 
 def _backbone_pdb(sequence: str) -> str:
@@ -105,7 +105,7 @@ def load_pdb(path: str | os.PathLike) -> tuple[app.Topology, np.ndarray]:
 
 
 def sequence_of(topology: app.Topology) -> str:
-    from proseflow.sequences import THREE_TO_ONE
+    from proseflow.physics.sequences import THREE_TO_ONE
 
     return "".join(THREE_TO_ONE[r.name] for r in topology.residues())
 

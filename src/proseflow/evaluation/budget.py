@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from proseflow import trajectory_io
 from proseflow.artefacts import save_csv, save_text
-from proseflow.evaluate import Projection, project, resample_for_metrics, sampler_metrics
-from proseflow.reweight import kish_ess, snis
-from proseflow.system import kT_kJ_per_mol
+from proseflow.evaluation.evaluate import Projection, project, resample_for_metrics, sampler_metrics
+from proseflow.physics import trajectory_io
+from proseflow.physics.system import kT_kJ_per_mol
+from proseflow.samplers.snis import kish_ess, snis
 
 log = logging.getLogger(__name__)
 

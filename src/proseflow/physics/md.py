@@ -5,7 +5,7 @@ as copies in one ``Context``: each copy sits on its own lattice site, further ap
 cutoff, and is translated back to its site after every integration chunk so copies never meet.
 A translation changes no energy or force, so each copy follows exactly its own dynamics.
 
-Per system the job writes an MDTraj HDF5 file (:mod:`proseflow.trajectory_io`). Frames are buffered in
+Per system the job writes an MDTraj HDF5 file (:mod:`proseflow.physics.trajectory_io`). Frames are buffered in
 memory and appended at every checkpoint (every ``checkpoint_interval_s`` of wall time): first the frames
 are appended and flushed, then the checkpoint (OpenMM context checkpoint + frame counts) is replaced
 atomically. A restarted job truncates each file to the checkpoint's frame count, restores the context and
@@ -31,9 +31,9 @@ import openmm
 from openmm import app, unit
 from tqdm.auto import tqdm
 
-from proseflow import trajectory_io
-from proseflow.settings import MDProtocol, as_steps  # noqa: F401 - MDProtocol is part of this module's API
-from proseflow.system import PAPER_FORCEFIELD, create_system, platform_by_name, platform_properties
+from proseflow.physics import trajectory_io
+from proseflow.physics.protocol import MDProtocol, as_steps  # noqa: F401 - MDProtocol is part of this module's API
+from proseflow.physics.system import PAPER_FORCEFIELD, create_system, platform_by_name, platform_properties
 
 log = logging.getLogger(__name__)
 

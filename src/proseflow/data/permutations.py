@@ -1,7 +1,7 @@
 """The one vocabulary of atom permutations, shared by the data loader and the flow (PAPER.md section 2).
 
 The loader stores, for every system, the 8 permutations as rows in :data:`PERMUTATION_NAMES` order
-(:func:`proseflow.features.chemistry_permutations`); a flow block uses one row, chosen by its index in
+(:func:`proseflow.data.features.chemistry_permutations`); a flow block uses one row, chosen by its index in
 the same list. "bb" = backbone-first, "rbr" = residue-by-residue, "std"/"var" = standard/variant
 traversal of side chains, "flip" = the same order reversed.
 

@@ -3,9 +3,9 @@
 Backends:
 - ``openmm``: one OpenMM ``Context`` per worker process (CPU), or one context on CUDA/OpenCL when present.
   The reference implementation.
-- ``torch``: the vectorised PyTorch force field (:mod:`proseflow.energy_torch`), exact to OpenMM.
+- ``torch``: the vectorised PyTorch force field (:mod:`proseflow.physics.energy_torch`), exact to OpenMM.
 
-Every backend builds its System with :func:`proseflow.system.create_system`.
+Every backend builds its System with :func:`proseflow.physics.system.create_system`.
 Non-finite input raises ``ValueError``; configurations whose energy overflows (or is NaN) get ``+inf``
 energy and zero forces, and never crash a batch.
 """
@@ -21,8 +21,8 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from proseflow.structures import topology_of  # noqa: F401 - part of this module's API
-from proseflow.system import (
+from proseflow.physics.structures import topology_of  # noqa: F401 - part of this module's API
+from proseflow.physics.system import (
     MAX_FINITE_ENERGY_KJ_PER_MOL,
     create_system,
     kT_kJ_per_mol,
@@ -165,7 +165,7 @@ def make_energy(system_or_sequence, temperature_K: float, backend: str = "openmm
     if backend == "openmm":
         return OpenMMEnergy(system_or_sequence, temperature_K, **kwargs)
     if backend == "torch":
-        from proseflow.energy_torch import TorchEnergyAPI
+        from proseflow.physics.energy_torch import TorchEnergyAPI
 
         return TorchEnergyAPI(system_or_sequence, temperature_K, **kwargs)
     raise ValueError(f"unknown energy backend {backend!r}; choose one of {BACKENDS}")

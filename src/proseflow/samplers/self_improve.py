@@ -6,7 +6,7 @@ resampling -> ``steps`` fine-tuning steps on the resampled set. The fine-tuning 
     mean(-log q(x) / 3N) + reg_weight * mean(((log q(x) - log q_initial(x)) / 3N)^2),
 
 with x the training transform of resampled configurations (centred nm -> /scale -> random rotation -> centroid
-shift N(0, I/N), exactly as in :func:`proseflow.train.augment`), and both log densities evaluated on the same
+shift N(0, I/N), exactly as in :func:`proseflow.flow.train.augment`), and both log densities evaluated on the same
 augmented batch (q_initial: the frozen model before round 1). Both terms are per dimension (log q / 3N), as in
 the authors' code, where the flow's log density is a per-dimension mean; on raw log q the paper's weight 0.5
 would outweigh the NLL/3N by a factor of order (3N)^2 and freeze the model.
@@ -14,7 +14,7 @@ would outweigh the NLL/3N by a factor of order (3N)^2 and freeze the model.
 After the last round, ``n_final`` proposals from the fine-tuned model are SNIS-reweighted: the evaluation set.
 ``n_energy_evals`` counts every energy evaluation (all rounds + final): the budget the method spent.
 
-Files in ``out_dir``: ``model.pt`` (rewritten after every round, the format of :func:`proseflow.train.load_model`;
+Files in ``out_dir``: ``model.pt`` (rewritten after every round, the format of :func:`proseflow.flow.train.load_model`;
 with ``keep_round_models`` also ``model_round{k}.pt``) and ``rounds.json`` (per-round metrics, rewritten after
 every round).
 
@@ -94,9 +94,9 @@ def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, conf
     """``config.steps`` steps on batches of ``positions_nm`` (centred nm), epochs of random permutations."""
     import torch
 
-    from proseflow.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
+    from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
     from proseflow.flow.preprocess import preprocess_train
-    from proseflow.sampling import system_batch
+    from proseflow.samplers.proposals import system_batch
 
     # the training stores' labelling of equivalent hydrogens (chirality-fixed samples are mirror images)
     positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
@@ -129,8 +129,8 @@ def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, conf
 
 def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, scale_nm: float, seed: int,
               device, progress: bool):
-    from proseflow.reweight import snis
-    from proseflow.sampling import draw_proposals
+    from proseflow.samplers.proposals import draw_proposals
+    from proseflow.samplers.snis import snis
 
     p = draw_proposals(model, topology, n, batch_size=config.sample_batch_size, scale_nm=scale_nm,
                        com_correction=config.com_correction, seed=seed, device=device, progress=progress)
@@ -140,14 +140,14 @@ def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, sc
 
 
 def save_model(model, path: Path, meta: dict) -> None:
-    """``model.pt`` in the format of :func:`proseflow.train.load_model`."""
+    """``model.pt`` in the format of :func:`proseflow.flow.train.load_model`."""
     import torch
 
     atomic_write(path, lambda p: torch.save({**meta, "model": model.state_dict()}, p))
 
 
 def _base_meta(model, scale_nm: float) -> dict:
-    from proseflow.train import feature_vocabulary
+    from proseflow.flow.train import feature_vocabulary
 
     meta = dict(getattr(model, "meta", None) or {})
     meta.setdefault("flow_config", model.config.to_dict())

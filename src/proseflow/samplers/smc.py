@@ -25,7 +25,7 @@ SMC, dropped the top 0.2% of the proposals' importance weights and then the prop
 above 100 kT. All of this is ``SMCConfig.paper``: the filter gives the dropped particles weight zero, so
 the first resampling replaces them (the population size stays B); the counts are in ``SMCResult.info``.
 
-Step sizes are in the squared units of the coordinates SMC runs in. :func:`proseflow.sampling.run_smc`
+Step sizes are in the squared units of the coordinates SMC runs in. :func:`proseflow.samplers.proposals.run_smc`
 runs in the flow's normalised coordinates (x = nm / scale_nm, scale_nm = 0.35), so h = 1e-7 there is
 1e-7 x 0.35^2 = 1.2e-8 nm^2. The paper's values: ULA h = eps x dt = 1e-5 x 0.01 = 1e-7 (their ULA config's
 step size times its time step; larger steps make Euler-Maruyama unstable on the force field's stiff bonds,

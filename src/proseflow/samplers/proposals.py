@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from proseflow.chirality import fix_chirality
-from proseflow.features import pad_permutations, system_features
+from proseflow.data.features import pad_permutations, system_features
 from proseflow.flow.preprocess import (
     SCALE_NM,
     centroid,
@@ -27,6 +26,7 @@ from proseflow.flow.preprocess import (
     proposal_log_prob_nm,
     to_nm,
 )
+from proseflow.physics.chirality import fix_chirality
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
     """SMC from the flow (PAPER.md section 4) in the flow's extended coordinates; returns (result, positions_nm,
     energy_kT, n_fixed, n_unfixable, ok). Final particles are equally weighted; the force field is achiral, so
     wrong-handed final particles are mirrored like proposals."""
-    from proseflow.smc import SMCConfig, smc
+    from proseflow.samplers.smc import SMCConfig, smc
 
     check_fits_model(model, topology)
     generator = torch.Generator(device=device).manual_seed(int(seed))

@@ -3,7 +3,7 @@
 Recipe: loss = -log q(x) / 3N over the real atoms, mean over the systems of the global batch; AdamW
 (lr 1e-4, betas 0.9/0.95, weight decay 4e-4); one-cycle cosine schedule (5% warm-up from lr/500, cosine decay to lr/500);
 grad-norm clip 1.0; EMA 0.999; batch 512; 500k steps; fp32 with TF32 off. Inputs: frames in nm from
-:class:`proseflow.dataset.FrameLoader`, centred, divided by 0.35 nm, randomly rotated, plus one
+:class:`proseflow.data.dataset.FrameLoader`, centred, divided by 0.35 nm, randomly rotated, plus one
 Gaussian centroid shift of std 1/sqrt(N) (:mod:`proseflow.flow.preprocess`).
 
 Everything random in a step is a pure function of ``(seed, step)``: the loader's batch and the
@@ -20,7 +20,7 @@ Throughput (issue 13): the batch is cut to its longest system eagerly (:meth:`Pr
 flow's forward pass and the loss run as one ``torch.compile``d region (``compile``; the atom dimension is
 marked dynamic, so batches of any padded length share one compiled graph; compiled before the first step, its compilation time
 logged and kept out of steps/s; eager if compilation is not available here). ``length_buckets`` draws each
-batch from one bucket of systems of similar size (:class:`proseflow.dataset.FrameLoader`), so little of it
+batch from one bucket of systems of similar size (:class:`proseflow.data.dataset.FrameLoader`), so little of it
 is padding. AdamW runs fused where torch has the fused kernel.
 """
 
@@ -46,12 +46,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from proseflow import features
 from proseflow.artefacts import atomic_write, save_json
-from proseflow.dataset import CorruptStoreError, FrameLoader
+from proseflow.data import features
+from proseflow.data.dataset import CorruptStoreError, FrameLoader
 from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
-from proseflow.sequences import AMINO_ACIDS
+from proseflow.physics.sequences import AMINO_ACIDS
 
 log = logging.getLogger("proseflow")
 
@@ -126,11 +126,11 @@ _RESUMABLE_CHANGES = {
 
 # ----------------------------------------------------------------------------------------------- model
 def flow_config(config: TrainConfig) -> FlowConfig:
-    """The FlowConfig of a run (its permutation rows index the loader's :data:`proseflow.permutations`)."""
+    """The FlowConfig of a run (its permutation rows index the loader's :data:`proseflow.data.permutations`)."""
     cfg = FlowConfig.preset(config.model_preset, **config.model)
     cfg = dataclasses.replace(cfg, perm_order=cfg.permutation_order())  # recorded explicitly in the model file
     if cfg.n_atom_types < features.N_ATOM_TYPES or cfg.n_residue_types < features.N_RESIDUE_TYPES:
-        raise ValueError("FlowConfig vocabulary is smaller than proseflow.features'")
+        raise ValueError("FlowConfig vocabulary is smaller than proseflow.data.features'")
     if cfg.n_permutations != features.N_PERMUTATIONS:
         raise ValueError(f"FlowConfig.n_permutations must be {features.N_PERMUTATIONS}")
     return cfg

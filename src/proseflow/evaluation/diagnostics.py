@@ -13,7 +13,7 @@ per-system JSON and shown on its page):
   top 1% of samples, and the SNIS ESS under both centre-of-mass corrections (``chi``: the paper's;
   ``gaussian``: the exact one; see :func:`proseflow.flow.preprocess.proposal_log_prob_nm`).
 
-Energies come from the batched PyTorch backend (:mod:`proseflow.energy_torch`, equal to OpenMM's terms).
+Energies come from the batched PyTorch backend (:mod:`proseflow.physics.energy_torch`, equal to OpenMM's terms).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from proseflow.reweight import kish_ess, normalise_log_weights, snis
+from proseflow.samplers.snis import kish_ess, normalise_log_weights, snis
 
 TERM_KEYS = {
     "HarmonicBondForce": "bonds",
@@ -44,8 +44,8 @@ def term_energies_kT(topology, positions_nm: np.ndarray, temperature_K: float, c
     import openmm
     import torch
 
-    from proseflow.energy_torch import TorchEnergy
-    from proseflow.system import create_system
+    from proseflow.physics.energy_torch import TorchEnergy
+    from proseflow.physics.system import create_system
 
     system = create_system(topology)
     keys = [TERM_KEYS[type(f).__name__] for f in system.getForces() if not isinstance(f, openmm.CMMotionRemover)]
@@ -101,7 +101,7 @@ def force_field_bonds(topology) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(atom pairs [M, 2], equilibrium lengths [M] nm, element-pair labels [M]) of the force field's bonds."""
     import openmm
 
-    from proseflow.system import create_system
+    from proseflow.physics.system import create_system
 
     system = create_system(topology)
     force = next(f for f in system.getForces() if isinstance(f, openmm.HarmonicBondForce))

@@ -1,6 +1,6 @@
 """Batched, differentiable PyTorch energy of an OpenMM ``System`` (amber14 + OBC1), exact to OpenMM.
 
-Every parameter is read from the ``System`` that :func:`proseflow.system.create_system` returns. Supported:
+Every parameter is read from the ``System`` that :func:`proseflow.physics.system.create_system` returns. Supported:
 ``HarmonicBondForce``, ``HarmonicAngleForce``, ``PeriodicTorsionForce``, ``NonbondedForce`` (NoCutoff or
 CutoffNonPeriodic: reaction field, optional LJ switch; exceptions without cutoff, plain Coulomb) and the
 ``CustomGBForce`` that ``implicit/obc1.xml`` builds (OBC1 Born radii, polar energy with the cutoff shift, ACE
@@ -20,7 +20,7 @@ import numpy as np
 import openmm
 import torch
 
-from proseflow.system import MAX_FINITE_ENERGY_KJ_PER_MOL, kT_kJ_per_mol
+from proseflow.physics.system import MAX_FINITE_ENERGY_KJ_PER_MOL, kT_kJ_per_mol
 
 ONE_4PI_EPS0 = 138.93545764438198  # kJ mol^-1 nm e^-2, OpenMM's value (SimTKOpenMMRealType.h)
 # Default samples per chunk = this / N^2: bounds memory; eager keeps each [b, N, N] intermediate near L2 size.
@@ -347,8 +347,8 @@ class TorchEnergy(torch.nn.Module):
 
     @classmethod
     def from_sequence(cls, sequence: str, temperature_K: float, **kwargs) -> TorchEnergy:
-        from proseflow.structures import build_peptide
-        from proseflow.system import create_system
+        from proseflow.physics.structures import build_peptide
+        from proseflow.physics.system import create_system
 
         topology, _ = build_peptide(sequence, minimize=False)
         return cls(create_system(topology), temperature_K, **kwargs)
@@ -433,7 +433,7 @@ class TorchEnergy(torch.nn.Module):
 
 
 class TorchEnergyAPI:
-    """``proseflow.energy`` backend ``torch``: numpy in/out, same contract as ``OpenMMEnergy``.
+    """``proseflow.physics.energy`` backend ``torch``: numpy in/out, same contract as ``OpenMMEnergy``.
 
     ``system_or_sequence`` is an OpenMM System, a Topology or a sequence; ``dtype`` a torch dtype or its name.
     Energies above ``MAX_FINITE_ENERGY_KJ_PER_MOL`` (or NaN) are +inf with zero forces, as in ``OpenMMEnergy``.
@@ -443,8 +443,8 @@ class TorchEnergyAPI:
 
     def __init__(self, system_or_sequence, temperature_K: float, dtype: torch.dtype | str = torch.float64,
                  device: torch.device | str | None = None, chunk_size: int | None = None, compile: bool = False):
-        from proseflow.structures import topology_of
-        from proseflow.system import create_system
+        from proseflow.physics.structures import topology_of
+        from proseflow.physics.system import create_system
 
         if isinstance(system_or_sequence, openmm.System):
             system = system_or_sequence

@@ -25,7 +25,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from proseflow.sequences import SequenceError, check_disjoint, draw_balanced, validate_sequence
+from proseflow.physics.protocol import MDProtocol
+from proseflow.physics.sequences import SequenceError, check_disjoint, draw_balanced, validate_sequence
+from proseflow.samplers.prior import PRIOR_MODES, prior_std_for
 
 
 class ConfigError(ValueError):
@@ -169,59 +171,6 @@ def check_config(config: Mapping) -> None:
                                   f"{', '.join(PRIOR_MODES)})")
 
 
-# ------------------------------------------------------------------------------------- MD protocol
-def as_steps(time_ps: float, timestep_fs: float, name: str, allow_zero: bool = False) -> int:
-    steps = time_ps * 1000.0 / timestep_fs
-    if abs(steps - round(steps)) > 1e-6 or (round(steps) < 1 and not allow_zero):
-        raise ValueError(f"{name}={time_ps} ps is not a whole positive number of {timestep_fs} fs steps")
-    return int(round(steps))
-
-
-@dataclass(frozen=True)
-class MDProtocol:
-    """The MD protocol of PAPER.md section 1. Times in ps, temperature in K."""
-
-    temperature_K: float = 310.0
-    friction_per_ps: float = 0.3
-    timestep_fs: float = 1.0
-    burn_in_ps: float = 50.0
-    length_ps: float = 200_000.0
-    save_interval_ps: float = 1.0
-    seed: int = 0
-    minimize: bool = True
-    platform: str = "auto"
-    checkpoint_interval_s: float = 300.0
-    recentre_interval_ps: float = 0.5
-    replicas: int = 1  # independent runs of each system (copies in the same context), concatenated
-
-    def __post_init__(self) -> None:
-        if int(self.replicas) != self.replicas or self.replicas < 1:
-            raise ValueError(f"replicas must be a positive integer, got {self.replicas!r}")
-
-    @property
-    def steps_per_frame(self) -> int:
-        return as_steps(self.save_interval_ps, self.timestep_fs, "save_interval_ps")
-
-    @property
-    def n_frames(self) -> int:
-        n = self.length_ps / self.save_interval_ps
-        if abs(n - round(n)) > 1e-9 or round(n) < 1:
-            raise ValueError(f"length_ps {self.length_ps} is not a positive multiple of save_interval_ps "
-                             f"{self.save_interval_ps}")
-        return int(round(n))
-
-    @property
-    def burn_in_steps(self) -> int:
-        return as_steps(self.burn_in_ps, self.timestep_fs, "burn_in_ps", allow_zero=True)
-
-    @property
-    def chunk_steps(self) -> int:
-        """Steps per integration chunk: the largest divisor of a frame's steps within the recentre interval."""
-        limit = max(1, int(self.recentre_interval_ps * 1000 / self.timestep_fs))
-        n = self.steps_per_frame
-        return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def md_protocol(config: Mapping, kind: str, temperature_K: float | None = None) -> MDProtocol:
     """The MD protocol for ``kind`` in (train, val, reference), at the config's or another temperature."""
     md = config["md"]
@@ -233,22 +182,6 @@ def md_protocol(config: Mapping, kind: str, temperature_K: float | None = None) 
         seed=md["seed"], platform=md["platform"], checkpoint_interval_s=md["checkpoint_interval_s"],
         **({"replicas": int(sub["replicas"])} if "replicas" in sub else {}),  # optional key: MDProtocol's default
     )
-
-
-# -------------------------------------------------------------------------------- temperature prior
-PRIOR_MODES = ("plain", "scaled")
-
-
-def prior_std_for(temperature_K: float, train_temperature_K: float, mode: str) -> float:
-    """Prior standard deviation of the proposal at ``temperature_K``: sqrt(T / T_train) ("scaled") or 1 ("plain")."""
-    if mode == "scaled":
-        t, t0 = float(temperature_K), float(train_temperature_K)
-        if not (t > 0 and t0 > 0):
-            raise ValueError(f"temperatures must be positive, got T={temperature_K} K, T_train={train_temperature_K} K")
-        return math.sqrt(t / t0)
-    if mode == "plain":
-        return 1.0
-    raise ValueError(f"unknown prior mode {mode!r}: expected one of {', '.join(PRIOR_MODES)}")
 
 
 # ------------------------------------------------------------------------------- stage settings

@@ -1,0 +1,1 @@
+"""Training data: per-atom features, permutations, the Zarr-sharded dataset."""

@@ -1,0 +1,1 @@
+"""Evaluation: TICA, the paper's metrics, per-system evaluation, diagnostics, budget and temperature studies."""

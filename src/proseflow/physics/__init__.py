@@ -1,0 +1,1 @@
+"""Physics: sequences, peptide structures, the OpenMM system, MD, trajectories, energies."""

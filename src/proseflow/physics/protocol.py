@@ -1,0 +1,58 @@
+"""The MD protocol (PAPER.md section 1) as a plain value: standard library only, so the settings layer
+that builds the DAG can use it without OpenMM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def as_steps(time_ps: float, timestep_fs: float, name: str, allow_zero: bool = False) -> int:
+    steps = time_ps * 1000.0 / timestep_fs
+    if abs(steps - round(steps)) > 1e-6 or (round(steps) < 1 and not allow_zero):
+        raise ValueError(f"{name}={time_ps} ps is not a whole positive number of {timestep_fs} fs steps")
+    return int(round(steps))
+
+
+@dataclass(frozen=True)
+class MDProtocol:
+    """The MD protocol of PAPER.md section 1. Times in ps, temperature in K."""
+
+    temperature_K: float = 310.0
+    friction_per_ps: float = 0.3
+    timestep_fs: float = 1.0
+    burn_in_ps: float = 50.0
+    length_ps: float = 200_000.0
+    save_interval_ps: float = 1.0
+    seed: int = 0
+    minimize: bool = True
+    platform: str = "auto"
+    checkpoint_interval_s: float = 300.0
+    recentre_interval_ps: float = 0.5
+    replicas: int = 1  # independent runs of each system (copies in the same context), concatenated
+
+    def __post_init__(self) -> None:
+        if int(self.replicas) != self.replicas or self.replicas < 1:
+            raise ValueError(f"replicas must be a positive integer, got {self.replicas!r}")
+
+    @property
+    def steps_per_frame(self) -> int:
+        return as_steps(self.save_interval_ps, self.timestep_fs, "save_interval_ps")
+
+    @property
+    def n_frames(self) -> int:
+        n = self.length_ps / self.save_interval_ps
+        if abs(n - round(n)) > 1e-9 or round(n) < 1:
+            raise ValueError(f"length_ps {self.length_ps} is not a positive multiple of save_interval_ps "
+                             f"{self.save_interval_ps}")
+        return int(round(n))
+
+    @property
+    def burn_in_steps(self) -> int:
+        return as_steps(self.burn_in_ps, self.timestep_fs, "burn_in_ps", allow_zero=True)
+
+    @property
+    def chunk_steps(self) -> int:
+        """Steps per integration chunk: the largest divisor of a frame's steps within the recentre interval."""
+        limit = max(1, int(self.recentre_interval_ps * 1000 / self.timestep_fs))
+        n = self.steps_per_frame
+        return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)

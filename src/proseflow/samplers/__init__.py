@@ -1,0 +1,1 @@
+"""Samplers over a trained flow: proposals, SNIS, SMC, self-improvement."""

@@ -1,0 +1,1 @@
+"""The pipeline's stages: their settings (stdlib + PyYAML only) and the entry point that runs them."""
