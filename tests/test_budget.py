@@ -9,10 +9,12 @@ import pytest
 
 from proseflow.evaluation import budget
 from proseflow.evaluation.evaluate import project, reference, sampler_metrics
+from proseflow.evaluation.registry import W2
 from proseflow.evaluation.tica import fit_tica
 from proseflow.physics import trajectory_io
 from proseflow.physics.system import kT_kJ_per_mol
-from proseflow.report import format_value
+from proseflow.report.budget_page import write_budget_page
+from proseflow.report.kit import format_value
 from proseflow.samplers.snis import snis
 
 T_K = 300.0
@@ -153,10 +155,10 @@ def _synthetic_rows(seq, seed, with_wall=True):
             rows.append({"sequence": seq, "sampler": sampler, "budget": b, "status": "ok", "n_samples": b // 10,
                          "wall_time_s": b * (1e-3 if sampler == "md" else 1e-4) if with_wall else float("nan"),
                          "ess": float("nan") if sampler == "md" else rng.uniform(0.01, 0.3),
-                         **{m: scale * rng.uniform(0.5, 1.5) / np.log10(b) for m in budget.CURVE_METRICS}})
+                         **{m: scale * rng.uniform(0.5, 1.5) / np.log10(b) for m in W2}})
     rows.append({"sequence": seq, "sampler": "md", "budget": 10, "status": "skipped: 0 frame(s) < 2",
                  "n_samples": 0, "wall_time_s": 0.01, "ess": float("nan"),
-                 **{m: float("nan") for m in budget.CURVE_METRICS}})
+                 **{m: float("nan") for m in W2}})
     return rows
 
 
@@ -166,13 +168,13 @@ def test_budget_page_and_csv(tmp_path):
     curves = {"AAAA": _synthetic_rows("AAAA", 0), "WGDE": _synthetic_rows("WGDE", 1, with_wall=False)}
     rng = np.random.default_rng(0)
     maps = {"AAAA": (rng.normal(size=(300, 2)), rng.normal(1, 1, size=(300, 2)), None)}
-    path = budget.write_budget_page(tmp_path / "budget.html", curves, maps, map_budget=1e6)
+    path = write_budget_page(tmp_path / "budget.html", curves, maps, map_budget=1e6)
     text = path.read_text()
     _assert_self_contained(text)
     assert text.count("<img") == 1 + 2 + 1  # mean, one per system, one map
     for rows in curves.values():
         for r in rows:
-            for k in ("budget", "wall_time_s", "ess", *budget.CURVE_METRICS):
+            for k in ("budget", "wall_time_s", "ess", *W2):
                 assert format_value(r[k], k) in text, (r, k)
             assert html.escape(r["status"]) in text
     means = budget.mean_curves(curves)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proseflow import report
+from proseflow.report import kit, summary, system_page
 
 CHROMIUM = "/usr/bin/chromium"
 SAMPLERS = ["proposal", "snis", "smc_mala", "md_equal_budget"]
@@ -65,16 +65,16 @@ def assert_self_contained(text: str):
 def pages(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     systems = {seq: synthetic_system(seq, i) for i, seq in enumerate(["WA", "DGVAHALS"])}
-    paths = {seq: report.write_system_report(out / f"{seq}.html", s, summary_href="summary.html")
+    paths = {seq: system_page.write_system_report(out / f"{seq}.html", s, summary_href="summary.html")
              for seq, s in systems.items()}
     return out, systems, paths
 
 
 def test_ramachandran_pairs():
-    assert report.ramachandran_pairs(2) == [("phi 2 / psi 1", 0, 1)]
-    pairs = report.ramachandran_pairs(4)  # columns: phi2 phi3 phi4 psi1 psi2 psi3
+    assert system_page.ramachandran_pairs(2) == [("phi 2 / psi 1", 0, 1)]
+    pairs = system_page.ramachandran_pairs(4)  # columns: phi2 phi3 phi4 psi1 psi2 psi3
     assert pairs == [("residue 2", 0, 4), ("residue 3", 1, 5)]
-    assert len(report.ramachandran_pairs(8)) == 6
+    assert len(system_page.ramachandran_pairs(8)) == 6
 
 
 def test_system_report_self_contained(pages):
@@ -89,12 +89,14 @@ def test_system_report_self_contained(pages):
         for name, m in systems[seq]["metrics"].items():
             assert f">{name}</td>" in text
             for key, v in m.items():
-                assert f">{report.format_value(v, key)}</td>" in text
+                assert f">{kit.format_value(v, key)}</td>" in text
         assert ">10,000</td>" in text and ">1.234</td>" in text and ">–</td>" in text
         assert "prose-tiny" in text and "2 CPU cores &lt;test&gt;" in text
+        # metadata keys are identifiers in the JSON, labels on the page
+        assert "In training set: <b>no</b>" in text and ">temperature (K)</td>" in text and "temperature_K" not in text
     assert "backbone pair phi of residue 2" in paths["WA"].read_text()
     assert "same residue" in paths["DGVAHALS"].read_text()
-    assert report.best_sampler(systems["WA"]) == "smc_mala"
+    assert system_page.best_sampler(systems["WA"]) == "smc_mala"
 
 
 def summary_rows():
@@ -109,7 +111,7 @@ def summary_rows():
 
 
 def test_summary_tables(tmp_path):
-    paths = report.write_summary(tmp_path / "summary.html", tmp_path / "tables", summary_rows())
+    paths = summary.write_summary(tmp_path / "summary.html", tmp_path / "tables", summary_rows())
     assert set(paths) == {"per_system", "table2", "table3", "table4", "html"}
     per = pd.read_csv(paths["per_system"])
     assert len(per) == 11 and list(per.columns[:4]) == ["sequence", "length", "model", "sampler"]
@@ -149,13 +151,13 @@ def test_summary_tables(tmp_path):
 
 def test_summary_without_model_variants(tmp_path):
     rows = [r for r in summary_rows() if "model" not in r]
-    assert set(report.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
+    assert set(summary.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
     rows = [{**r, "model": "prose"} for r in rows]  # only the default model: no Table 3
-    assert set(report.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
+    assert set(summary.write_tables(tmp_path, rows)) == {"per_system", "table2", "table4"}
 
 
 def test_summary_links_to_experiment_pages(tmp_path):
-    paths = report.write_summary(tmp_path / "summary.html", tmp_path, summary_rows(),
+    paths = summary.write_summary(tmp_path / "summary.html", tmp_path, summary_rows(),
                                  links={"Temperature transfer": "temperature.html"})
     html = Path(paths["html"]).read_text()
     assert '<a href="temperature.html">Temperature transfer</a>' in html
@@ -163,10 +165,10 @@ def test_summary_links_to_experiment_pages(tmp_path):
 
 
 def test_weights():
-    w = report.sampler_weights({"log_weights": np.array([1000.0, 1000.0 + np.log(3), -np.inf, np.nan])})
-    np.testing.assert_allclose(report._norm_weights(w, 4), [0.25, 0.75, 0, 0])
-    np.testing.assert_allclose(report._norm_weights(np.array([np.inf, 1.0, np.inf]), 3), [0.5, 0, 0.5])
-    assert report.sampler_weights({"weights": None}) is None
+    w = kit.sampler_weights({"log_weights": np.array([1000.0, 1000.0 + np.log(3), -np.inf, np.nan])})
+    np.testing.assert_allclose(kit.norm_weights(w, 4), [0.25, 0.75, 0, 0])
+    np.testing.assert_allclose(kit.norm_weights(np.array([np.inf, 1.0, np.inf]), 3), [0.5, 0, 0.5])
+    assert kit.sampler_weights({"weights": None}) is None
 
 
 def _browser_check():
@@ -199,11 +201,11 @@ def test_distinct_samples_sit_next_to_the_ess():
              "energy_w2": 5e7, "torus_w2": 1.0, "tica_w2": 1.0},
             {"sequence": "WA", "length": 2, "model": "prose", "sampler": "snis", "ess": 0.2, "n_distinct": 4000,
              "energy_w2": 0.4, "torus_w2": 0.2, "tica_w2": 0.2}]
-    t2 = report.table2(rows)
+    t2 = summary.table2(rows)
     run = t2[t2.source == "this run"].set_index("sampler")
     assert run.loc["smc_mala", "2AA distinct samples"] == 1 and run.loc["snis", "2AA distinct samples"] == 4000
-    t4 = report.table4(rows)
+    t4 = summary.table4(rows)
     t4 = t4[t4.source == "this run"].set_index("sampler")
     assert t4.loc["smc_mala", "2AA distinct samples"] == 1
-    df, _ = report._metrics_frame({"smc_mala": rows[0]})
+    df, _ = system_page._metrics_frame({"smc_mala": rows[0]})
     assert list(df.columns[:3]) == ["sampler", "ess", "n_distinct"]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from proseflow.samplers.snis import kish_ess, multinomial_resample, snis, systematic_resample
+from proseflow.samplers.resampling import count_distinct, kish_ess, multinomial_resample, systematic_resample
+from proseflow.samplers.snis import snis
 
 
 def _log(w):
@@ -93,3 +94,14 @@ def test_systematic_counts_within_floor_ceil():
     counts = np.bincount(systematic_resample(np.log(w), 1000, 7), minlength=50)
     assert counts.sum() == 1000
     assert np.all(counts >= np.floor(1000 * w) - 1e-9) and np.all(counts <= np.ceil(1000 * w) + 1e-9)
+
+
+def test_count_distinct_counts_exactly_equal_rows_once():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4, 3)).astype(np.float32)
+    resampled = x[[0, 0, 3, 5, 5, 5]]
+    assert count_distinct(resampled) == 3
+    nudged = resampled.copy()
+    nudged[1, 2, 0] = np.nextafter(nudged[1, 2, 0], np.float32(np.inf))  # one ulp apart: a different configuration
+    assert count_distinct(nudged) == 4
+    assert count_distinct(x[:0]) == 0

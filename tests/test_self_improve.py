@@ -9,15 +9,15 @@ import torch
 
 from proseflow.cli import main
 from proseflow.flow import ProseFlow
+from proseflow.flow.checkpoint import load_model, save_model
 from proseflow.flow.preprocess import preprocess_train
-from proseflow.flow.train import TrainConfig, flow_config, load_model
+from proseflow.flow.train import TrainConfig, flow_config
 from proseflow.physics.structures import write_pdb
 from proseflow.samplers.proposals import system_batch
 from proseflow.samplers.self_improve import (
     SelfImproveConfig,
     finetune,
     finetune_loss,
-    save_model,
     self_improve,
 )
 from proseflow.stages.settings import SelfImproveSettings

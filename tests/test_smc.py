@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from proseflow.samplers.smc import SMCConfig, normalised_ess, smc, systematic_resample
+from proseflow.samplers.resampling import kish_ess as normalised_ess
+from proseflow.samplers.resampling import systematic_resample
+from proseflow.samplers.smc import SMCConfig, smc
 
 LOG2PI = np.log(2 * np.pi)
 
@@ -225,9 +227,9 @@ def test_paper_config_and_systematic_resampling():
     assert (mala.n_levels, mala.adapts(), mala.step_size) == (50, True, 5e-4)
     rng = np.random.default_rng(7)
     log_w = np.array([np.log(0.5), -np.inf, np.log(0.25), np.log(0.25), -np.inf])
-    counts = np.bincount(systematic_resample(log_w, rng), minlength=5)
+    counts = np.bincount(systematic_resample(log_w, len(log_w), rng), minlength=5)
     assert counts[1] == counts[4] == 0 and counts.sum() == 5
-    big = np.bincount(systematic_resample(np.log([0.7, 0.2, 0.1]), rng), minlength=3)
+    big = np.bincount(systematic_resample(np.log([0.7, 0.2, 0.1]), 3, rng), minlength=3)
     assert big.sum() == 3 and abs(big[0] - 2.1) < 1 and abs(big[2] - 0.3) < 1
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from proseflow.evaluation import temperature
-from proseflow.report import format_value
+from proseflow.report.kit import format_value
+from proseflow.report.temperature_page import write_temperature_page
 
 
 def test_prior_std_for():
@@ -38,7 +39,7 @@ def synthetic_rows():
 
 def test_temperature_page_and_csv(tmp_path):
     rows = synthetic_rows()
-    text = temperature.write_temperature_page(tmp_path / "t.html", rows).read_text()
+    text = write_temperature_page(tmp_path / "t.html", rows).read_text()
     assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', text, re.I)
     assert "<link" not in text.lower()
     srcs = re.findall(r'<img[^>]*\bsrc="([^"]*)"', text)
@@ -55,7 +56,7 @@ def test_rows_from_evals(tmp_path):
     paths = []
     for i, t in enumerate((310.0, 800.0)):
         p = tmp_path / f"e{i}.json"
-        p.write_text(json.dumps({"sequence": "AA", "metadata": {"temperature (K)": t},
+        p.write_text(json.dumps({"sequence": "AA", "metadata": {"temperature_K": t},
                                  "metrics": {"snis": {"ess": 0.1 * (i + 1), "energy_w2": 1.0, "torus_w2": 0.2,
                                                       "tica_w2": 0.3}}}))
         paths.append(p)

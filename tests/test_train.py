@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from proseflow.data import features
 from proseflow.data.dataset import FrameLoader, write_store
 from proseflow.flow import ProseFlow
-from proseflow.flow.train import EMA, TrainConfig, flow_config, load_model, lr_factor, train, use_compile
+from proseflow.flow.checkpoint import load_model
+from proseflow.flow.train import EMA, TrainConfig, flow_config, lr_factor, train, use_compile
 from proseflow.physics.structures import build_peptide
 
 torch.set_num_threads(1)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from proseflow.artefacts import save_csv, save_text
+from proseflow.artefacts import save_csv
 from proseflow.evaluation.evaluate import Projection, project, resample_for_metrics, sampler_metrics
+from proseflow.evaluation.registry import DISTRIBUTION, W2
 from proseflow.physics import trajectory_io
 from proseflow.physics.system import kT_kJ_per_mol
 from proseflow.samplers.snis import kish_ess, snis
@@ -36,12 +36,8 @@ from proseflow.samplers.snis import kish_ess, snis
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("md", "flow")
-SAMPLER_LABELS = {"md": "MD", "flow": "flow + SNIS"}
-COLORS = {"md": "tab:blue", "flow": "tab:orange"}
-CURVE_METRICS = ("energy_w2", "torus_w2", "tica_w2")
 ROW_KEYS = ("sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", "energy_w2", "torus_w2",
             "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT", "n_energy_evals", "n_nonfinite")
-_NAN_METRICS = ("ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT")
 
 
 # ---------------------------------------------------------------- budgets
@@ -71,7 +67,7 @@ def _row(sampler: str, budget: int, sequence: str | None, status: str, wall_time
     base = {"sequence": sequence, "sampler": sampler, "budget": int(budget), "status": status,
             "n_samples": int(n_samples), "wall_time_s": float(wall_time_s)}
     if metrics is None:
-        metrics = {**{k: float("nan") for k in _NAN_METRICS}, "n_energy_evals": int(budget), "n_nonfinite": 0}
+        metrics = {**{k: float("nan") for k in ("ess", *DISTRIBUTION)}, "n_energy_evals": int(budget), "n_nonfinite": 0}
     row = {**base, **{k: v for k, v in metrics.items() if k not in base}}
     return {k: row.get(k) for k in ROW_KEYS} | {k: v for k, v in row.items() if k not in ROW_KEYS}
 
@@ -240,10 +236,10 @@ def mean_curves(system_curves) -> pd.DataFrame:
         n_sys = d["sequence"].nunique()
         g = d.groupby("budget")
         counts = g["sequence"].nunique()
-        means = g[["wall_time_s", "ess", *CURVE_METRICS]].mean()
+        means = g[["wall_time_s", "ess", *W2]].mean()
         means = means[counts == n_sys]
         out.append(means.assign(sampler=sampler, n_systems=n_sys).reset_index())
-    cols = ["sampler", "budget", "n_systems", "wall_time_s", "ess", *CURVE_METRICS]
+    cols = ["sampler", "budget", "n_systems", "wall_time_s", "ess", *W2]
     return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
 
 
@@ -252,124 +248,11 @@ def write_budget_csv(path, rows) -> Path:
     return save_csv(path, _frame(rows))
 
 
-# ---------------------------------------------------------------- page
-def _positive(values) -> bool:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return len(v) > 0 and bool((v > 0).all())
 
 
-def _curve_figure(ok: pd.DataFrame, means: pd.DataFrame | None, title: str) -> Figure:
-    """2 x 3 panels: rows = x axis (budget, wall time), columns = metrics; per-system lines thin, means thick."""
-    from proseflow.report import LABELS
-
-    fig = Figure(figsize=(11, 6.2), layout="constrained")
-    axes = fig.subplots(2, len(CURVE_METRICS), squeeze=False)
-    fig.suptitle(title, fontsize=10)
-    thin = means is not None
-    for row, xkey, xlabel in ((0, "budget", "energy evaluations"), (1, "wall_time_s", "wall time (s)")):
-        for col, metric in enumerate(CURVE_METRICS):
-            ax = axes[row, col]
-            ys = []
-            for sampler in SAMPLERS:
-                d = ok[ok["sampler"] == sampler]
-                for i, (_, ds) in enumerate(d.groupby("sequence", sort=False)):
-                    ds = ds.sort_values("budget")
-                    keep = np.isfinite(ds[xkey].astype(float)) & np.isfinite(ds[metric].astype(float))
-                    if not keep.any():
-                        continue
-                    ys.append(ds[metric][keep])
-                    ax.plot(ds[xkey][keep], ds[metric][keep], color=COLORS[sampler], marker="" if thin else "o",
-                            lw=0.7 if thin else 1.6, alpha=0.35 if thin else 1.0, ms=4,
-                            label=None if thin or i else SAMPLER_LABELS[sampler])
-                if thin:
-                    dm = means[means["sampler"] == sampler].sort_values("budget")
-                    keep = np.isfinite(dm[xkey].astype(float)) & np.isfinite(dm[metric].astype(float))
-                    if keep.any():
-                        ys.append(dm[metric][keep])
-                        ax.plot(dm[xkey][keep], dm[metric][keep], color=COLORS[sampler], marker="o", lw=2.2,
-                                ms=4, label=f"{SAMPLER_LABELS[sampler]} (mean)")
-            has_data = bool(ys)
-            if has_data:
-                ax.set_xscale("log")
-                if _positive(pd.concat(ys)):
-                    ax.set_yscale("log")
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no data" if xkey == "budget" else "no wall time recorded",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel(LABELS.get(metric, metric), fontsize=8)
-            ax.tick_params(labelsize=7)
-    return fig
 
 
-def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = None, *,
-                      map_budget: float | None = None, title: str = "MD vs flow at equal cost") -> Path:
-    """Self-contained HTML page of the budget study (Figure 1 and Figure 4 style).
-
-    ``system_curves``: sequence -> rows (``md_budget_curve`` + ``flow_budget_curve``). ``tica_maps``: sequence
-    -> (md_tica [n, 2], flow_tica [n, 2], flow weights or None[, reference_tica [m, 2]]).
-    """
-    from proseflow.report import _esc, _figure, _html_table, _map_grid, _page, _tica_extent
-
-    df = _frame(system_curves)
-    ok = df[df["status"] == "ok"]
-    means = mean_curves(system_curves)
-    seqs = list(dict.fromkeys(df["sequence"]))
-    parts = [f"<h1>{_esc(title)}</h1>",
-             f"<p>{len(seqs)} system(s). Cost = energy evaluations: one per MD integration step (the first B "
-             "steps after burn-in), one per flow proposal (the first B proposals, SNIS redone on them). Wall time: "
-             "MD from its measured steps/s, the flow from its sampling + energy time, pro rata. All W2 against "
-             "evenly spaced frames of the reference MD (energies in kT, dihedrals in radians).</p>",
-             '<nav><a href="#mean">Mean over systems</a><a href="#systems">Per system</a>'
-             '<a href="#tica">TICA maps</a><a href="#table">Table</a></nav>']
-
-    parts.append('<h2 id="mean">Mean over systems</h2>')
-    if len(ok):
-        parts.append(_figure("budget-mean", _curve_figure(ok, means, "mean over systems (thick), systems (thin)"),
-                             "W2 metrics versus cost, mean over systems",
-                             "E-W2, T-W2 and TICA-W2 versus energy evaluations (top) and wall time (bottom), log "
-                             "axes. Thick: mean over systems at the budgets every system reached; thin: each "
-                             "system. Blue: MD; orange: flow + SNIS."))
-        parts.append(_html_table(means, left_cols=("sampler",)))
-    else:
-        parts.append("<p>No budget was served.</p>")
-
-    parts.append('<h2 id="systems">Per system</h2>')
-    for i, seq in enumerate(seqs):
-        d = ok[ok["sequence"] == seq]
-        if len(d):
-            parts.append(f"<h3>{_esc(seq)}</h3>" + _figure(
-                f"budget-{i}", _curve_figure(d, None, str(seq)), f"W2 metrics versus cost for {seq}",
-                f"{_esc(seq)}: W2 metrics versus energy evaluations (top) and wall time (bottom)."))
-        else:
-            parts.append(f"<h3>{_esc(seq)}</h3><p>No budget was served.</p>")
-
-    parts.append('<h2 id="tica">TICA free energy at equal cost</h2>')
-    budget_txt = f"{map_budget:.3g} energy evaluations" if map_budget else "the map budget"
-    for i, (seq, maps) in enumerate((tica_maps or {}).items()):
-        md_tica, flow_tica, weights = maps[:3]
-        ref_tica = maps[3] if len(maps) > 3 else None
-        panels = ([("MD reference", np.asarray(ref_tica), None)] if ref_tica is not None else [])
-        panels += [(f"MD, {budget_txt}", np.asarray(md_tica), None),
-                   (f"flow + SNIS, {budget_txt}", np.asarray(flow_tica), weights)]
-        basis = ref_tica if ref_tica is not None else np.concatenate([np.asarray(md_tica), np.asarray(flow_tica)])
-        fig = _map_grid(panels, _tica_extent(basis), len(panels), 2.8, "TIC 1", "TIC 2")
-        parts.append(f"<h3>{_esc(seq)}</h3>" + _figure(
-            f"tica-{i}", fig, f"TICA free-energy maps of {seq} at equal cost",
-            f"{_esc(seq)}: free energy -log p (kT, min 0) on the first two TICA components of short MD and of the "
-            f"flow + SNIS (resampled) at {budget_txt} (paper Figure 4: the short MD sees fewer metastable states)."))
-    if not tica_maps:
-        parts.append("<p>No maps.</p>")
-
-    parts.append('<h2 id="table">All rows</h2>')
-    table_cols = ["sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", *CURVE_METRICS]
-    parts.append('<div class="scroll">' + _html_table(df[table_cols], left_cols=("sequence", "sampler", "status"))
-                 + "</div>")
-
-    return save_text(path_html, _page(title, "\n".join(parts)))
 
 
 __all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "md_frames_for_budget", "steps_per_frame",
-           "mean_curves", "write_budget_csv", "write_budget_page"]
+           "mean_curves", "write_budget_csv"]

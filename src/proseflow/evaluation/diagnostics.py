@@ -22,7 +22,8 @@ import math
 
 import numpy as np
 
-from proseflow.samplers.snis import kish_ess, normalise_log_weights, snis
+from proseflow.samplers.resampling import kish_ess, normalise_log_weights
+from proseflow.samplers.snis import snis
 
 TERM_KEYS = {
     "HarmonicBondForce": "bonds",

@@ -20,15 +20,10 @@ from proseflow.evaluation.metrics import (
     tica_w2,
     torus_w2,
 )
+from proseflow.evaluation.registry import DISTRIBUTION
 from proseflow.physics import trajectory_io
 from proseflow.physics.system import kT_kJ_per_mol
-from proseflow.samplers.snis import kish_ess, multinomial_resample
-
-METRIC_KEYS = ("ess", "energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT",
-               "n_samples", "n_energy_evals", "n_nonfinite")
-# counts a sampler's .npz may carry, copied into its metrics: SMC's smallest ESS before a resampling, the
-# distinct initial proposals behind its final particles, and the proposals it dropped before starting
-SAMPLER_COUNTS = ("min_ess", "n_distinct_ancestors", "n_dropped_top_weight", "n_dropped_high_energy")
+from proseflow.samplers.resampling import kish_ess, multinomial_resample
 
 
 @dataclass
@@ -86,8 +81,7 @@ def sampler_metrics(ref: Projection, samples: Projection, log_weights: np.ndarra
     else:
         idx = resample_for_metrics(log_weights, n, n_metric, seed)
     if len(idx) == 0:
-        return {**out, **{m: float("nan") for m in ("energy_w2", "torus_w2", "tica_w2", "tica_jsd", "torus_jsd",
-                                                    "mean_energy_kT")}}
+        return {**out, **{m: float("nan") for m in DISTRIBUTION}}
     s = samples.take(idx)
     out.update(
         energy_w2=float(energy_w2(ref.energy_kT, s.energy_kT)),

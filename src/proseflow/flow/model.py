@@ -400,7 +400,6 @@ class ProseFlow(nn.Module):
 
     def __init__(self, config: FlowConfig):
         super().__init__()
-        set_fp32_numerics()
         self.config = config
         self.embed_cond = ConditionEmbedding(config)
         order = config.permutation_order()

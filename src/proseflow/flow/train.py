@@ -49,9 +49,9 @@ from torch import nn
 from proseflow.artefacts import atomic_write, save_json
 from proseflow.data import features
 from proseflow.data.dataset import CorruptStoreError, FrameLoader
+from proseflow.flow.checkpoint import model_file
 from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
-from proseflow.physics.sequences import AMINO_ACIDS
 
 log = logging.getLogger("proseflow")
 
@@ -329,25 +329,6 @@ def _hardware(world_size: int) -> dict:
     }  # fmt: skip
 
 
-def feature_vocabulary() -> dict:
-    """What a sampler needs to build conditioning the way the training data was built."""
-    return {
-        "atom_names": list(features.ATOM_NAMES), "n_atom_types": features.N_ATOM_TYPES,
-        "amino_acids": AMINO_ACIDS, "n_residue_types": features.N_RESIDUE_TYPES,
-        "permutation_names": list(features.PERMUTATION_NAMES),
-    }  # fmt: skip
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ProseFlow:
-    """The EMA model of ``model.pt`` in eval mode on ``device``. ``model.meta`` holds scale_nm, the
-    feature vocabulary, the training config and the step."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    model = ProseFlow(FlowConfig(**state["flow_config"])).to(device)
-    model.load_state_dict(state["model"])
-    model.meta = {k: v for k, v in state.items() if k != "model"}
-    return model.eval().requires_grad_(False)
-
-
 # ----------------------------------------------------------------------------------------------- training
 @dataclass
 class _Dist:
@@ -437,10 +418,7 @@ def _set_aside_finished_run(out: Path, config: TrainConfig) -> bool:
 
 def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int) -> dict:
     """What ``model.pt`` (and each snapshot) holds: the EMA weights and everything needed to use them."""
-    return {
-        "model": ema.model.state_dict(), "flow_config": cfg.to_dict(), "features": feature_vocabulary(),
-        "scale_nm": config.scale_nm, "train_config": config.to_dict(), "step": step,
-    }  # fmt: skip
+    return model_file(ema.model, config.scale_nm, flow_config=cfg.to_dict(), train_config=config.to_dict(), step=step)
 
 
 def train(

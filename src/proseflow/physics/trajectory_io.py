@@ -153,6 +153,3 @@ def mdtraj_topology(path: str | os.PathLike):
     with mdtraj.formats.HDF5TrajectoryFile(str(path)) as f:
         return f.topology
 
-
-def exists_complete(path: str | os.PathLike) -> bool:
-    return Path(path).is_file()

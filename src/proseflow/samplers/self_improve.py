@@ -14,7 +14,7 @@ would outweigh the NLL/3N by a factor of order (3N)^2 and freeze the model.
 After the last round, ``n_final`` proposals from the fine-tuned model are SNIS-reweighted: the evaluation set.
 ``n_energy_evals`` counts every energy evaluation (all rounds + final): the budget the method spent.
 
-Files in ``out_dir``: ``model.pt`` (rewritten after every round, the format of :func:`proseflow.flow.train.load_model`;
+Files in ``out_dir``: ``model.pt`` (rewritten after every round, the format of :func:`proseflow.flow.checkpoint.load_model`;
 with ``keep_round_models`` also ``model_round{k}.pt``) and ``rounds.json`` (per-round metrics, rewritten after
 every round).
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proseflow.artefacts import atomic_write, save_json
+from proseflow.artefacts import save_json
 
 log = logging.getLogger("proseflow")
 
@@ -139,15 +139,8 @@ def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, sc
     return p, e_kT, r
 
 
-def save_model(model, path: Path, meta: dict) -> None:
-    """``model.pt`` in the format of :func:`proseflow.flow.train.load_model`."""
-    import torch
-
-    atomic_write(path, lambda p: torch.save({**meta, "model": model.state_dict()}, p))
-
-
 def _base_meta(model, scale_nm: float) -> dict:
-    from proseflow.flow.train import feature_vocabulary
+    from proseflow.flow.checkpoint import feature_vocabulary
 
     meta = dict(getattr(model, "meta", None) or {})
     meta.setdefault("flow_config", model.config.to_dict())
@@ -165,6 +158,7 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     """
     import torch
 
+    from proseflow.flow.checkpoint import save_model
     from proseflow.flow.preprocess import SCALE_NM
 
     t0 = time.time()

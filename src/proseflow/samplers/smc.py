@@ -51,6 +51,8 @@ from typing import Literal, Protocol
 import numpy as np
 from scipy.special import logsumexp
 
+from proseflow.samplers.resampling import count_distinct, kish_ess, systematic_resample
+
 EnergyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 PAPER_STEP_SIZE = {"ula": 1e-5 * 0.01, "mala": 5e-4}  # normalised flow coordinates squared
 
@@ -147,23 +149,6 @@ def _as_fn(model) -> EnergyFn:
     return model.energy_and_forces if hasattr(model, "energy_and_forces") else model
 
 
-def normalised_ess(log_w: np.ndarray) -> float:
-    """Kish ESS / B = (sum w)^2 / (B sum w^2); 0 if every weight vanished."""
-    if not np.isfinite(log_w).any():
-        return 0.0
-    w = np.exp(log_w - np.max(log_w))
-    return float(w.sum() ** 2 / (len(w) * np.sum(w**2)))
-
-
-def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a systematic resample; particles with zero weight are never selected."""
-    n = len(log_w)
-    cdf = np.cumsum(np.exp(log_w - logsumexp(log_w)))
-    cdf[-1] = 1.0
-    u = (rng.random() + np.arange(n)) / n
-    return np.minimum(np.searchsorted(cdf, u, side="right"), n - 1)
-
-
 class _Counted:
     """Calls an energy function on flat [B, D] arrays; returns clean arrays and a validity mask."""
 
@@ -219,12 +204,12 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         log_z += float(logsumexp(log_w - logsumexp(log_w) + inc))
         log_w = log_w + inc
         _check_alive(log_w, k)
-        ess[k - 1] = normalised_ess(log_w)
+        ess[k - 1] = kish_ess(log_w)
         if k == n_lev:
             final_log_w = log_w - logsumexp(log_w)
             final_ess = ess[k - 1]
         if ess[k - 1] < config.ess_threshold or k == n_lev:
-            idx = systematic_resample(log_w, rng)
+            idx = systematic_resample(log_w, len(log_w), rng)
             x, eq, fq, ep, fp, ok = x[idx], eq[idx], fq[idx], ep[idx], fp[idx], ok[idx]
             ancestors = ancestors[idx]
             log_w = np.zeros(b)
@@ -266,7 +251,7 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
                 h = float(np.clip(_adapted(h, acc[k - 1], config), lo, hi))
 
     if not np.isfinite(log_w).all():  # a final ULA move killed particles: keep the set equally weighted
-        idx = systematic_resample(log_w, rng)
+        idx = systematic_resample(log_w, len(log_w), rng)
         x, ep, ok, log_w, ancestors = x[idx], ep[idx], ok[idx], np.zeros(b), ancestors[idx]
     log_w_out = log_w - logsumexp(log_w)
     return SMCResult(
@@ -288,14 +273,6 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         info={"kernel": config.kernel, "final_step_size": h, "n_dropped_top_weight": n_top,
               "n_dropped_high_energy": n_high},
     )
-
-
-def count_distinct(x: np.ndarray) -> int:
-    """Number of distinct configurations (rows of ``x`` [B, ...] with exactly equal coordinates count once)."""
-    flat = np.ascontiguousarray(np.asarray(x).reshape(len(x), -1))
-    if flat.shape[0] == 0:
-        return 0
-    return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1])))))
 
 
 def _prefilter(log_w, e_target, e_q, config: SMCConfig) -> tuple[np.ndarray, int, int]:

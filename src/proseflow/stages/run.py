@@ -167,7 +167,7 @@ def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
 def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
     from proseflow.artefacts import save_npz
-    from proseflow.flow.train import load_model
+    from proseflow.flow.checkpoint import load_model
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers.proposals import draw_proposals
 
@@ -216,7 +216,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     import numpy as np
 
     from proseflow.artefacts import save_npz
-    from proseflow.flow.train import load_model
+    from proseflow.flow.checkpoint import load_model
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers import proposals as sampling
@@ -249,7 +249,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
 def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) -> None:
     """Self-improvement of one system: fine-tuned model (and rounds.json) beside outputs.model, final SNIS set."""
     from proseflow.artefacts import save_npz
-    from proseflow.flow.train import load_model
+    from proseflow.flow.checkpoint import load_model
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers.self_improve import SelfImproveConfig, self_improve
@@ -299,16 +299,16 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
 
     from proseflow.artefacts import save_json
     from proseflow.evaluation.evaluate import (
-        SAMPLER_COUNTS,
         project,
         reference,
         reference_indices,
         sampler_metrics,
     )
+    from proseflow.evaluation.registry import SAMPLER_COUNTS
     from proseflow.evaluation.tica import TicaModel
     from proseflow.physics.structures import load_pdb
-    from proseflow.report import write_system_report
-    from proseflow.samplers.smc import count_distinct
+    from proseflow.report.system_page import write_system_report
+    from proseflow.samplers.resampling import count_distinct
 
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
@@ -335,7 +335,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
             if key in d:
                 metrics[name][key] = float(d[key]) if key == "min_ess" else int(d[key])
         sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w, "phi_psi": proj.phi_psi, "tica": proj.tica}
-        meta_rows[f"{name} wall time (s)"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
+        meta_rows[f"{name}_wall_time_s"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
     proposals = inputs.optional("proposals")
     diagnostics = None
     if proposals:
@@ -361,9 +361,9 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
     seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
     metadata = {"sequence": seq, "model": s.model, "checkpoint": inputs.optional("model") or "",
-                "temperature (K)": s.temperature_K, "reference MD": md,
-                "reference frames used": len(ref.energy_kT), "in training set": seq in train,
-                "TICA Koopman-weighted": bool(tica_model.koopman), "TICA lag (frames)": tica_model.lag_frames,
+                "temperature_K": s.temperature_K, "reference_md": md,
+                "reference_frames_used": len(ref.energy_kT), "in_training_set": seq in train,
+                "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
     out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
@@ -381,7 +381,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
 
 def run_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
     """Summary page and the paper's tables (in the folder of outputs.table2)."""
-    from proseflow.report import write_summary
+    from proseflow.report.summary import write_summary
 
     rows = []
     evals = inputs.many("evals")
@@ -423,7 +423,8 @@ def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> Non
     """All systems: the budget page (Figure 1 / Figure 4 style) and CSV."""
     import numpy as np
 
-    from proseflow.evaluation.budget import write_budget_csv, write_budget_page
+    from proseflow.evaluation.budget import write_budget_csv
+    from proseflow.report.budget_page import write_budget_page
 
     curves = {}
     for p in inputs.many("curves"):
@@ -441,11 +442,8 @@ def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> Non
 
 def run_temperature(s: S.TemperatureSettings, inputs: Files, outputs: Files) -> None:
     """The temperature-transfer page and CSV (plain vs scaled prior)."""
-    from proseflow.evaluation.temperature import (
-        rows_from_evals,
-        write_temperature_csv,
-        write_temperature_page,
-    )
+    from proseflow.evaluation.temperature import rows_from_evals, write_temperature_csv
+    from proseflow.report.temperature_page import write_temperature_page
 
     rows = rows_from_evals(inputs.many("evals"), s.priors, s.sampler)
     write_temperature_csv(outputs.one("csv"), rows)
