@@ -64,7 +64,8 @@ def main() -> None:
 
     from proseflow.data.dataset import FrameLoader
     from proseflow.flow import count_parameters
-    from proseflow.flow.train import TrainConfig, load_model, train
+    from proseflow.flow.checkpoint import load_model
+    from proseflow.flow.train import TrainConfig, train
 
     print(f"preset={args.preset} batch={args.batch_size} threads={args.threads} torch={torch.__version__} (CPU)")
     print(f"{'system':6} {'atoms':>5} {'params':>8} {'train steps/s':>14} {'frames/s':>9} "

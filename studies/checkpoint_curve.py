@@ -110,7 +110,7 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
 
     from proseflow.evaluation.diagnostics import bond_deviation, weight_spread
     from proseflow.evaluation.evaluate import project, sampler_metrics
-    from proseflow.flow.train import load_model
+    from proseflow.flow.checkpoint import load_model
     from proseflow.physics.energy import make_energy
     from proseflow.samplers.proposals import draw_proposals
     from proseflow.samplers.snis import snis

@@ -40,12 +40,11 @@ def main(argv=None) -> None:
     import torch
 
     from proseflow.data.dataset import iterate_system_frames, store_index
+    from proseflow.flow.checkpoint import load_model, save_model
     from proseflow.flow.energy_kl import finetune_energy
-    from proseflow.flow.train import load_model
     from proseflow.physics.energy_torch import TorchEnergy
     from proseflow.physics.structures import load_pdb
     from proseflow.physics.system import create_system
-    from proseflow.samplers.self_improve import save_model
 
     torch.set_num_threads(args.threads)
     wd = args.workdir
