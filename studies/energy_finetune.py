@@ -6,7 +6,7 @@
 Reads the trained model (``results/models/{model}/model.pt``) and the system's training frames (its
 stores under ``results/dataset/train/``) from the study's working directory; writes the fine-tuned model
 in the same format as ``model.pt`` (so every sampler and ``studies/checkpoint_curve.py --snapshot`` use it),
-its settings and its log beside it. See :mod:`proseflow.flow.energy_kl`.
+its settings and its log beside it. See :mod:`proseflow.samplers.energy_kl`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 
 def main(argv=None) -> None:
-    from proseflow.flow.energy_kl import EnergyKLConfig
+    from proseflow.samplers.energy_kl import EnergyKLConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, required=True)
@@ -41,10 +41,10 @@ def main(argv=None) -> None:
 
     from proseflow.data.dataset import iterate_system_frames, store_index
     from proseflow.flow.checkpoint import load_model, save_model
-    from proseflow.flow.energy_kl import finetune_energy
     from proseflow.physics.energy_torch import TorchEnergy
     from proseflow.physics.structures import load_pdb
     from proseflow.physics.system import create_system
+    from proseflow.samplers.energy_kl import finetune_energy
 
     torch.set_num_threads(args.threads)
     wd = args.workdir

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from proseflow.flow import FlowConfig, ProseFlow
-from proseflow.flow.energy_kl import EnergyKLConfig, finetune_energy, reverse_kl_terms, soft_energy
 from proseflow.flow.preprocess import proposal_log_prob_nm, to_nm
 from proseflow.physics.energy_torch import TorchEnergy
 from proseflow.physics.system import create_system
+from proseflow.samplers.energy_kl import EnergyKLConfig, finetune_energy, reverse_kl_terms, soft_energy
 from proseflow.samplers.proposals import system_batch
 
 torch.set_num_threads(1)

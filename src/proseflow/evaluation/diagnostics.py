@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from proseflow.samplers.resampling import kish_ess, normalise_log_weights
+from proseflow.samplers.resampling import finite_stat, kish_ess, normalise_log_weights
 from proseflow.samplers.snis import snis
 
 TERM_KEYS = {
@@ -66,12 +66,6 @@ def _weighted_mean(x: np.ndarray, log_w: np.ndarray) -> float | None:
         return None
     w = np.exp(log_w[ok] - log_w[ok].max())
     return float(np.sum(w * x[ok]) / w.sum())
-
-
-def finite_stat(x: np.ndarray, stat=np.mean) -> float | None:
-    """``stat`` of the finite entries of ``x``, or None if there are none."""
-    x = x[np.isfinite(x)]
-    return float(stat(x)) if x.size else None
 
 
 def energy_terms(md_terms: dict[str, np.ndarray], proposal_terms: dict[str, np.ndarray],

@@ -58,3 +58,9 @@ def count_distinct(x: np.ndarray) -> int:
         return 0
     flat = np.ascontiguousarray(np.asarray(x).reshape(len(x), -1))
     return len(np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1])))))
+
+
+def finite_stat(x: np.ndarray, stat=np.mean) -> float | None:
+    """``stat`` of the finite entries of ``x``, or None if there are none."""
+    x = x[np.isfinite(x)]
+    return float(stat(x)) if x.size else None

@@ -88,9 +88,9 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
     import torch
     from tqdm.auto import tqdm
 
-    from proseflow.evaluation.diagnostics import finite_stat
     from proseflow.flow.preprocess import preprocess_train
     from proseflow.samplers.proposals import system_batch
+    from proseflow.samplers.resampling import finite_stat
 
     g = torch.Generator().manual_seed(config.seed)
     data = torch.as_tensor(np.asarray(md_positions_nm), dtype=torch.float32)  # as the model was trained on
