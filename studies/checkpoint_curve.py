@@ -71,12 +71,15 @@ def val_nll_at(train_log: Path, step: int) -> float | None:
 
 def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> float:
     """Mean NLL/3N of reference-MD frames (independent runs, not trained on) under the training transform
-    with a fixed augmentation: a held-out likelihood that does not depend on the validation run's build."""
+    with a fixed augmentation: a held-out likelihood that does not depend on the validation run's build.
+    The frames get the training stores' canonical labelling of equivalent hydrogens first."""
     import torch
 
+    from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
     from proseflow.flow.train import TrainConfig, _generator, augment
     from proseflow.samplers.proposals import system_batch
 
+    positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float32))
     batch = system_batch(topology, len(x))
     cfg = TrainConfig(scale_nm=model.meta.get("scale_nm", 0.35))
