@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
+# 3Dmol.js for the report pages' 3D viewer: version and sha256 pinned in src/proseflow/report/3dmol.pin
+include src/proseflow/report/3dmol.pin
+JSLIB := $(VENV)/share/proseflow/3dmol-$(THREEDMOL_VERSION).tgz
 
 .PHONY: demo test verify install test-slurm test-report bench clean lint
 
@@ -16,12 +19,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[workflow,dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The npm package of 3Dmol.js, fetched at install time into the venv and checked against the pinned sha256;
+# proseflow.report.viewer embeds it into every page (offline). Without npm or the registry the pages still render
+# and say why there is no 3D view; a checksum mismatch is an error (the file is removed).
+$(JSLIB): src/proseflow/report/3dmol.pin
+	@mkdir -p $(@D)
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "NOTE: npm (Node.js) not found: the report pages will have no 3D viewer. Install Node.js (apt-get install npm) and rerun make."; \
+	elif ! (cd $(@D) && npm pack --silent --ignore-scripts 3dmol@$(THREEDMOL_VERSION) >/dev/null); then \
+		rm -f $@; echo "NOTE: npm pack 3dmol@$(THREEDMOL_VERSION) failed (no registry?): the report pages will have no 3D viewer."; \
+	elif ! $(PYTHON) -c 'import hashlib, sys; sys.exit(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest() != sys.argv[2])' $@ $(THREEDMOL_SHA256); then \
+		rm -f $@; echo "ERROR: $@ does not match the sha256 pinned in src/proseflow/report/3dmol.pin; removed it."; exit 1; \
+	else \
+		echo "3Dmol.js $(THREEDMOL_VERSION): $@ (sha256 verified)"; \
+	fi
 
-demo: $(STAMP)
+install: $(STAMP) $(JSLIB)
+
+demo: $(STAMP) $(JSLIB)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml --rerun-incomplete --printshellcmds
 
-test: $(STAMP)
+test: $(STAMP) $(JSLIB)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
 
 # Read and check every artefact under results/ (checksums, shapes, completeness); non-zero exit if any is bad.
@@ -29,7 +47,7 @@ verify: $(STAMP)
 	$(BIN)/python -m proseflow verify results
 
 # The report pages checked as a person would see them: rendered in headless Chromium (Debian's package).
-test-report: $(STAMP)
+test-report: $(STAMP) $(JSLIB)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	PROSEFLOW_REQUIRE_CHROMIUM=1 $(BIN)/pytest -q tests/test_report.py
 

@@ -135,6 +135,38 @@ def test_tica_maps(system):
                                                     system["tica"], 5000, n_metric=40)
     assert md_tica.shape == (40, 2) and flow_tica.shape == (40, 2) and w is None
     assert np.isfinite(md_tica).all() and np.isfinite(flow_tica).all()
+    # the same sets with the MD frame / proposal behind each point: the budget page's 3D viewer
+    sets = budget.budget_map_sets(system["md"], system["snis"], system["topology"], system["tica"], 5000,
+                                  n_metric=40)
+    np.testing.assert_array_equal(sets.md_tica, md_tica)
+    np.testing.assert_array_equal(sets.flow_tica, flow_tica)
+    assert sets.md_frames.max() < 50  # 5000 evaluations = the first 50 frames
+    np.testing.assert_allclose(system["tica"].transform(trajectory_io.read(system["md"])["positions_nm"][sets.md_frames]),
+                               md_tica, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(system["tica"].transform(system["prop"][sets.flow_index]), flow_tica, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_budget_viewer_shows_the_states_each_sampler_found(system):
+    from proseflow.evaluation import conformations
+
+    sets = budget.budget_map_sets(system["md"], system["snis"], system["topology"], system["tica"], 5000,
+                                  n_metric=40)
+    frames = np.arange(N_FRAMES)
+    data, summary = conformations.budget_conformations(system["topology"], system["md"], frames, system["ref"].tica, sets,
+                                         system["prop"], k=3, seed=0)
+    assert 1 <= len(data["scenes"]) <= 3 and len(summary) == len(data["scenes"])
+    for scene, st in zip(data["scenes"], summary, strict=True):
+        assert scene["models"][0]["name"] == "MD reference"
+        shown = {m["name"] for m in scene["models"]}
+        for name in ("MD at budget", "flow at budget"):
+            assert (name in shown) == (st["representative"][name] is not None)
+        if st["representative"]["MD at budget"] is not None:
+            assert st["representative"]["MD at budget"] in set(sets.md_frames)
+        if st["representative"]["flow at budget"] is not None:
+            assert st["representative"]["flow at budget"] in set(sets.flow_index)
+        assert sum(1 for _ in scene["models"]) == len(shown)
+    assert sum(st["population"]["MD reference"] for st in summary) == pytest.approx(1.0)
 
 
 def _assert_self_contained(text):
@@ -168,8 +200,13 @@ def test_budget_page_and_csv(tmp_path):
     curves = {"AAAA": _synthetic_rows("AAAA", 0), "WGDE": _synthetic_rows("WGDE", 1, with_wall=False)}
     rng = np.random.default_rng(0)
     maps = {"AAAA": (rng.normal(size=(300, 2)), rng.normal(1, 1, size=(300, 2)), None)}
-    path = write_budget_page(tmp_path / "budget.html", curves, maps, map_budget=1e6)
+    scene = {"label": "state 1", "info": "MD reference 60.0%", "models": [
+        {"name": "MD reference", "color": "#7f7f7f", "pdb": "ATOM      1  N   ALA A   1       0.000   0.000   0.000\n"}]}
+    viewers = {"AAAA": {"scenes": [scene], "columns": ["state"], "rows": [["1"]]}}
+    path = write_budget_page(tmp_path / "budget.html", curves, maps, map_budget=1e6, viewers=viewers)
     text = path.read_text()
+    assert '<option value="0">AAAA: state 1</option>' in text and 'href="#viewer"' in text
+    text = re.sub(r"(<script[^>]*>).*?(</script>)", r"\1\2", text, flags=re.S)  # the embedded 3Dmol.js, data
     _assert_self_contained(text)
     assert text.count("<img") == 1 + 2 + 1  # mean, one per system, one map
     for rows in curves.values():

@@ -12,10 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proseflow.report import kit, summary, system_page
+from proseflow.evaluation import conformations
+from proseflow.report import kit, summary, system_page, viewer
 
 CHROMIUM = "/usr/bin/chromium"
 SAMPLERS = ["proposal", "snis", "smc_mala", "md_equal_budget"]
+REQUIRE_CHROMIUM = bool(os.environ.get("PROSEFLOW_REQUIRE_CHROMIUM"))
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not REQUIRE_CHROMIUM,
+                                    reason="needs Debian's chromium (`make test-report` installs it)")
+PAGE_LIMIT_BYTES = 3_000_000  # an 8-residue page with its 3D viewer (issue 14)
 
 
 def synthetic_system(seq: str, seed: int = 0, n_ref: int = 3000, n: int = 2000) -> dict:
@@ -44,11 +49,38 @@ def synthetic_system(seq: str, seed: int = 0, n_ref: int = 3000, n: int = 2000) 
                          "temperature_K": 310.0}}
 
 
+def viewer_html(seq: str, system: dict, k: int, library=None, seed: int = 0) -> str:
+    """A 3D-viewer section for a synthetic system: the peptide's built structure, jittered per frame."""
+    from proseflow.physics.structures import build_peptide
+
+    topology, x0 = build_peptide(seq, minimize=False)
+    rng = np.random.default_rng(seed)
+    ref_tica = system["reference"]["tica"]
+    md_xyz = x0 + rng.normal(scale=0.02, size=(len(ref_tica), *x0.shape))
+    s = system["samplers"]["snis"]
+    xyz = x0 + rng.normal(scale=0.04, size=(len(s["tica"]), *x0.shape))
+    sources = [conformations.Source("MD", ref_tica, positions=lambda idx: md_xyz[idx],
+                                    color=conformations.COLORS["md"]),
+               conformations.Source("SNIS", s["tica"], weights=s["weights"], candidates=rng.choice(len(xyz), 200),
+                                    positions=lambda idx: xyz[idx]),
+               conformations.Source("proposals", s["tica"])]
+    data, _ = conformations.state_viewer(topology, sources, conformations.tica_states(sources, k, seed))
+    return viewer.viewer_section(data, heading="3D structures of the TICA states", caption=viewer.SYSTEM_CAPTION,
+                                 name=seq, library=library)
+
+
 def image_sources(text: str) -> list[str]:
     return re.findall(r'<img[^>]*\bsrc="([^"]*)"', text)
 
 
+def without_scripts(text: str) -> str:
+    """The page without the contents of its <script> elements (the embedded 3Dmol.js, the viewer's data)."""
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.I), "a script loaded from a file or network"
+    return re.sub(r"(<script[^>]*>).*?(</script>)", r"\1\2", text, flags=re.S | re.I)
+
+
 def assert_self_contained(text: str):
+    text = without_scripts(text)
     assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', text, re.I), "external resource"
     assert "<link" not in text.lower() and "@import" not in text
     srcs = image_sources(text)
@@ -65,6 +97,8 @@ def assert_self_contained(text: str):
 def pages(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     systems = {seq: synthetic_system(seq, i) for i, seq in enumerate(["WA", "DGVAHALS"])}
+    for (seq, s), k in zip(systems.items(), (5, 20), strict=True):
+        s["viewer"] = viewer_html(seq, s, k)
     paths = {seq: system_page.write_system_report(out / f"{seq}.html", s, summary_href="summary.html")
              for seq, s in systems.items()}
     return out, systems, paths
@@ -85,7 +119,9 @@ def test_system_report_self_contained(pages):
         ids = re.findall(r'<img id="([^"]+)" alt="[^"]+"', text)
         assert ids == ["energy", "ramachandran", "tica"]
         assert text.count("<figcaption>") == 3
-        assert path.stat().st_size < 1_500_000
+        assert path.stat().st_size < PAGE_LIMIT_BYTES
+        assert '<section class="pf-viewer"' in text and 'href="#viewer"' in text
+        assert text.count("<option") == (5 if seq == "WA" else 20)  # one per k-means state
         for name, m in systems[seq]["metrics"].items():
             assert f">{name}</td>" in text
             for key, v in m.items():
@@ -180,8 +216,20 @@ def _browser_check():
     return mod
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("PROSEFLOW_REQUIRE_CHROMIUM"),
-                    reason="needs Debian's chromium (`make test-report` installs it)")
+def test_page_size_of_an_8_residue_system_with_its_viewer(tmp_path):
+    """20 states of an 8-residue peptide (the paper's k), all atoms in PDB text, the library embedded: < 3 MB.
+    Without an installed 3Dmol.js a stand-in of 600 kB takes its place (the pinned 2.5.5 is 538 kB)."""
+    library = viewer.find_library()
+    if not library.available:
+        library = viewer.Library("/*" + "x" * 600_000 + "*/", "stand-in", "test")
+    system = synthetic_system("DGVAHALS", 1)
+    system["viewer"] = viewer_html("DGVAHALS", system, 20, library=library)
+    path = system_page.write_system_report(tmp_path / "DGVAHALS.html", system)
+    assert path.read_text().count("<option") == 20
+    assert path.stat().st_size < PAGE_LIMIT_BYTES, path.stat().st_size
+
+
+@needs_chromium
 def test_pages_render_in_chromium(pages, tmp_path):
     out, _, paths = pages
     bc = _browser_check()
@@ -193,6 +241,47 @@ def test_pages_render_in_chromium(pages, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bc.main(["--min-images", "3", *map(str, paths.values())]) == 0
     assert bc.main(["--min-images", "4", str(paths["WA"])]) == 1
+
+
+@needs_chromium
+def test_viewer_draws_and_steps_through_states_in_chromium(pages, tmp_path):
+    """The 3D viewer's canvas exists, has a size, draws (a screenshot of it is not blank) and the state selector
+    changes the models shown; Chromium resolves no host name, so the page works offline."""
+    if not viewer.find_library().available:
+        message = f"3Dmol.js is not installed: {viewer.find_library().reason}"
+        if REQUIRE_CHROMIUM:
+            pytest.fail(message)
+        pytest.skip(message)
+    _, systems, paths = pages
+    bc = _browser_check()
+    for seq, path in paths.items():
+        (v,) = bc.check_viewer(path, CHROMIUM)
+        assert v["library"] and v["canvas"] and v["viewer"] and v["message"] == "", v
+        assert v["rect"][2] > 100 and v["rect"][3] > 100, v["rect"]
+        first, second = v["shown"][1], v["shown"][0]  # the second state was selected first, then the first
+        assert (first["state"], second["state"]) == ("0", "1")
+        assert first["models"].startswith("MD") and first["n_models"] >= 1 and second["n_models"] >= 1
+        assert first["atoms"] != second["atoms"]  # other coordinates shown
+        png, drawn = bc.viewer_screenshot(path, tmp_path / f"{seq}-viewer.png", CHROMIUM)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert drawn > 0.005, f"{seq}: only {drawn:.2%} of the canvas drawn"
+    assert bc.main(["--viewer", str(paths["WA"])]) == 0
+
+
+@needs_chromium
+def test_page_without_the_library_renders_and_says_why(tmp_path):
+    system = synthetic_system("WA", 0)
+    absent = viewer.Library(None, "2.5.5", "", "3Dmol.js 2.5.5 was not found (test)")
+    system["viewer"] = viewer_html("WA", system, 5, library=absent)
+    path = system_page.write_system_report(tmp_path / "WA.html", system)
+    bc = _browser_check()
+    imgs = bc.check_images(path, CHROMIUM)
+    assert len(imgs) == 3 and all(loaded and visible for _, loaded, visible in imgs)
+    (v,) = bc.check_viewer(path, CHROMIUM)
+    assert not v["library"] and not v["canvas"] and not v["viewer"]
+    assert v["message"] == "3D view not shown: 3Dmol.js 2.5.5 was not found (test)."
+    assert v["shown"][0]["state"] == "1" and v["shown"][1]["state"] == "0"  # the selector and table still work
+    assert bc.main(["--viewer", str(path)]) == 1
 
 
 def test_distinct_samples_sit_next_to_the_ess():

@@ -65,3 +65,20 @@ def test_rows_from_evals(tmp_path):
                                                                           (800.0, "scaled", 0.2)]
     with pytest.raises(ValueError):
         temperature.rows_from_evals(paths, ["plain"])
+
+
+def test_rows_link_to_their_evaluation_pages(tmp_path):
+    """Each temperature row links to its evaluation page (metrics, maps and the 3D structures at that T)."""
+    paths = []
+    for t, prior in ((310.0, "plain"), (400.0, "scaled")):
+        p = tmp_path / "eval" / f"T{t:g}K_{prior}" / "AA.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"sequence": "AA", "metadata": {"temperature_K": t},
+                                 "metrics": {"snis": {"ess": 0.1, "energy_w2": 1.0, "torus_w2": 0.2, "tica_w2": 0.3}}}))
+        paths.append(p)
+    rows = temperature.rows_from_evals(paths, ["plain", "scaled"], page_dir=tmp_path / "eval")
+    assert [r["page"] for r in rows] == ["T310K_plain/AA.html", "T400K_scaled/AA.html"]
+    text = write_temperature_page(tmp_path / "eval" / "temperature.html", rows).read_text()
+    assert '<a href="T400K_scaled/AA.html">metrics, maps, 3D structures</a>' in text
+    df = pd.read_csv(temperature.write_temperature_csv(tmp_path / "t.csv", rows))
+    assert "page" not in df

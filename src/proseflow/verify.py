@@ -13,6 +13,8 @@ Each kind of artefact has one check that reads all of its bytes, so every checks
 - Sample sets and other arrays ``*.npz``: every array read (the zip's CRC-32), ``positions_nm``
   ``[n, N, 3]`` finite floats, per-sample arrays of length ``n``.
 - JSON ``*.json``: strict JSON (no NaN/Infinity).
+- Sample-set exports ``*.xtc`` (:mod:`proseflow.samplers.export`): read with their topology PDB, finite, one CSV
+  row per frame.
 - Leftovers of interrupted atomic writes (``*.tmp-<pid>``): a warning.
 
 Prints one line per bad file (and per warning) and a summary; the exit status is 1 if any file is bad.
@@ -196,8 +198,26 @@ def check_npz(path: Path) -> list[str]:
     return []
 
 
+def check_xtc(path: Path) -> list[str]:
+    """A sample set exported for molecular viewers (proseflow.samplers.export): the XTC reads with its topology
+    PDB, coordinates finite, and the CSV (written last) has the export's columns and one row per frame."""
+    from proseflow.samplers.export import CSV_COLUMNS, read_exported
+
+    missing = [p.name for p in (path.with_suffix(".pdb"), path.with_suffix(".csv")) if not p.is_file()]
+    if missing:
+        raise Bad(f"export without its {' and '.join(missing)} (interrupted: rerun the export)")
+    traj, table = read_exported(path)
+    if not np.isfinite(traj.xyz).all():
+        raise Bad("non-finite coordinates")
+    if tuple(table.columns) != CSV_COLUMNS or len(table) != traj.n_frames:
+        raise Bad(f"CSV has {len(table)} rows and columns {list(table.columns)}, expected {traj.n_frames} rows "
+                  f"of {list(CSV_COLUMNS)}")
+    return []
+
+
 CHECKS = {".h5": ("MD file", check_md), ".zarr": ("frame store", check_store), ".pt": ("model", check_torch),
-          ".npz": ("array file", check_npz), ".json": ("JSON", check_json)}  # fmt: skip
+          ".npz": ("array file", check_npz), ".json": ("JSON", check_json),
+          ".xtc": ("sample trajectory", check_xtc)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- walk

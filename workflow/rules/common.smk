@@ -130,6 +130,13 @@ def sampler_files(seq, cond=""):
     return [f"results/samples/{EVAL_MODEL}/{seq}/{cond}{name}.npz" for name in (["snis"] if cond else PLAN.samplers)]
 
 
+def export_targets():
+    """The evaluated sample sets as trajectories (rule export_samples), temperature conditions included."""
+    sets = [f for seq in EVAL_SYSTEMS for f in sampler_files(seq)]
+    sets += [f for s, t, p in temperature_cases() for f in sampler_files(s, S.condition_name(t, p))]
+    return [f.removesuffix(".npz") + ".xtc" for f in dict.fromkeys(sets)]
+
+
 def temperature_cases():
     return PLAN.temperature_cases
 
@@ -150,6 +157,7 @@ def all_targets():
         *[f"results/md/{s}.h5" for s in TEST],
         *[f"results/models/{m}/model.pt" for m in PLAN.train_models],
         "results/eval/summary.html",
+        *export_targets(),
         "results/eval/budget.html",
         *(["results/eval/temperature.html"] if temperature_cases() else []),
     ]

@@ -106,3 +106,27 @@ rule self_improve:
         "../../envs/flow.yaml"
     shell:
         "{params.launch} run self_improve --settings {params.settings:q} {params.files} > {log} 2>&1"
+
+
+rule export_samples:
+    """A final sample set (the SNIS-resampled set, SMC particles) as a trajectory molecular viewers open: XTC and
+    a topology PDB, with each frame's weight and energy in a CSV."""
+    input:
+        samples="results/samples/{model}/{seq}/{cond}{sampler}.npz",
+        structure="results/structures/{seq}.pdb",
+    output:
+        xtc="results/samples/{model}/{seq}/{cond}{sampler}.xtc",
+        pdb="results/samples/{model}/{seq}/{cond}{sampler}.pdb",
+        csv="results/samples/{model}/{seq}/{cond}{sampler}.csv",
+    wildcard_constraints:
+        sampler="snis|smc_ula|smc_mala|self_improve",
+    params:
+        launch=PROSEFLOW,
+        settings=settings("export"),
+        files=files,
+    log:
+        "logs/samples/{model}/{seq}/{cond}{sampler}.export.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{params.launch} run export --settings {params.settings:q} {params.files} > {log} 2>&1"

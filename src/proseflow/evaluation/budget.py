@@ -21,6 +21,7 @@ run, more proposals than were drawn) are kept as rows with ``status`` "skipped: 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,17 +185,36 @@ def flow_budget_curve(snis_npz_path, topology, tica_model, ref: Projection, budg
     return rows
 
 
+@dataclass
+class MapSets:
+    """The equally weighted sets of the Figure 4 maps at one budget, and where each member comes from."""
+
+    md_frames: np.ndarray  # [n] frame indices of the MD file (the prefix, subsampled)
+    md_tica: np.ndarray  # [n, 2]
+    flow_index: np.ndarray  # [m] proposal indices of the SNIS file (the resampled set: repeats)
+    flow_tica: np.ndarray  # [m, 2]
+
+
 def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float, n_metric: int = 10_000,
                      seed: int = 0, drop_top_fraction: float = 0.002,
                      temperature_K: float | None = None) -> tuple[np.ndarray, np.ndarray, None]:
     """(MD TICA [n, 2], flow TICA [n, 2], None) at ``budget`` evaluations (Figure 4): the equally weighted sets
     the metrics score (the MD prefix; the flow's SNIS set resampled). A budget beyond what was run uses all of it."""
+    m = budget_map_sets(md_path, snis_npz_path, topology, tica_model, budget, n_metric, seed, drop_top_fraction,
+                        temperature_K)
+    return m.md_tica, m.flow_tica, None
+
+
+def budget_map_sets(md_path, snis_npz_path, topology, tica_model, budget: float, n_metric: int = 10_000,
+                    seed: int = 0, drop_top_fraction: float = 0.002, temperature_K: float | None = None) -> MapSets:
+    """``budget_tica_maps``' sets with the MD frame and proposal index of each member (the 3D viewer's)."""
     b = int(round(float(budget)))
     md = _MDFile(md_path, temperature_K)
     n_md = min(max(b // md.steps_per_frame, 1), md.n_frames)
     e_md = md.energy_kT(n_md)
     finite = np.flatnonzero(np.isfinite(e_md))
     idx = finite[resample_for_metrics(None, len(finite), n_metric, seed)] if len(finite) else finite
+    md_frames = idx
     md_tica = tica_model.transform(md.positions(idx).astype(np.float32)) if len(idx) else np.zeros((0, 2))
     flow = _SnisFile(snis_npz_path)
     m = min(b, flow.n)
@@ -208,7 +228,8 @@ def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float
         flow_tica = tica_model.transform(flow.positions(uniq).astype(np.float32))[inverse.ravel()]
     else:
         flow_tica = np.zeros((0, 2))
-    return np.asarray(md_tica), np.asarray(flow_tica), None
+    return MapSets(np.asarray(md_frames, dtype=np.int64), np.asarray(md_tica), np.asarray(idx, dtype=np.int64),
+                   np.asarray(flow_tica))
 
 
 # ---------------------------------------------------------------- tables
@@ -254,5 +275,6 @@ def write_budget_csv(path, rows) -> Path:
 
 
 
-__all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "md_frames_for_budget", "steps_per_frame",
+__all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "budget_map_sets", "MapSets",
+           "md_frames_for_budget", "steps_per_frame",
            "mean_curves", "write_budget_csv"]

@@ -4,7 +4,7 @@
 - ``torus_w2``: exact OT over backbone dihedrals, cost sum_d min(|d|, 2pi-|d|)^2 (radians), sqrt of it.
 - ``tica_w2``: exact OT, squared Euclidean cost, sqrt of it (first TICA components).
 - ``kmeans_jsd``: Jensen-Shannon divergence (natural log, so in [0, ln 2]) between k-means histograms,
-  clusters fitted on the reference.
+  clusters fitted on the reference (``fit_kmeans``; the pages' 3D viewer shows the same states).
 Exact OT is O(n^2) memory: subsample both sets to at most ``n_max`` (1e4) first with ``subsample``.
 """
 
@@ -133,6 +133,16 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     return float(max(0.5 * kl(p) + 0.5 * kl(q), 0.0))
 
 
+def fit_kmeans(ref: np.ndarray, k: int = 20, seed: int = 0):
+    """The clustering of ``kmeans_jsd``: deeptime k-means (k-means++, fixed seed) fitted on ``ref`` [n, D].
+
+    The fitted model has ``cluster_centers`` [k', D] and ``transform(x)`` (cluster index of each row)."""
+    from deeptime.clustering import KMeans
+
+    ref = np.atleast_2d(np.asarray(ref, dtype=np.float64))
+    return KMeans(n_clusters=k, init_strategy="kmeans++", fixed_seed=int(seed), n_jobs=1).fit(ref).fetch_model()
+
+
 def kmeans_jsd(ref: np.ndarray, samples: np.ndarray, k: int = 20, seed: int = 0, torus: bool = False,
                w_ref: np.ndarray | None = None, w_samples: np.ndarray | None = None) -> float:
     """JS divergence between cluster histograms of ``ref`` and ``samples`` ([n, D] and [m, D]).
@@ -140,14 +150,12 @@ def kmeans_jsd(ref: np.ndarray, samples: np.ndarray, k: int = 20, seed: int = 0,
     k-means (deeptime, k-means++, fixed seed) is fitted on the reference (unweighted); ``torus=True`` maps
     angles to (sin, cos) first. Optional weights weight the histograms.
     """
-    from deeptime.clustering import KMeans
-
     def embed(x):
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         return np.concatenate([np.sin(x), np.cos(x)], axis=1) if torus else x
 
     ref_x, samples_x = embed(ref), embed(samples)
-    model = KMeans(n_clusters=k, init_strategy="kmeans++", fixed_seed=int(seed), n_jobs=1).fit(ref_x).fetch_model()
+    model = fit_kmeans(ref_x, k, seed)
     n_clusters = model.cluster_centers.shape[0]
     h_ref = np.bincount(model.transform(ref_x), weights=_weights(w_ref, len(ref_x)), minlength=n_clusters)
     h_samples = np.bincount(model.transform(samples_x), weights=_weights(w_samples, len(samples_x)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +37,17 @@ def _frame(rows) -> pd.DataFrame:
 
 
 def write_temperature_csv(path, rows) -> Path:
-    return save_csv(path, _frame(rows))
+    return save_csv(path, _frame(rows).drop(columns="page", errors="ignore"))
 
 
 
 
 
 
-def rows_from_evals(eval_paths, priors, sampler: str = "snis") -> list[dict]:
-    """Rows from ``evaluate`` JSON files (sequence, metrics, metadata "temperature_K") and their prior modes."""
+def rows_from_evals(eval_paths, priors, sampler: str = "snis", page_dir=None) -> list[dict]:
+    """Rows from ``evaluate`` JSON files (sequence, metrics, metadata "temperature_K") and their prior modes.
+    ``page_dir``: the folder of the temperature page; each row then links (``page``) to its evaluation's page
+    (the JSON's sibling .html: metrics, maps and the 3D structures of the states at that temperature)."""
     if len(eval_paths) != len(priors):
         raise ValueError(f"{len(eval_paths)} evaluation files but {len(priors)} priors")
     rows = []
@@ -56,4 +59,6 @@ def rows_from_evals(eval_paths, priors, sampler: str = "snis") -> list[dict]:
             raise ValueError(f"{path}: no sampler {sampler!r} (has {', '.join(d['metrics'])})")
         rows.append({"sequence": d["sequence"], "temperature_K": float(d["metadata"]["temperature_K"]),
                      "prior": prior, **{k: m.get(k, float("nan")) for k in TABLE2}})
+        if page_dir is not None:
+            rows[-1]["page"] = Path(os.path.relpath(Path(path).with_suffix(".html"), page_dir)).as_posix()
     return rows

@@ -67,11 +67,14 @@ def _curve_figure(ok: pd.DataFrame, means: pd.DataFrame | None, title: str) -> F
 
 
 def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = None, *,
-                      map_budget: float | None = None, title: str = "MD vs flow at equal cost") -> Path:
+                      map_budget: float | None = None, title: str = "MD vs flow at equal cost",
+                      viewers: dict | None = None) -> Path:
     """Self-contained HTML page of the budget study (Figure 1 and Figure 4 style).
 
     ``system_curves``: sequence -> rows (``md_budget_curve`` + ``flow_budget_curve``). ``tica_maps``: sequence
-    -> (md_tica [n, 2], flow_tica [n, 2], flow weights or None[, reference_tica [m, 2]]).
+    -> (md_tica [n, 2], flow_tica [n, 2], flow weights or None[, reference_tica [m, 2]]). ``viewers``: sequence
+    -> 3D-viewer data of the states at the map budget (``evaluation.conformations.budget_conformations``),
+    shown in one viewer.
     """
     df = _frame(system_curves)
     ok = df[df["status"] == "ok"]
@@ -83,7 +86,8 @@ def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = N
              "MD from its measured steps/s, the flow from its sampling + energy time, pro rata. All W2 against "
              "evenly spaced frames of the reference MD (energies in kT, dihedrals in radians).</p>",
              '<nav><a href="#mean">Mean over systems</a><a href="#systems">Per system</a>'
-             '<a href="#tica">TICA maps</a><a href="#table">Table</a></nav>']
+             '<a href="#tica">TICA maps</a>' + ('<a href="#viewer">3D structures</a>' if viewers else '')
+             + '<a href="#table">Table</a></nav>']
 
     parts.append('<h2 id="mean">Mean over systems</h2>')
     if len(ok):
@@ -122,6 +126,12 @@ def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = N
             f"flow + SNIS (resampled) at {budget_txt} (paper Figure 4: the short MD sees fewer metastable states)."))
     if not tica_maps:
         parts.append("<p>No maps.</p>")
+    if viewers:
+        from proseflow.evaluation.conformations import merge_viewer_data
+        from proseflow.report.viewer import BUDGET_CAPTION, viewer_section
+
+        parts.append(viewer_section(merge_viewer_data(viewers), heading=f"3D structures at {esc(budget_txt)}",
+                                    caption=BUDGET_CAPTION, name="budget"))
 
     parts.append('<h2 id="table">All rows</h2>')
     table_cols = ["sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", *W2]

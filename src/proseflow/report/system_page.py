@@ -1,5 +1,6 @@
-"""The per-system page: metrics, energy histograms, Ramachandran and TICA free-energy maps, the weight
-diagnostics and the run's metadata of one test system (``write_system_report``).
+"""The per-system page: metrics, energy histograms, Ramachandran and TICA free-energy maps, the 3D viewer of the
+TICA states (``system["viewer"]``, a :mod:`proseflow.report.viewer` section), the weight diagnostics and the
+run's metadata of one test system (``write_system_report``).
 
 Dihedral layout (``phi_psi`` [n, 2(L-1)]): phi of residues 2..L, then psi of residues 1..L-1.
 """
@@ -131,7 +132,8 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     parts = [f"<h1>{esc(seq)} <span class='small'>({n_res} residues)</span></h1>"]
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in
                   [("metrics", "Metrics"), ("fig-energy", "Energies"), ("fig-ramachandran", "Ramachandran"),
-                   ("fig-tica", "TICA"), *([("diagnostics", "Diagnostics")] if system.get("diagnostics") else []),
+                   ("fig-tica", "TICA"), *([("viewer", "3D structures")] if system.get("viewer") else []),
+                   *([("diagnostics", "Diagnostics")] if system.get("diagnostics") else []),
                    ("metadata", "Run")])
     if summary_href:
         nav = f'<a href="{esc(summary_href)}">&larr; summary</a>' + nav
@@ -190,6 +192,9 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
         "Free energy -log p (kT, minimum 0 per panel, capped at "
         f"{FREE_ENERGY_MAX_KT:g}) on the first two TICA components (fitted on the MD reference), for MD and "
         "each sampler (weighted; proposal unweighted), all on the same axes (reference 0.1-99.9% range + 15%)."))
+
+    if system.get("viewer"):  # proseflow.report.viewer's section: 3D structures of the TICA states
+        parts.append(system["viewer"])
 
     if system.get("diagnostics"):
         parts.append(diagnostics_html(system["diagnostics"]))

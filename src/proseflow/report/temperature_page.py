@@ -58,7 +58,13 @@ def write_temperature_page(path_html, rows, *, title: str = "Temperature transfe
         means = (df.groupby(["prior", "temperature_K"], sort=True)[list(TABLE2)]
                  .mean(numeric_only=True).reset_index())
         parts.append("<h2>Mean over sequences</h2>" + html_table(means, left_cols=("prior",)))
-        parts.append("<h2>All rows</h2>" + html_table(df[list(ROW_KEYS)], left_cols=("sequence", "prior")))
+        cols, links = list(ROW_KEYS), ()
+        if "page" in df and df["page"].notna().any():  # each evaluation's page, with its 3D structures
+            df = df.assign(page=[f'<a href="{esc(h)}">metrics, maps, 3D structures</a>' if isinstance(h, str)
+                                 else "–" for h in df["page"]])
+            cols, links = cols + ["page"], ("page",)
+        parts.append("<h2>All rows</h2>" + html_table(df[cols], left_cols=("sequence", "prior", *links),
+                                                     raw_cols=links))
     else:
         parts.append("<p>No rows.</p>")
     return save_text(path_html, page(title, "\n".join(parts)))

@@ -271,6 +271,15 @@ def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) ->
                                         "device": str(device), "com_correction": config.com_correction})
 
 
+def run_export(s: S.ExportSettings, inputs: Files, outputs: Files) -> None:
+    """A final sample set as a trajectory molecular viewers open: XTC, topology PDB, weights and energies CSV."""
+    from proseflow.samplers.export import export_sample_set
+
+    n = export_sample_set(inputs.one("samples"), inputs.one("structure"), outputs.one("xtc"), outputs.one("pdb"),
+                          outputs.one("csv"))
+    log.info("%s: %d frames -> %s", inputs.one("samples"), n, outputs.one("xtc"))
+
+
 # ---------------------------------------------------------------------------- evaluation stages
 def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
     from proseflow.evaluation.tica import fit_tica
@@ -366,10 +375,11 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                 "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
+    viewer, states = _system_viewer(s, seq, topology, md, ref, inputs.many("samplers"), sets)
     out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
-           "diagnostics": diagnostics}
+           "diagnostics": diagnostics, "states": states}
     write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
-                                              "diagnostics": diagnostics,
+                                              "diagnostics": diagnostics, "viewer": viewer,
                                               "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                             "tica": ref.tica},
                                               "samplers": sets}, summary_href=s.summary_href)
@@ -377,6 +387,26 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items()
                                             if m in ("ess", "energy_w2", "torus_w2", "tica_w2")}
                                         for k, d in metrics.items()}))
+
+
+def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, ref, sampler_paths: list[str],
+                   sets: dict) -> tuple[str | None, list | None]:
+    """The page's 3D viewer of the TICA states (MD vs the SNIS-resampled set) and their summary for the JSON."""
+    import numpy as np
+
+    from proseflow.evaluation.conformations import system_conformations
+    from proseflow.evaluation.evaluate import reference_indices
+    from proseflow.report.viewer import SYSTEM_CAPTION, viewer_section
+
+    snis_path = next((p for p in sampler_paths if Path(p).stem == "snis"), None)
+    if snis_path is None:
+        return None, None
+    with np.load(snis_path) as d:
+        snis = {k: d[k] for k in ("positions_nm", "log_weights", "resampled_indices")}
+    data, states = system_conformations(topology, md, reference_indices(md, s.reference_frames), ref.tica, snis,
+                                        sets["snis"]["tica"], s.kmeans_k, s.seed)
+    html = viewer_section(data, heading="3D structures of the TICA states", caption=SYSTEM_CAPTION, name=seq)
+    return html, states
 
 
 def run_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
@@ -397,7 +427,7 @@ def run_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
 def run_budget(s: S.BudgetSettings, inputs: Files, outputs: Files) -> None:
     """One system: MD and flow curves at equal energy-evaluation budgets (JSON rows) and the TICA maps (npz)."""
     from proseflow.artefacts import save_json, save_npz
-    from proseflow.evaluation.budget import budget_tica_maps, flow_budget_curve, md_budget_curve
+    from proseflow.evaluation.budget import budget_map_sets, flow_budget_curve, md_budget_curve
     from proseflow.evaluation.evaluate import reference
     from proseflow.evaluation.tica import TicaModel
     from proseflow.physics.structures import load_pdb
@@ -411,12 +441,27 @@ def run_budget(s: S.BudgetSettings, inputs: Files, outputs: Files) -> None:
                            temperature_K=s.temperature_K, kmeans_k=s.kmeans_k)
     rows += flow_budget_curve(snis_path, topology, tica_model, ref, s.budgets, s.n_metric, s.seed,
                               s.drop_top_fraction, sequence=seq, kmeans_k=s.kmeans_k)
-    md_tica, flow_tica, _ = budget_tica_maps(md, snis_path, topology, tica_model, s.map_budget, s.n_metric, s.seed,
-                                             s.drop_top_fraction, s.temperature_K)
-    save_npz(outputs.one("maps"), md_tica=md_tica, flow_tica=flow_tica, reference_tica=ref.tica, sequence=seq,
-             map_budget=float(s.map_budget))
+    sets = budget_map_sets(md, snis_path, topology, tica_model, s.map_budget, s.n_metric, s.seed,
+                           s.drop_top_fraction, s.temperature_K)
+    viewer = _budget_viewer(s, topology, md, ref, sets, snis_path)
+    save_npz(outputs.one("maps"), md_tica=sets.md_tica, flow_tica=sets.flow_tica, reference_tica=ref.tica,
+             sequence=seq, map_budget=float(s.map_budget), viewer=json.dumps(viewer))
     out = save_json(outputs.one("json"), {"sequence": seq, "md": str(md), "snis": str(snis_path), "rows": rows})
     log.info("%s: %d budget rows (%d skipped) -> %s", seq, len(rows), sum(r["status"] != "ok" for r in rows), out)
+
+
+def _budget_viewer(s: S.BudgetSettings, topology, md: str, ref, sets, snis_path: str) -> dict:
+    """3D-viewer data of the states the short MD and the flow found at the map budget (the budget page's)."""
+    import numpy as np
+
+    from proseflow.evaluation.conformations import budget_conformations
+    from proseflow.evaluation.evaluate import reference_indices
+
+    with np.load(snis_path) as d:
+        positions = d["positions_nm"]
+    data, _ = budget_conformations(topology, md, reference_indices(md, s.reference_frames), ref.tica, sets,
+                                   positions, s.kmeans_k, s.seed)
+    return data
 
 
 def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> None:
@@ -430,13 +475,15 @@ def run_budget_report(s: S.ReportSettings, inputs: Files, outputs: Files) -> Non
     for p in inputs.many("curves"):
         d = json.loads(Path(p).read_text())
         curves[d["sequence"]] = d["rows"]
-    maps, map_budget = {}, None
+    maps, viewers, map_budget = {}, {}, None
     for p in inputs.many("maps", default=[]):
         with np.load(p) as m:
             maps[str(m["sequence"])] = (m["md_tica"], m["flow_tica"], None, m["reference_tica"])
             map_budget = float(m["map_budget"])
+            if "viewer" in m:  # 3D structures of the states (maps written before the viewer have none)
+                viewers[str(m["sequence"])] = json.loads(str(m["viewer"]))
     write_budget_csv(outputs.one("csv"), curves)
-    write_budget_page(outputs.one("html"), curves, maps, map_budget=map_budget)
+    write_budget_page(outputs.one("html"), curves, maps, map_budget=map_budget, viewers=viewers)
     log.info("budget study of %d systems -> %s", len(curves), outputs.one("html"))
 
 
@@ -445,7 +492,7 @@ def run_temperature(s: S.TemperatureSettings, inputs: Files, outputs: Files) -> 
     from proseflow.evaluation.temperature import rows_from_evals, write_temperature_csv
     from proseflow.report.temperature_page import write_temperature_page
 
-    rows = rows_from_evals(inputs.many("evals"), s.priors, s.sampler)
+    rows = rows_from_evals(inputs.many("evals"), s.priors, s.sampler, page_dir=Path(outputs.one("html")).parent)
     write_temperature_csv(outputs.one("csv"), rows)
     write_temperature_page(outputs.one("html"), rows)
     log.info("temperature transfer: %d rows -> %s", len(rows), outputs.one("html"))
@@ -462,6 +509,7 @@ STAGES: dict[str, tuple[str, Callable]] = {
     "snis": ("snis", run_snis),
     "smc": ("smc", run_smc),
     "self_improve": ("self_improve", run_self_improve),
+    "export": ("export", run_export),
     "tica": ("tica", run_tica),
     "evaluate": ("evaluate", run_evaluate),
     "report": ("report", run_report),

@@ -301,6 +301,13 @@ class SelfImproveSettings(StageSettings):
 
 
 @dataclass
+class ExportSettings(StageSettings):
+    """A sample set written as a trajectory (proseflow.samplers.export): nothing to set, the files say it all."""
+
+    stage: ClassVar[str] = "export"
+
+
+@dataclass
 class EvaluateSettings(StageSettings):
     stage: ClassVar[str] = "evaluate"
     model: str  # condition: the evaluated variant
@@ -341,7 +348,8 @@ class ReportSettings(StageSettings):
 SETTINGS: dict[str, type[StageSettings]] = {
     cls.stage: cls
     for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, TicaSettings,
-                SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, EvaluateSettings, BudgetSettings,
+                SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, ExportSettings, EvaluateSettings,
+                BudgetSettings,
                 TemperatureSettings, ReportSettings)
 }
 
@@ -477,6 +485,10 @@ def _self_improve(config):
                                energy_backend=sp["energy_backend"], seed=sp["seed"])
 
 
+def _export(config):
+    return ExportSettings()
+
+
 def _evaluate(config, model=None, temperature_K=None, summary_href=None):
     ev = config["eval"]
     return EvaluateSettings(model=config["sampling"]["model"] if model is None else model,
@@ -506,6 +518,7 @@ def _report(config, links=None):
 
 _BUILDERS = {"sequences": _sequences, "structure": _structure, "md": _md, "dataset": _dataset, "train": _train,
              "tica": _tica, "sample": _sample, "snis": _snis, "smc": _smc, "self_improve": _self_improve,
+             "export": _export,
              "evaluate": _evaluate, "budget": _budget, "temperature": _temperature_report, "report": _report}
 
 
