@@ -47,8 +47,11 @@ verify: $(STAMP)
 	$(BIN)/python -m proseflow verify results
 
 # The report pages checked as a person would see them: rendered in headless Chromium (Debian's package).
-test-report: $(STAMP) $(JSLIB)
+# ... and their 3D viewers, which need 3Dmol.js: npm (Debian's package) is installed too if missing.
+test-report: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+	$(MAKE) --no-print-directory $(JSLIB)
 	PROSEFLOW_REQUIRE_CHROMIUM=1 $(BIN)/pytest -q tests/test_report.py
 
 test-slurm: $(STAMP)
