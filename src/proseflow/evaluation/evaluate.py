@@ -50,12 +50,20 @@ def reference_indices(md_path, n_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n_frames, total)).round().astype(int))
 
 
-def reference(md_path, topology, tica_model, temperature_K: float, n_frames: int) -> Projection:
-    """``n_frames`` evenly spaced frames of the reference MD (energies from the file, in kT)."""
+def reference_frames(md_path, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, positions_nm [n, N, 3], energy_kJ_per_mol [n]) of ``n_frames`` evenly spaced frames of the
+    reference MD, from one read of the file."""
     idx = reference_indices(md_path, n_frames)
     data = trajectory_io.read(md_path)
-    e_kT = data["energy_kJ_per_mol"][idx].astype(np.float64) / kT_kJ_per_mol(temperature_K)
-    return project(data["positions_nm"][idx], e_kT, topology, tica_model)
+    return idx, data["positions_nm"][idx], data["energy_kJ_per_mol"][idx]
+
+
+def reference(md_path, topology, tica_model, temperature_K: float, n_frames: int, frames=None) -> Projection:
+    """``n_frames`` evenly spaced frames of the reference MD (energies from the file, in kT); ``frames``: what
+    :func:`reference_frames` returned, if the caller has already read them."""
+    _, positions_nm, energy_kJ = reference_frames(md_path, n_frames) if frames is None else frames
+    e_kT = np.asarray(energy_kJ, dtype=np.float64) / kT_kJ_per_mol(temperature_K)
+    return project(positions_nm, e_kT, topology, tica_model)
 
 
 def resample_for_metrics(log_weights: np.ndarray | None, n_total: int, n_metric: int, seed: int) -> np.ndarray:

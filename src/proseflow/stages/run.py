@@ -310,7 +310,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     from proseflow.evaluation.evaluate import (
         project,
         reference,
-        reference_indices,
+        reference_frames,
         sampler_metrics,
     )
     from proseflow.evaluation.registry import SAMPLER_COUNTS
@@ -322,7 +322,8 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
     tica_model = TicaModel.load(inputs.one("tica"))
-    ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames)
+    frames = reference_frames(md, s.reference_frames)  # read once: metrics, diagnostics, viewer
+    ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames, frames=frames)
     metrics, sets, meta_rows = {}, {}, {}
     for path in inputs.many("samplers"):
         name = Path(path).stem
@@ -356,12 +357,10 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
         snis_path = next((p for p in inputs.many("samplers") if Path(p).stem == "snis"), None)
         if snis_path is not None:  # why the weights look the way they do (proseflow.evaluation.diagnostics)
             from proseflow.evaluation.diagnostics import diagnose
-            from proseflow.physics import trajectory_io
 
             d = np.load(snis_path)
-            idx = reference_indices(md, s.reference_frames)
             diagnostics = diagnose(
-                topology, s.temperature_K, trajectory_io.read(md)["positions_nm"][idx], d["positions_nm"],
+                topology, s.temperature_K, frames[1], d["positions_nm"],
                 d["energy_kT"], d["log_q"], d["log_weights"],
                 centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
                 com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
@@ -375,7 +374,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                 "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
-    viewer, states = _system_viewer(s, seq, topology, md, ref, inputs.many("samplers"), sets)
+    viewer, states = _system_viewer(s, seq, topology, md, frames[0], ref, inputs.many("samplers"), sets)
     out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
            "diagnostics": diagnostics, "states": states}
     write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
@@ -389,13 +388,12 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                                         for k, d in metrics.items()}))
 
 
-def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, ref, sampler_paths: list[str],
+def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_indices, ref, sampler_paths: list[str],
                    sets: dict) -> tuple[str | None, list | None]:
     """The page's 3D viewer of the TICA states (MD vs the SNIS-resampled set) and their summary for the JSON."""
     import numpy as np
 
     from proseflow.evaluation.conformations import system_conformations
-    from proseflow.evaluation.evaluate import reference_indices
     from proseflow.report.viewer import SYSTEM_CAPTION, viewer_section
 
     snis_path = next((p for p in sampler_paths if Path(p).stem == "snis"), None)
@@ -403,7 +401,7 @@ def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, ref, samp
         return None, None
     with np.load(snis_path) as d:
         snis = {k: d[k] for k in ("positions_nm", "log_weights", "resampled_indices")}
-    data, states = system_conformations(topology, md, reference_indices(md, s.reference_frames), ref.tica, snis,
+    data, states = system_conformations(topology, md, frame_indices, ref.tica, snis,
                                         sets["snis"]["tica"], s.kmeans_k, s.seed)
     html = viewer_section(data, heading="3D structures of the TICA states", caption=SYSTEM_CAPTION, name=seq)
     return html, states
