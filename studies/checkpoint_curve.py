@@ -43,17 +43,14 @@ def state_coverage(ref_tica: np.ndarray, tica: np.ndarray, log_weights: np.ndarr
                    min_population: float = 0.01, min_share: float = 0.001, seed: int = 0) -> float:
     """Share of the MD's k-means states on the TICA map (population >= ``min_population``) in which the
     (weighted) sample set puts at least ``min_share`` of its weight."""
-    from deeptime.clustering import KMeans
+    from proseflow.evaluation.metrics import fit_kmeans
+    from proseflow.samplers.resampling import normalise_log_weights
 
-    model = KMeans(n_clusters=k, init_strategy="kmeans++", fixed_seed=seed, n_jobs=1).fit(ref_tica).fetch_model()
+    model = fit_kmeans(ref_tica, k, seed)  # the clustering of TICA-JSD and of the report's viewer
+    ref_tica = np.asarray(ref_tica, dtype=np.float64)
     n = model.cluster_centers.shape[0]
     pop = np.bincount(model.transform(ref_tica), minlength=n) / len(ref_tica)
-    if log_weights is None:
-        w = np.full(len(tica), 1.0 / len(tica))
-    else:
-        finite = np.isfinite(log_weights)
-        w = np.where(finite, np.exp(np.where(finite, log_weights, 0.0) - np.max(log_weights[finite])), 0.0)
-        w /= w.sum()
+    w = np.full(len(tica), 1.0 / len(tica)) if log_weights is None else np.exp(normalise_log_weights(log_weights))
     share = np.bincount(model.transform(np.asarray(tica, dtype=np.float64)), weights=w, minlength=n)
     states = pop >= min_population
     return float((share[states] >= min_share).mean())

@@ -240,7 +240,7 @@ def _flat(rows) -> list[dict]:
     return list(rows)
 
 
-def _frame(rows) -> pd.DataFrame:
+def budget_frame(rows) -> pd.DataFrame:
     df = pd.DataFrame(_flat(rows))
     for k in ROW_KEYS:
         if k not in df:
@@ -250,7 +250,7 @@ def _frame(rows) -> pd.DataFrame:
 
 def mean_curves(system_curves) -> pd.DataFrame:
     """Mean over systems per (sampler, budget), at the budgets every system with that sampler served ("ok")."""
-    df = _frame(system_curves)
+    df = budget_frame(system_curves)
     df = df[df["status"] == "ok"]
     out = []
     for sampler, d in df.groupby("sampler", sort=False):
@@ -266,7 +266,7 @@ def mean_curves(system_curves) -> pd.DataFrame:
 
 def write_budget_csv(path, rows) -> Path:
     """All rows (a list, or a dict sequence -> rows) as CSV, skipped budgets included."""
-    return save_csv(path, _frame(rows))
+    return save_csv(path, budget_frame(rows))
 
 
 
@@ -277,4 +277,4 @@ def write_budget_csv(path, rows) -> Path:
 
 __all__ = ["md_budget_curve", "flow_budget_curve", "budget_tica_maps", "budget_map_sets", "MapSets",
            "md_frames_for_budget", "steps_per_frame",
-           "mean_curves", "write_budget_csv"]
+           "mean_curves", "write_budget_csv", "budget_frame"]

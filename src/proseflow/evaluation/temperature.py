@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ROW_KEYS = ("sequence", "temperature_K", "prior", "ess", "energy_w2", "torus_w2", "tica_w2")
 
 
-def _frame(rows) -> pd.DataFrame:
+def temperature_frame(rows) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     for k in ROW_KEYS:
         if k not in df:
@@ -37,7 +37,7 @@ def _frame(rows) -> pd.DataFrame:
 
 
 def write_temperature_csv(path, rows) -> Path:
-    return save_csv(path, _frame(rows).drop(columns="page", errors="ignore"))
+    return save_csv(path, temperature_frame(rows).drop(columns="page", errors="ignore"))
 
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proseflow.artefacts import save_text
-from proseflow.evaluation.budget import SAMPLERS, _frame, mean_curves
+from proseflow.evaluation.budget import SAMPLERS, budget_frame, mean_curves
 from proseflow.evaluation.registry import W2, label
 from proseflow.report.kit import esc, figure, html_table, map_grid, page, tica_extent
 
@@ -76,7 +76,7 @@ def write_budget_page(path_html, system_curves: dict, tica_maps: dict | None = N
     -> 3D-viewer data of the states at the map budget (``evaluation.conformations.budget_conformations``),
     shown in one viewer.
     """
-    df = _frame(system_curves)
+    df = budget_frame(system_curves)
     ok = df[df["status"] == "ok"]
     means = mean_curves(system_curves)
     seqs = list(dict.fromkeys(df["sequence"]))

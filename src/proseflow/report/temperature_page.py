@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from proseflow.artefacts import save_text
 from proseflow.evaluation.registry import TABLE2, label
-from proseflow.evaluation.temperature import ROW_KEYS, _frame
+from proseflow.evaluation.temperature import ROW_KEYS, temperature_frame
 from proseflow.report.kit import esc, figure, html_table, page
 
 LINESTYLES = {"scaled": "-", "plain": "--"}
@@ -46,7 +46,7 @@ def write_temperature_page(path_html, rows, *, title: str = "Temperature transfe
 
     rows: dicts {sequence, temperature_K, prior ("plain"/"scaled"), ess, energy_w2, torus_w2, tica_w2}.
     """
-    df = _frame(rows)
+    df = temperature_frame(rows)
     parts = [f"<h1>{esc(title)}</h1>",
              "<p>Flow trained at T_train, used as the SNIS proposal at each target temperature T and reweighted to "
              "E/kT at T. Plain prior: z ~ N(0, I); scaled prior: z ~ N(0, (T/T_train) I). Metrics against reference "
