@@ -88,6 +88,14 @@ def test_lower_case_target_says_sequences_are_upper_case(workdir):
     assert "upper-case one-letter amino-acid codes" in log and "did you mean GYDP?" in log
 
 
+def test_named_pages_are_not_read_as_lower_case_sequences(workdir):
+    """results/eval/budget.html fits results/eval/{cond}{seq}.html with seq "t"; a rule makes it as named."""
+    proc = run(workdir, "-n", "--forcerun", "budget_report", "results/eval/budget.html", "results/eval/temperature.html",
+               "results/eval/summary.html", check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "invalid target" not in log, log[-2000:]
+
+
 @pytest.mark.parametrize("configs", [(), ("configs/demo.yaml",)])
 def test_workflow_is_lint_clean(workdir, configs):
     """`snakemake --lint` reports nothing for the paper config and the demo preset."""
