@@ -119,11 +119,11 @@ def build_store(path: Path, sequences: list[str], n_frames: int) -> Path:
 class Step:
     """One full training step (forward + loss, backward, clip, AdamW, as proseflow.flow.train) for a variant."""
 
-    def __init__(self, model, loss_fn, fused: bool, trim: bool = True):
+    def __init__(self, model, loss_fn, fused: bool, trim: bool = True, share: bool = True):
         from proseflow.flow.train import _fast_adamw
 
         kw = _fast_adamw(next(model.parameters()).device) if fused else {}  # {}: torch's default (today)
-        self.model, self.loss_fn, self.trim = model, loss_fn, trim
+        self.model, self.loss_fn, self.trim, self.share = model, loss_fn, trim, share
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), weight_decay=4e-4, **kw)
 
     def inputs(self, batch: dict, scale_nm: float = 0.35):
@@ -132,7 +132,7 @@ class Step:
 
         x = normalise(batch["x"], batch["mask"], scale_nm)
         if self.trim:
-            trimmed = self.model.trim(batch)
+            trimmed = self.model.trim(batch, share_conditioning=self.share)
             x = x[:, : trimmed["mask"].shape[1]].contiguous()
             mark_length_dynamic(x, trimmed)
         else:  # the paper's code: every batch at the loader's padded length (permutations padded in order)
@@ -232,18 +232,25 @@ def main() -> None:
             print("torch.compile is not available here: the 'compiled' figures below are eager")
         else:
             print(f"compilation (forward + loss + backward, atom dimension dynamic): {compile_s:.1f} s, excluded below")
+        # today (before issue 13): eager, torch's default AdamW, conditioning computed for every row
         variants = {
-            "eager": Step(model, _NLL(model), fused=False),
+            "eager": Step(model, _NLL(model), fused=False, share=False),
             "compiled": fast,
-            "pad178": Step(model, _NLL(model), fused=False, trim=False),
-            "cut": Step(model, _NLL(model), fused=False),
+            "eager_shared": Step(model, _NLL(model), fused=False),
+            "compiled_rows": Step(model, compiled_fn, fused=True, share=False),
+            "pad178": Step(model, _NLL(model), fused=False, trim=False, share=False),
+            "cut": Step(model, _NLL(model), fused=False, share=False),
         }
+        t = time.perf_counter()
         for v in variants.values():  # warm-up (allocator, thread pools, the compiled graph at every shape kind)
             v(fixed)
-        fast(b_bucketed[0])
+        for b in b_bucketed[:2]:
+            fast(b)
+        print(f"warm-up, including the compiled graphs of the per-row and multi-system batches: "
+              f"{time.perf_counter() - t:.1f} s, excluded below")  # fmt: skip
 
         # ------------------------------------------------------------------ 1. fixed shape
-        times = {"eager": [], "compiled": []}
+        times = {"eager": [], "compiled": [], "eager_shared": [], "compiled_rows": []}
         for _ in range(args.rounds):
             for name in times:
                 times[name].append(timed(lambda name=name: [variants[name](fixed) for _ in range(args.steps)],
@@ -254,6 +261,9 @@ def main() -> None:
         print(f"   eager (today)          {stats(sps['eager'])}")
         print(f"   compiled + fused AdamW {stats(sps['compiled'])}")
         print(f"   ratio compiled / eager {ratio_stats(sps['compiled'], sps['eager'])}   (goal >= 2)")
+        print(f"   of which: eager + shared conditioning / eager "
+              f"{ratio_stats(sps['eager_shared'], sps['eager'])}; compiled + fused, conditioning per row / eager "
+              f"{ratio_stats(sps['compiled_rows'], sps['eager'])}")  # fmt: skip
 
         # ------------------------------------------------------------------ 2. paper-distributed batches
         runs = {"a": ("pad178", b_uniform), "b": ("cut", b_uniform), "c": ("compiled", b_bucketed)}
@@ -266,6 +276,8 @@ def main() -> None:
         pad = {k: float(np.mean([b["mask"].sum(dim=1).max() if k != "a" else PAD_ALL for b in data]))
                for k, (_, data) in runs.items()}  # fmt: skip
         real = {k: float(np.mean([b["mask"].sum(dim=1).float().mean() for b in data])) for k, (_, data) in runs.items()}
+        distinct = {k: float(np.mean([model.trim(b)["atom_type"].shape[0] for b in data]))  # systems per batch
+                    for k, (_, data) in runs.items()}  # fmt: skip
         peaks = {}
         for key, (name, data) in runs.items():
             worst = max(data, key=lambda b: int(b["mask"].sum(dim=1).max()))  # the step with the longest system
@@ -278,7 +290,7 @@ def main() -> None:
               f"padded length; peak memory of the longest batch's step)")  # fmt: skip
         for key, label in labels.items():
             print(f"   {label:34} {stats(rates[key]):>26}   {real[key]:.0f} / {pad[key]:.0f} atoms   "
-                  f"{peaks[key]:.0f} MiB")  # fmt: skip
+                  f"{peaks[key]:.0f} MiB   ~{distinct[key]:.0f} distinct systems per batch")  # fmt: skip
         print(f"   ratio (c)/(b) {ratio_stats(rates['c'], rates['b'])}   (goal >= 1.5)")
         print(f"   ratio (c)/(a) {ratio_stats(rates['c'], rates['a'])}   (goal >= 3)")
         print(f"   ratio (b)/(a) {ratio_stats(rates['b'], rates['a'])}")
@@ -287,12 +299,15 @@ def main() -> None:
         model.eval()
         one = {k: v[:1] for k, v in fixed.items()}
         model.sample(one, n=2)
-        sample_s = []
+        sample_s = {False: [], True: []}
         for r in range(max(2, args.rounds // 2)):
-            sample_s.append(timed(lambda r=r: model.sample(one, n=args.samples, generator=torch.Generator(device)
-                                                       .manual_seed(r)), device))  # fmt: skip
-        print(f"\n3. KV-cached sampler, {args.samples} RLMM samples: {stats([args.samples / t for t in sample_s])} "
-              f"samples/s (unchanged by issue 13)")  # fmt: skip
+            for share in sample_s:
+                model.share_conditioning = share
+                sample_s[share].append(timed(lambda r=r: model.sample(one, n=args.samples, generator=torch.Generator(
+                    device).manual_seed(r)), device))  # fmt: skip
+        rate = {k: [args.samples / t for t in v] for k, v in sample_s.items()}
+        print(f"\n3. KV-cached sampler, {args.samples} RLMM samples/s: conditioning per row (before) {stats(rate[False])}"
+              f", shared {stats(rate[True])}; ratio {ratio_stats(rate[True], rate[False])}")  # fmt: skip
 
 
 if __name__ == "__main__":

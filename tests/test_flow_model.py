@@ -306,6 +306,62 @@ def test_trimmed_loss_is_the_loss():
     assert torch.equal(model.nll_per_dim_trimmed(x[:, :9], trimmed), model.nll_per_dim(x, batch))
 
 
+def repeated_systems_batch(seed=6):
+    """Systems 0, 1, 0, 2, 1, 0 of three random ones (different lengths), with distinct coordinates per row."""
+    x, batch = make_batch([5, 9, 4], n_max=10, seed=seed)
+    rows = torch.tensor([0, 1, 0, 2, 1, 0])
+    batch = {k: v[rows] for k, v in batch.items()}
+    x = torch.randn(len(rows), 10, 3, generator=torch.Generator().manual_seed(seed + 1)) * batch["mask"][..., None]
+    return x, batch, rows
+
+
+@pytest.mark.parametrize("arch", ["prose", "tarflow"])
+def test_shared_conditioning_is_the_same_flow(arch):
+    """A batch that repeats systems computes their conditioning once per system (trim's system_rows): z, the
+    log-determinant and the inverse are the per-row computation's, and gradients agree to round-off."""
+    x, batch, rows = repeated_systems_batch()
+    model = make_model(seed=8, arch=arch)
+    shared, per_row = model.trim(batch), model.trim(batch, share_conditioning=False)
+    assert shared["atom_type"].shape[0] == 3 and per_row["atom_type"].shape[0] == 6
+    assert shared["system_permutations"].shape == (3, 8, 9) and shared["mask"].shape == (6, 9)
+    assert shared["system_rows"].tolist() == [0, 1, 0, 2, 1, 0]  # numbered by first appearance
+    assert "system_rows" not in model.trim({k: v[[0, 1, 3]] for k, v in batch.items()})  # all distinct: nothing shared
+    xs = x[:, :9].clone().requires_grad_(True)
+    out = []
+    for trimmed in (shared, per_row):
+        model.zero_grad(set_to_none=True)
+        xs.grad = None
+        z, logdet = model.flow(xs, trimmed)
+        (z.square().sum() + logdet.sum()).backward()
+        out.append((z.detach(), logdet.detach(), xs.grad.clone(), [p.grad.clone() for p in model.parameters()]))
+    (z_s, ld_s, gx_s, gp_s), (z_r, ld_r, gx_r, gp_r) = out
+    assert ld_s.abs().min() > 0.05  # far from the identity
+    torch.testing.assert_close(z_s, z_r, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ld_s, ld_r, rtol=0, atol=1e-5)
+    torch.testing.assert_close(gx_s, gx_r, rtol=1e-5, atol=1e-6)
+    for a, b in zip(gp_s, gp_r, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 sums over the rows, in another order
+    with torch.no_grad():
+        for cached in (True, False):
+            x_back, ld_back = model.flow(z_s, shared, reverse=True, cached=cached)
+            assert real_max_err(x_back, x[:, :9], shared["mask"]) < 1e-4
+            torch.testing.assert_close(ld_back, -ld_s, atol=1e-4, rtol=1e-5)
+
+
+def test_sampling_a_single_system_shares_its_conditioning():
+    """model.sample on copies of one system: the same draws as the per-row computation."""
+    _, batch, _ = repeated_systems_batch()
+    one = {k: v[[0, 2, 5]] for k, v in batch.items()}  # three copies of system 0
+    model = make_model(seed=9)
+    z = torch.randn(3, 10, 3, generator=torch.Generator().manual_seed(0))
+    assert model.trim(one)["atom_type"].shape[0] == 1
+    x_shared, log_q_shared, _ = model.sample(one, z=z)
+    model.share_conditioning = False  # the per-row computation
+    x_rows, log_q_rows, _ = model.sample(one, z=z)
+    torch.testing.assert_close(x_shared, x_rows, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log_q_shared, log_q_rows, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.skipif(os.environ.get("PROSEFLOW_TEST_COMPILE") != "1", reason="torch.compile takes minutes on 2 cores")
 def test_compiled_flow_equals_eager_on_mixed_length_batches():
     """torch.compile with the atom dimension dynamic (the training step's setting): one graph for batches of
@@ -356,12 +412,27 @@ def test_compiled_training_loss_and_gradients_equal_eager():
         torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
         for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
             torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)  # fused kernels reassociate float32 sums
+    x, batch, _ = repeated_systems_batch()  # shared conditioning (system_rows) compiled too
+    trimmed = model.trim(batch)
+    x = x[:, : trimmed["mask"].shape[1]].contiguous()
+    mark_length_dynamic(x, trimmed)
+    grads = []
+    for fn in (eager, compiled):
+        model.zero_grad(set_to_none=True)
+        loss = fn(x, trimmed)
+        loss.mean().backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     assert not any("_orig_mod" in k for k in model.state_dict())
 
     x, batch = make_batch([5], junk_padding=False)
     trimmed = model.trim(batch)
-    flow = torch.compile(model.flow)
-    jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, 5, 3), trimmed)[0].flatten(), x.flatten())
-    _, logdet = flow(x, trimmed)
+    torch._dynamo.reset()  # a fresh graph, whatever earlier tests compiled from the same code
+    with torch._functorch.config.patch(donated_buffer=False):  # the Jacobian runs backward with retain_graph
+        flow = torch.compile(model.flow)
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, 5, 3), trimmed)[0].flatten(), x.flatten())
+        _, logdet = flow(x, trimmed)
     assert abs(torch.linalg.slogdet(jac)[1].item() - logdet.item()) < 1e-3 * max(1.0, abs(logdet.item()))

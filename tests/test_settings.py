@@ -175,6 +175,22 @@ def test_settings_build_the_library_configs(config):
             assert S.MDProtocol(**s.protocol).n_frames >= 1
 
 
+def test_a_variant_overrides_the_shared_training_recipe():
+    """models.<name>.train: that variant's values over `train` (a sweep of batch size or learning rate); the other
+    variants keep the recipe; an unknown field is named."""
+    config = json.loads(json.dumps(DEMO))
+    config["models"]["wide"] = {"preset": "tiny", "overrides": {"channels": 64},
+                                "train": {"batch_size": 7, "lr": 3e-3}}
+    wide, base = S.build("train", config, model="wide").config, S.build("train", config, model="prose").config
+    assert (wide["batch_size"], wide["lr"], wide["model"]) == (7, 3e-3, {"channels": 64})
+    assert (base["batch_size"], base["lr"]) == (DEMO["train"]["batch_size"], DEMO["train"]["lr"])
+    assert {k: v for k, v in wide.items() if k not in ("batch_size", "lr", "model", "model_preset")} == \
+        {k: v for k, v in base.items() if k not in ("batch_size", "lr", "model", "model_preset")}
+    config["models"]["wide"]["train"] = {"btach_size": 7}
+    with pytest.raises(S.ConfigError, match=r"models.wide.train: \['btach_size'\]"):
+        S.build("train", config, model="wide")
+
+
 def test_scaled_prior_and_target_temperature_are_conditions():
     plain, scaled = S.build("sample", DEMO), S.build("sample", DEMO, temperature_K=4 * 310.0, prior="scaled")
     assert plain.prior_std == 1.0 and scaled.prior_std == pytest.approx(2.0)

@@ -16,6 +16,11 @@ Batch convention (one dict of tensors, see ``ProseFlow.forward``):
     is ``FlowConfig.permutation_order()``; the meaning of the P = 8 rows is
     :data:`proseflow.data.permutations.PERMUTATION_NAMES` (one vocabulary for the loader and the model).
 
+Shared conditioning: the conditioning (embedding, each block's conditioning MLP, every adaLN modulation)
+depends only on the system, so :meth:`ProseFlow.trim` finds the distinct systems of a batch and the model
+computes it once per system (U rows), then gathers it to the B rows (``system_rows``): the same numbers,
+without repeating that work for every frame of a system (a single-system batch computes it once).
+
 Padding tokens never influence real atoms (key-padding mask in attention, lookahead masked, their
 affine parameters are zero so padding coordinates pass through unchanged), so a system's output does
 not depend on what else is in the batch.
@@ -33,6 +38,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from proseflow.data.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
+
+SYSTEM_KEYS = ("atom_type", "residue_type", "residue_index", "chain_length")  # the conditioning's inputs
+
+
+def per_row(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """A per-system tensor [U, ...] gathered to the batch's rows [B, ...] (rows None: already one per row)."""
+    return t if rows is None else t.index_select(0, rows)
 
 
 def set_fp32_numerics() -> None:
@@ -261,8 +273,9 @@ class AdaLN(nn.Module):
         if self.sigmoid_gate:
             nn.init.constant_(self.mod.bias[2 * channels :], self.GATE_BIAS)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
+    def forward(self, h: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None):
+        """h [B, T, C], c [U, T, C] per system (rows: each batch row's system) -> (modulated h, gate)."""
+        shift, scale, gate = per_row(self.mod(F.silu(c)), rows).chunk(3, dim=-1)
         return self.norm(h) * (1 + scale) + shift, torch.sigmoid(gate) if self.sigmoid_gate else gate
 
 
@@ -287,16 +300,17 @@ class Block(nn.Module):
         self.norm_tr = AdaLN(d, cfg.adaln_gate) if cfg.transition else None
         self.transition = Transition(d, cfg.mlp_ratio) if cfg.transition else None
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         if self.adaptive:
-            u, gate = self.norm_attn(h, c)
+            u, gate = self.norm_attn(h, c, rows)
             a = self.attn(u, attn_mask)
             h = h + gate * (a + self.mlp(self.norm_mlp(a)))
         else:
             h = h + self.attn(self.norm_attn(h), attn_mask)
             h = h + self.mlp(self.norm_mlp(h))
         if self.transition is not None:
-            u, gate = self.norm_tr(h, c)
+            u, gate = self.norm_tr(h, c, rows)
             h = h + gate * self.transition(u)
         return h
 
@@ -323,36 +337,41 @@ class MetaBlock(nn.Module):
             nn.init.zeros_(lin.bias)
 
     # --- pieces shared by forward and reverse -------------------------------------------------
-    def conditioning(self, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Permuted conditioning -> per-token conditioning of this block (with lookahead: token i+1's too)."""
+    def conditioning(self, systems: tuple) -> torch.Tensor:
+        """Each system's conditioning, permuted -> this block's per-token conditioning [U, T, C] (with
+        lookahead: token i+1's too). ``systems`` = (cond [U, N, C], mask [U, N], permutations [U, P, N], rows)."""
+        cond, mask, perms, _ = systems
+        cond, mask = (self.permutation.forward(t, perms) for t in (cond, mask))
         if self.lookahead:
             nxt = cond[:, 1:] * mask[:, 1:, None]  # padding (always last) contributes nothing
             cond = torch.cat([cond, F.pad(nxt, (0, 0, 0, 1))], dim=-1)
         return self.proj_cond(cond)
 
-    def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, start: int = 0):
-        """Tokens x [B, T, 3] at positions start..start+T-1 -> (mu, alpha) predicted for the next tokens."""
+    def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, rows: torch.Tensor | None,
+              start: int = 0):
+        """Tokens x [B, T, 3] at positions start..start+T-1 (c [U, T, C] per system) -> (mu, alpha) predicted
+        for the next tokens."""
         h = self.proj_in(x) + self.pos_embed[start : start + x.shape[1]]
         if not self.adaptive:
-            h = h + c
+            h = h + per_row(c, rows)
         recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute and layer.attn.cache is None:
-                h = checkpoint(layer, h, c, attn_mask, use_reentrant=False)
+                h = checkpoint(layer, h, c, attn_mask, rows, use_reentrant=False)
             else:
-                h = layer(h, c, attn_mask)
+                h = layer(h, c, attn_mask, rows)
         return self.proj_out(self.norm_out(h)).chunk(2, dim=-1)
 
-    def start_params(self, c: torch.Tensor, mask: torch.Tensor):
-        return (self.proj_start(c[:, :1]) * mask[:, :1, None]).chunk(2, dim=-1)
+    def start_params(self, c: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None):
+        return (per_row(self.proj_start(c[:, :1]), rows) * mask[:, :1, None]).chunk(2, dim=-1)
 
-    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor):
+    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None):
         """Teacher-forced (mu, alpha) for every token: token i's from tokens < i; zero on padding."""
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         attn_mask = (causal & mask[:, None, :])[:, None]  # [B, 1, T, T]
-        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask)
-        mu0, alpha0 = self.start_params(c, mask)
+        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask, rows)
+        mu0, alpha0 = self.start_params(c, mask, rows)
         mu = torch.cat([mu0, mu[:, :-1]], dim=1) * mask[..., None]
         alpha = torch.cat([alpha0, alpha[:, :-1]], dim=1) * mask[..., None]
         return mu, alpha
@@ -362,17 +381,17 @@ class MetaBlock(nn.Module):
             layer.attn.cache = None if max_len is None else KVCache(max_len)
 
     # --- the flow ------------------------------------------------------------------------------
-    def forward(self, x, cond, mask, perms):
-        x, cond, mask = (self.permutation.forward(t, perms) for t in (x, cond, mask))
-        c = self.conditioning(cond, mask)
-        mu, alpha = self.params(x, c, mask)
+    def forward(self, x, mask, perms, systems):
+        x, mask = (self.permutation.forward(t, perms) for t in (x, mask))
+        c, rows = self.conditioning(systems), systems[3]
+        mu, alpha = self.params(x, c, mask, rows)
         z = (x - mu) * torch.exp(-alpha)
         return self.permutation.reverse(z, perms), -alpha.sum(dim=(1, 2))
 
-    def reverse(self, z, cond, mask, perms, cached: bool = True):
-        z, cond, mask = (self.permutation.forward(t, perms) for t in (z, cond, mask))
-        c = self.conditioning(cond, mask)
-        mu, alpha = self.start_params(c, mask)
+    def reverse(self, z, mask, perms, systems, cached: bool = True):
+        z, mask = (self.permutation.forward(t, perms) for t in (z, mask))
+        c, rows = self.conditioning(systems), systems[3]
+        mu, alpha = self.start_params(c, mask, rows)
         xs, alphas = [z[:, :1] * torch.exp(alpha) + mu], [alpha]
         t = z.shape[1]
         if cached:
@@ -382,11 +401,11 @@ class MetaBlock(nn.Module):
                 m = mask[:, i + 1 : i + 2, None]
                 if cached:  # feed only token i; keys/values of tokens < i come from the cache
                     mu, alpha = self.trunk(torch.where(mask[:, i : i + 1, None], xs[i], 0.0),
-                                           c[:, i : i + 1], mask[:, None, None, : i + 1], start=i)
+                                           c[:, i : i + 1], mask[:, None, None, : i + 1], rows, start=i)
                     mu, alpha = mu * m, alpha * m
                 else:  # slow reference path: rerun the whole prefix
                     x = torch.cat(xs + [z[:, i + 1 :]], dim=1)
-                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask))
+                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask, rows))
                 xs.append(z[:, i + 1 : i + 2] * torch.exp(alpha) + mu)
                 alphas.append(alpha)
         finally:
@@ -406,16 +425,22 @@ class ProseFlow(nn.Module):
         if max(order) >= config.n_permutations:
             raise ValueError(f"permutation order {order} needs more than {config.n_permutations} permutations")
         self.blocks = nn.ModuleList([MetaBlock(config, order[k % len(order)]) for k in range(config.n_blocks)])
+        self.share_conditioning = True  # how :meth:`forward`, :meth:`reverse` and :meth:`sample` trim (:meth:`trim`)
 
     # --- batch handling ------------------------------------------------------------------------
     @staticmethod
-    def trim(batch: dict) -> dict:
+    def trim(batch: dict, share_conditioning: bool = True) -> dict:
         """The batch cut to its longest system (n atoms): ``mask``, the three per-atom features [B, n],
         ``chain_length`` [B] and ``permutations`` [B, P, n]. Reads the mask (data-dependent), so it runs
         eagerly, outside a compiled region; :meth:`flow` then sees only shape-polymorphic tensor code.
 
         Padding entries of every permutation are reset to the identity, so the first ``n`` entries of
         each row are a permutation of range(n) whatever order the loader gave them.
+
+        With ``share_conditioning`` and a batch holding some system more than once (U < B distinct
+        systems), the conditioning's inputs are kept once per system: the features and ``chain_length``
+        have U rows, ``system_mask`` [U, n] and ``system_permutations`` [U, P, n] are added, and
+        ``system_rows`` [B] says which system each row is (``mask`` and ``permutations`` keep B rows).
         """
         mask = batch["mask"].bool()
         n_real = mask.sum(dim=1)
@@ -428,17 +453,20 @@ class ProseFlow(nn.Module):
         trimmed = {k: batch[k][:, :n_eff] for k in ("atom_type", "residue_type", "residue_index")}
         trimmed.update(mask=mask[:, :n_eff], chain_length=batch["chain_length"],
                        permutations=torch.where(real, perms, pos)[..., :n_eff])  # fmt: skip
+        if share_conditioning:
+            _share_systems(trimmed)
         return {k: v.contiguous() for k, v in trimmed.items()}  # one stride pattern: no recompiles
 
     def flow(self, x: torch.Tensor, trimmed: dict, reverse: bool = False, cached: bool = True):
         """The flow on a trimmed batch (:meth:`trim`): x [B, n, 3] -> (z [B, n, 3], logdet [B]). Compiled, it
         wants contiguous inputs (a new stride pattern would compile a new graph)."""
-        cond = self.embed_cond(trimmed)
         mask, perms = trimmed["mask"], trimmed["permutations"]
+        systems = (self.embed_cond(trimmed), trimmed.get("system_mask", mask),
+                   trimmed.get("system_permutations", perms), trimmed.get("system_rows"))  # fmt: skip
         h, logdet = x, x.new_zeros(x.shape[0])
         blocks = reversed(self.blocks) if reverse else self.blocks
         for block in blocks:
-            h, ld = block.reverse(h, cond, mask, perms, cached) if reverse else block(h, cond, mask, perms)
+            h, ld = block.reverse(h, mask, perms, systems, cached) if reverse else block(h, mask, perms, systems)
             logdet = logdet + ld
         return h, logdet
 
@@ -449,7 +477,7 @@ class ProseFlow(nn.Module):
         return -(self.prior_log_prob(z, mask) + logdet) / (3 * mask.sum(dim=1))
 
     def _run(self, x: torch.Tensor, batch: dict, reverse: bool, cached: bool = True):
-        trimmed = self.trim(batch)
+        trimmed = self.trim(batch, self.share_conditioning)
         n = trimmed["mask"].shape[1]
         h, logdet = self.flow(x[:, :n], trimmed, reverse, cached)
         return torch.cat([h, x[:, n:]], dim=1), logdet
@@ -505,6 +533,26 @@ class ProseFlow(nn.Module):
         x, logdet = self.reverse(z, batch, cached=cached)
         x = torch.where(mask[..., None], x, 0.0)
         return x, self.prior_log_prob(z, mask, prior_std) - logdet, batch
+
+
+def _share_systems(trimmed: dict) -> None:
+    """In place: keep the conditioning's inputs once per distinct system of a trimmed batch (see
+    :meth:`ProseFlow.trim`); nothing changes when every row is a different system."""
+    mask, perms = trimmed["mask"], trimmed["permutations"]
+    b = mask.shape[0]
+    key = torch.cat([trimmed[k].reshape(b, -1) for k in SYSTEM_KEYS]
+                    + [mask.reshape(b, -1).long(), perms.reshape(b, -1)], dim=1)  # fmt: skip
+    _, rows = torch.unique(key, dim=0, return_inverse=True)
+    n_systems = int(rows.max()) + 1
+    if n_systems == b:
+        return
+    first = torch.full((n_systems,), b, dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, rows, torch.arange(b, device=rows.device), reduce="amin")
+    first, order = first.sort()  # number the systems in order of first appearance
+    rows = torch.empty_like(order).scatter_(0, order, torch.arange(n_systems, device=rows.device))[rows]
+    for k in SYSTEM_KEYS:
+        trimmed[k] = trimmed[k][first]
+    trimmed.update(system_mask=mask[first], system_permutations=perms[first], system_rows=rows)
 
 
 def repeat_batch(batch: dict, n: int) -> dict:

@@ -240,7 +240,8 @@ class DatasetSettings(StageSettings):
 
 @dataclass
 class TrainSettings(StageSettings):
-    """TrainConfig fields of one model variant: the shared recipe plus the variant's preset and overrides."""
+    """TrainConfig fields of one model variant: the shared recipe (with the variant's own ``train`` values over it)
+    plus the variant's preset and overrides."""
 
     stage: ClassVar[str] = "train"
     model: str  # condition: the variant
@@ -444,7 +445,13 @@ def _train(config, model):
     if model not in config["models"]:
         raise ConfigError(f"model {model!r} is not defined under `models` (defined: {sorted(config['models'])})")
     spec = config["models"][model]
-    return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), "model_preset": spec["preset"],
+    own = dict(spec.get("train") or {})  # the variant's own training settings over the shared recipe
+    unknown = sorted(set(own) - set(config["train"]))
+    if unknown:
+        raise ConfigError(f"models.{model}.train: {unknown} is not a setting of the shared `train` recipe, which a "
+                          f"variant may override (the architecture goes under models.{model}.overrides)")
+    return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), **copy.deepcopy(own),
+                                              "model_preset": spec["preset"],
                                               "model": copy.deepcopy(dict(spec.get("overrides", {})))})
 
 
