@@ -306,27 +306,32 @@ def test_trimmed_loss_is_the_loss():
     assert torch.equal(model.nll_per_dim_trimmed(x[:, :9], trimmed), model.nll_per_dim(x, batch))
 
 
-def repeated_systems_batch(seed=6):
-    """Systems 0, 1, 0, 2, 1, 0 of three random ones (different lengths), with distinct coordinates per row."""
-    x, batch = make_batch([5, 9, 4], n_max=10, seed=seed)
-    rows = torch.tensor([0, 1, 0, 2, 1, 0])
-    batch = {k: v[rows] for k, v in batch.items()}
-    x = torch.randn(len(rows), 10, 3, generator=torch.Generator().manual_seed(seed + 1)) * batch["mask"][..., None]
-    return x, batch, rows
+def one_system_batch(seed=6, copies=5):
+    """Copies of one random system (padded), with distinct coordinates per row."""
+    x, batch = make_batch([7], n_max=10, seed=seed)
+    batch = {k: v.expand(copies, *v.shape[1:]).contiguous() for k, v in batch.items()}
+    x = torch.randn(copies, 10, 3, generator=torch.Generator().manual_seed(seed + 1)) * batch["mask"][..., None]
+    return x, batch
+
+
+def test_a_mixed_batch_is_not_shared():
+    x, batch = make_batch([5, 9, 4], n_max=10)
+    twice = {k: torch.cat([v, v[:1]]) for k, v in batch.items()}  # system 0 twice, systems 1 and 2 once
+    model = make_model(seed=8)
+    assert "system_rows" not in model.trim(twice) and model.trim(twice)["atom_type"].shape[0] == 4
 
 
 @pytest.mark.parametrize("arch", ["prose", "tarflow"])
 def test_shared_conditioning_is_the_same_flow(arch):
-    """A batch that repeats systems computes their conditioning once per system (trim's system_rows): z, the
+    """A batch of copies of one system computes its conditioning once (trim's system_rows): z, the
     log-determinant and the inverse are the per-row computation's, and gradients agree to round-off."""
-    x, batch, rows = repeated_systems_batch()
+    x, batch = one_system_batch()
     model = make_model(seed=8, arch=arch)
     shared, per_row = model.trim(batch), model.trim(batch, share_conditioning=False)
-    assert shared["atom_type"].shape[0] == 3 and per_row["atom_type"].shape[0] == 6
-    assert shared["system_permutations"].shape == (3, 8, 9) and shared["mask"].shape == (6, 9)
-    assert shared["system_rows"].tolist() == [0, 1, 0, 2, 1, 0]  # numbered by first appearance
-    assert "system_rows" not in model.trim({k: v[[0, 1, 3]] for k, v in batch.items()})  # all distinct: nothing shared
-    xs = x[:, :9].clone().requires_grad_(True)
+    assert shared["atom_type"].shape == (1, 7) and per_row["atom_type"].shape == (5, 7)
+    assert shared["system_permutations"].shape == (1, 8, 7) and shared["mask"].shape == (5, 7)
+    assert shared["system_rows"].tolist() == [0] * 5
+    xs = x[:, :7].clone().requires_grad_(True)
     out = []
     for trimmed in (shared, per_row):
         model.zero_grad(set_to_none=True)
@@ -335,23 +340,37 @@ def test_shared_conditioning_is_the_same_flow(arch):
         (z.square().sum() + logdet.sum()).backward()
         out.append((z.detach(), logdet.detach(), xs.grad.clone(), [p.grad.clone() for p in model.parameters()]))
     (z_s, ld_s, gx_s, gp_s), (z_r, ld_r, gx_r, gp_r) = out
-    assert ld_s.abs().min() > 0.05  # far from the identity
-    torch.testing.assert_close(z_s, z_r, rtol=0, atol=1e-6)
-    torch.testing.assert_close(ld_s, ld_r, rtol=0, atol=1e-5)
-    torch.testing.assert_close(gx_s, gx_r, rtol=1e-5, atol=1e-6)
-    for a, b in zip(gp_s, gp_r, strict=True):
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 sums over the rows, in another order
+    assert ld_s.abs().min() > 0.05 and (ld_s - ld_s[0]).abs().max() > 1e-3  # far from the identity; rows differ
+    # float32 round-off: a matrix product over 1 row or B rows rounds differently, and 8 blocks amplify it
+    def close(a, b, rel):
+        return bool((a - b).abs().max() <= rel * b.abs().max())
+
+    assert close(z_s, z_r, 1e-5) and close(ld_s, ld_r, 1e-5)
+    # (over all parameters at once: some gradients are exactly 0 in exact arithmetic, e.g. the key-norm biases,
+    # which shift every key's logit by the same amount, and are float32 noise either way)
+    assert close(gx_s, gx_r, 1e-4) and close(torch.cat([g.flatten() for g in gp_s]),
+                                             torch.cat([g.flatten() for g in gp_r]), 1e-4)
     with torch.no_grad():
         for cached in (True, False):
             x_back, ld_back = model.flow(z_s, shared, reverse=True, cached=cached)
-            assert real_max_err(x_back, x[:, :9], shared["mask"]) < 1e-4
+            assert real_max_err(x_back, x[:, :7], shared["mask"]) < 1e-4
             torch.testing.assert_close(ld_back, -ld_s, atol=1e-4, rtol=1e-5)
+
+
+def test_per_row_gathers_any_number_of_systems():
+    """The model's side takes U systems: a gather for U > 1, a broadcast view for U = 1."""
+    from proseflow.flow.model import per_row
+
+    t = torch.arange(6.0).view(3, 2)
+    rows = torch.tensor([2, 0, 0, 1])
+    assert per_row(t, rows).tolist() == [[4, 5], [0, 1], [0, 1], [2, 3]]
+    assert per_row(t[:1], torch.zeros(4, dtype=torch.long)).tolist() == [[0, 1]] * 4
+    assert per_row(t, None) is t
 
 
 def test_sampling_a_single_system_shares_its_conditioning():
     """model.sample on copies of one system: the same draws as the per-row computation."""
-    _, batch, _ = repeated_systems_batch()
-    one = {k: v[[0, 2, 5]] for k, v in batch.items()}  # three copies of system 0
+    _, one = one_system_batch(copies=3)
     model = make_model(seed=9)
     z = torch.randn(3, 10, 3, generator=torch.Generator().manual_seed(0))
     assert model.trim(one)["atom_type"].shape[0] == 1
@@ -412,7 +431,7 @@ def test_compiled_training_loss_and_gradients_equal_eager():
         torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
         for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
             torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)  # fused kernels reassociate float32 sums
-    x, batch, _ = repeated_systems_batch()  # shared conditioning (system_rows) compiled too
+    x, batch = one_system_batch()  # shared conditioning (system_rows) compiled too
     trimmed = model.trim(batch)
     x = x[:, : trimmed["mask"].shape[1]].contiguous()
     mark_length_dynamic(x, trimmed)

@@ -17,9 +17,11 @@ Batch convention (one dict of tensors, see ``ProseFlow.forward``):
     :data:`proseflow.data.permutations.PERMUTATION_NAMES` (one vocabulary for the loader and the model).
 
 Shared conditioning: the conditioning (embedding, each block's conditioning MLP, every adaLN modulation)
-depends only on the system, so :meth:`ProseFlow.trim` finds the distinct systems of a batch and the model
-computes it once per system (U rows), then gathers it to the B rows (``system_rows``): the same numbers,
-without repeating that work for every frame of a system (a single-system batch computes it once).
+depends only on the system. When a batch holds copies of one system (single-system training and fine-tuning,
+sampling), :meth:`ProseFlow.trim` keeps the conditioning's inputs once and the model computes it once and
+broadcasts it to the B rows: the same numbers, without repeating that work for every frame. (Mixed batches
+compute it per row: at the paper's scale a batch hardly ever repeats a system, and a varying number of
+distinct systems would make a compiled step recompile.)
 
 Padding tokens never influence real atoms (key-padding mask in attention, lookahead masked, their
 affine parameters are zero so padding coordinates pass through unchanged), so a system's output does
@@ -43,8 +45,11 @@ SYSTEM_KEYS = ("atom_type", "residue_type", "residue_index", "chain_length")  # 
 
 
 def per_row(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """A per-system tensor [U, ...] gathered to the batch's rows [B, ...] (rows None: already one per row)."""
-    return t if rows is None else t.index_select(0, rows)
+    """A per-system tensor [U, ...] gathered to the batch's rows [B, ...] (rows None: already one per row; one
+    system: a broadcast view, no copy)."""
+    if rows is None:
+        return t
+    return t.expand(rows.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t.index_select(0, rows)
 
 
 def set_fp32_numerics() -> None:
@@ -437,10 +442,10 @@ class ProseFlow(nn.Module):
         Padding entries of every permutation are reset to the identity, so the first ``n`` entries of
         each row are a permutation of range(n) whatever order the loader gave them.
 
-        With ``share_conditioning`` and a batch holding some system more than once (U < B distinct
-        systems), the conditioning's inputs are kept once per system: the features and ``chain_length``
-        have U rows, ``system_mask`` [U, n] and ``system_permutations`` [U, P, n] are added, and
-        ``system_rows`` [B] says which system each row is (``mask`` and ``permutations`` keep B rows).
+        With ``share_conditioning`` and a batch of copies of one system, the conditioning's inputs are kept
+        once: the features and ``chain_length`` have one row, ``system_mask`` [1, n] and
+        ``system_permutations`` [1, P, n] are added, and ``system_rows`` [B] (zeros) says which system each
+        row is (``mask`` and ``permutations`` keep B rows). The model's code takes any number U of systems.
         """
         mask = batch["mask"].bool()
         n_real = mask.sum(dim=1)
@@ -536,23 +541,20 @@ class ProseFlow(nn.Module):
 
 
 def _share_systems(trimmed: dict) -> None:
-    """In place: keep the conditioning's inputs once per distinct system of a trimmed batch (see
-    :meth:`ProseFlow.trim`); nothing changes when every row is a different system."""
+    """In place: a trimmed batch of copies of one system keeps the conditioning's inputs once (see
+    :meth:`ProseFlow.trim`); any other batch is left as it is."""
     mask, perms = trimmed["mask"], trimmed["permutations"]
     b = mask.shape[0]
+    if b < 2:
+        return
     key = torch.cat([trimmed[k].reshape(b, -1) for k in SYSTEM_KEYS]
                     + [mask.reshape(b, -1).long(), perms.reshape(b, -1)], dim=1)  # fmt: skip
-    _, rows = torch.unique(key, dim=0, return_inverse=True)
-    n_systems = int(rows.max()) + 1
-    if n_systems == b:
+    if not bool((key == key[:1]).all()):
         return
-    first = torch.full((n_systems,), b, dtype=torch.long, device=rows.device)
-    first = first.scatter_reduce(0, rows, torch.arange(b, device=rows.device), reduce="amin")
-    first, order = first.sort()  # number the systems in order of first appearance
-    rows = torch.empty_like(order).scatter_(0, order, torch.arange(n_systems, device=rows.device))[rows]
     for k in SYSTEM_KEYS:
-        trimmed[k] = trimmed[k][first]
-    trimmed.update(system_mask=mask[first], system_permutations=perms[first], system_rows=rows)
+        trimmed[k] = trimmed[k][:1]
+    trimmed.update(system_mask=mask[:1], system_permutations=perms[:1],
+                   system_rows=torch.zeros(b, dtype=torch.long, device=mask.device))
 
 
 def repeat_batch(batch: dict, n: int) -> dict:
