@@ -318,19 +318,19 @@ def test_a_mixed_batch_is_not_shared():
     x, batch = make_batch([5, 9, 4], n_max=10)
     twice = {k: torch.cat([v, v[:1]]) for k, v in batch.items()}  # system 0 twice, systems 1 and 2 once
     model = make_model(seed=8)
-    assert "system_rows" not in model.trim(twice) and model.trim(twice)["atom_type"].shape[0] == 4
+    assert "system_mask" not in model.trim(twice) and model.trim(twice)["atom_type"].shape[0] == 4
 
 
 @pytest.mark.parametrize("arch", ["prose", "tarflow"])
 def test_shared_conditioning_is_the_same_flow(arch):
-    """A batch of copies of one system computes its conditioning once (trim's system_rows): z, the
+    """A batch of copies of one system computes its conditioning once (trim's system_* keys): z, the
     log-determinant and the inverse are the per-row computation's, and gradients agree to round-off."""
     x, batch = one_system_batch()
     model = make_model(seed=8, arch=arch)
     shared, per_row = model.trim(batch), model.trim(batch, share_conditioning=False)
     assert shared["atom_type"].shape == (1, 7) and per_row["atom_type"].shape == (5, 7)
     assert shared["system_permutations"].shape == (1, 8, 7) and shared["mask"].shape == (5, 7)
-    assert shared["system_rows"].tolist() == [0] * 5
+    assert shared["system_mask"].shape == (1, 7) and "system_mask" not in per_row
     xs = x[:, :7].clone().requires_grad_(True)
     out = []
     for trimmed in (shared, per_row):
@@ -355,17 +355,6 @@ def test_shared_conditioning_is_the_same_flow(arch):
             x_back, ld_back = model.flow(z_s, shared, reverse=True, cached=cached)
             assert real_max_err(x_back, x[:, :7], shared["mask"]) < 1e-4
             torch.testing.assert_close(ld_back, -ld_s, atol=1e-4, rtol=1e-5)
-
-
-def test_per_row_gathers_any_number_of_systems():
-    """The model's side takes U systems: a gather for U > 1, a broadcast view for U = 1."""
-    from proseflow.flow.model import per_row
-
-    t = torch.arange(6.0).view(3, 2)
-    rows = torch.tensor([2, 0, 0, 1])
-    assert per_row(t, rows).tolist() == [[4, 5], [0, 1], [0, 1], [2, 3]]
-    assert per_row(t[:1], torch.zeros(4, dtype=torch.long)).tolist() == [[0, 1]] * 4
-    assert per_row(t, None) is t
 
 
 def test_sampling_a_single_system_shares_its_conditioning():
@@ -416,34 +405,23 @@ def test_compiled_training_loss_and_gradients_equal_eager():
     model = make_model(seed=5)
     eager, compiled = _NLL(model), _NLL(model)
     compiled.compile()
-    for lengths, n_max in (([5, 9, 3], 11), ([7, 4, 6], 8)):
-        x, batch = make_batch(lengths, n_max=n_max, seed=n_max)
+    cases = [(*make_batch([5, 9, 3], n_max=11, seed=11), False),
+             (*make_batch([7, 4, 6], n_max=8, seed=8), True),  # a second length reuses the graph
+             (*one_system_batch(), False)]  # shared conditioning compiled too
+    for x, batch, same_graph in cases:
         trimmed = model.trim(batch)
         x = x[:, : trimmed["mask"].shape[1]].contiguous()
         mark_length_dynamic(x, trimmed)
         grads = []
         for fn in (eager, compiled):
             model.zero_grad(set_to_none=True)
-            with torch._dynamo.config.patch(error_on_recompile=n_max == 8):  # one graph for both shapes
+            with torch._dynamo.config.patch(error_on_recompile=same_graph):
                 loss = fn(x, trimmed)
             loss.mean().backward()
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
         for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
             torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)  # fused kernels reassociate float32 sums
-    x, batch = one_system_batch()  # shared conditioning (system_rows) compiled too
-    trimmed = model.trim(batch)
-    x = x[:, : trimmed["mask"].shape[1]].contiguous()
-    mark_length_dynamic(x, trimmed)
-    grads = []
-    for fn in (eager, compiled):
-        model.zero_grad(set_to_none=True)
-        loss = fn(x, trimmed)
-        loss.mean().backward()
-        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
-    for g_c, g_e in zip(grads[1][1], grads[0][1], strict=True):
-        torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     assert not any("_orig_mod" in k for k in model.state_dict())
 

@@ -18,8 +18,8 @@ Batch convention (one dict of tensors, see ``ProseFlow.forward``):
 
 Shared conditioning: the conditioning (embedding, each block's conditioning MLP, every adaLN modulation)
 depends only on the system. When a batch holds copies of one system (single-system training and fine-tuning,
-sampling), :meth:`ProseFlow.trim` keeps the conditioning's inputs once and the model computes it once and
-broadcasts it to the B rows: the same numbers, without repeating that work for every frame. (Mixed batches
+sampling), :meth:`ProseFlow.trim` keeps the conditioning's inputs once; the model computes it once and
+broadcasting carries it to the B rows (conditioning tensors have 1 or B rows): the same numbers, without repeating that work for every frame. (Mixed batches
 compute it per row: at the paper's scale a batch hardly ever repeats a system, and a varying number of
 distinct systems would make a compiled step recompile.)
 
@@ -42,14 +42,6 @@ from torch.utils.checkpoint import checkpoint
 from proseflow.data.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
 
 SYSTEM_KEYS = ("atom_type", "residue_type", "residue_index", "chain_length")  # the conditioning's inputs
-
-
-def per_row(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """A per-system tensor [U, ...] gathered to the batch's rows [B, ...] (rows None: already one per row; one
-    system: a broadcast view, no copy)."""
-    if rows is None:
-        return t
-    return t.expand(rows.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t.index_select(0, rows)
 
 
 def set_fp32_numerics() -> None:
@@ -278,9 +270,9 @@ class AdaLN(nn.Module):
         if self.sigmoid_gate:
             nn.init.constant_(self.mod.bias[2 * channels :], self.GATE_BIAS)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None):
-        """h [B, T, C], c [U, T, C] per system (rows: each batch row's system) -> (modulated h, gate)."""
-        shift, scale, gate = per_row(self.mod(F.silu(c)), rows).chunk(3, dim=-1)
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, T, C], c [B or 1, T, C] -> (modulated h, gate)."""
+        shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
         return self.norm(h) * (1 + scale) + shift, torch.sigmoid(gate) if self.sigmoid_gate else gate
 
 
@@ -305,17 +297,16 @@ class Block(nn.Module):
         self.norm_tr = AdaLN(d, cfg.adaln_gate) if cfg.transition else None
         self.transition = Transition(d, cfg.mlp_ratio) if cfg.transition else None
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         if self.adaptive:
-            u, gate = self.norm_attn(h, c, rows)
+            u, gate = self.norm_attn(h, c)
             a = self.attn(u, attn_mask)
             h = h + gate * (a + self.mlp(self.norm_mlp(a)))
         else:
             h = h + self.attn(self.norm_attn(h), attn_mask)
             h = h + self.mlp(self.norm_mlp(h))
         if self.transition is not None:
-            u, gate = self.norm_tr(h, c, rows)
+            u, gate = self.norm_tr(h, c)
             h = h + gate * self.transition(u)
         return h
 
@@ -343,40 +334,38 @@ class MetaBlock(nn.Module):
 
     # --- pieces shared by forward and reverse -------------------------------------------------
     def conditioning(self, systems: tuple) -> torch.Tensor:
-        """Each system's conditioning, permuted -> this block's per-token conditioning [U, T, C] (with
-        lookahead: token i+1's too). ``systems`` = (cond [U, N, C], mask [U, N], permutations [U, P, N], rows)."""
-        cond, mask, perms, _ = systems
+        """The conditioning, permuted -> this block's per-token conditioning [B or 1, T, C] (with lookahead:
+        token i+1's too). ``systems`` = (cond [B or 1, N, C], mask [B or 1, N], permutations [B or 1, P, N])."""
+        cond, mask, perms = systems
         cond, mask = (self.permutation.forward(t, perms) for t in (cond, mask))
         if self.lookahead:
             nxt = cond[:, 1:] * mask[:, 1:, None]  # padding (always last) contributes nothing
             cond = torch.cat([cond, F.pad(nxt, (0, 0, 0, 1))], dim=-1)
         return self.proj_cond(cond)
 
-    def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, rows: torch.Tensor | None,
-              start: int = 0):
-        """Tokens x [B, T, 3] at positions start..start+T-1 (c [U, T, C] per system) -> (mu, alpha) predicted
-        for the next tokens."""
+    def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, start: int = 0):
+        """Tokens x [B, T, 3] at positions start..start+T-1 -> (mu, alpha) predicted for the next tokens."""
         h = self.proj_in(x) + self.pos_embed[start : start + x.shape[1]]
         if not self.adaptive:
-            h = h + per_row(c, rows)
+            h = h + c
         recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute and layer.attn.cache is None:
-                h = checkpoint(layer, h, c, attn_mask, rows, use_reentrant=False)
+                h = checkpoint(layer, h, c, attn_mask, use_reentrant=False)
             else:
-                h = layer(h, c, attn_mask, rows)
+                h = layer(h, c, attn_mask)
         return self.proj_out(self.norm_out(h)).chunk(2, dim=-1)
 
-    def start_params(self, c: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None):
-        return (per_row(self.proj_start(c[:, :1]), rows) * mask[:, :1, None]).chunk(2, dim=-1)
+    def start_params(self, c: torch.Tensor, mask: torch.Tensor):
+        return (self.proj_start(c[:, :1]) * mask[:, :1, None]).chunk(2, dim=-1)  # [B, 1, 3] each (mask has B rows)
 
-    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None):
+    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor):
         """Teacher-forced (mu, alpha) for every token: token i's from tokens < i; zero on padding."""
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         attn_mask = (causal & mask[:, None, :])[:, None]  # [B, 1, T, T]
-        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask, rows)
-        mu0, alpha0 = self.start_params(c, mask, rows)
+        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask)
+        mu0, alpha0 = self.start_params(c, mask)
         mu = torch.cat([mu0, mu[:, :-1]], dim=1) * mask[..., None]
         alpha = torch.cat([alpha0, alpha[:, :-1]], dim=1) * mask[..., None]
         return mu, alpha
@@ -388,15 +377,15 @@ class MetaBlock(nn.Module):
     # --- the flow ------------------------------------------------------------------------------
     def forward(self, x, mask, perms, systems):
         x, mask = (self.permutation.forward(t, perms) for t in (x, mask))
-        c, rows = self.conditioning(systems), systems[3]
-        mu, alpha = self.params(x, c, mask, rows)
+        c = self.conditioning(systems)
+        mu, alpha = self.params(x, c, mask)
         z = (x - mu) * torch.exp(-alpha)
         return self.permutation.reverse(z, perms), -alpha.sum(dim=(1, 2))
 
     def reverse(self, z, mask, perms, systems, cached: bool = True):
         z, mask = (self.permutation.forward(t, perms) for t in (z, mask))
-        c, rows = self.conditioning(systems), systems[3]
-        mu, alpha = self.start_params(c, mask, rows)
+        c = self.conditioning(systems)
+        mu, alpha = self.start_params(c, mask)
         xs, alphas = [z[:, :1] * torch.exp(alpha) + mu], [alpha]
         t = z.shape[1]
         if cached:
@@ -406,11 +395,11 @@ class MetaBlock(nn.Module):
                 m = mask[:, i + 1 : i + 2, None]
                 if cached:  # feed only token i; keys/values of tokens < i come from the cache
                     mu, alpha = self.trunk(torch.where(mask[:, i : i + 1, None], xs[i], 0.0),
-                                           c[:, i : i + 1], mask[:, None, None, : i + 1], rows, start=i)
+                                           c[:, i : i + 1], mask[:, None, None, : i + 1], start=i)
                     mu, alpha = mu * m, alpha * m
                 else:  # slow reference path: rerun the whole prefix
                     x = torch.cat(xs + [z[:, i + 1 :]], dim=1)
-                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask, rows))
+                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask))
                 xs.append(z[:, i + 1 : i + 2] * torch.exp(alpha) + mu)
                 alphas.append(alpha)
         finally:
@@ -443,9 +432,8 @@ class ProseFlow(nn.Module):
         each row are a permutation of range(n) whatever order the loader gave them.
 
         With ``share_conditioning`` and a batch of copies of one system, the conditioning's inputs are kept
-        once: the features and ``chain_length`` have one row, ``system_mask`` [1, n] and
-        ``system_permutations`` [1, P, n] are added, and ``system_rows`` [B] (zeros) says which system each
-        row is (``mask`` and ``permutations`` keep B rows). The model's code takes any number U of systems.
+        once: the features and ``chain_length`` have one row, and ``system_mask`` [1, n] and
+        ``system_permutations`` [1, P, n] are added (``mask`` and ``permutations`` keep B rows, for x).
         """
         mask = batch["mask"].bool()
         n_real = mask.sum(dim=1)
@@ -466,8 +454,7 @@ class ProseFlow(nn.Module):
         """The flow on a trimmed batch (:meth:`trim`): x [B, n, 3] -> (z [B, n, 3], logdet [B]). Compiled, it
         wants contiguous inputs (a new stride pattern would compile a new graph)."""
         mask, perms = trimmed["mask"], trimmed["permutations"]
-        systems = (self.embed_cond(trimmed), trimmed.get("system_mask", mask),
-                   trimmed.get("system_permutations", perms), trimmed.get("system_rows"))  # fmt: skip
+        systems = (self.embed_cond(trimmed), trimmed.get("system_mask", mask), trimmed.get("system_permutations", perms))
         h, logdet = x, x.new_zeros(x.shape[0])
         blocks = reversed(self.blocks) if reverse else self.blocks
         for block in blocks:
@@ -553,8 +540,7 @@ def _share_systems(trimmed: dict) -> None:
         return
     for k in SYSTEM_KEYS:
         trimmed[k] = trimmed[k][:1]
-    trimmed.update(system_mask=mask[:1], system_permutations=perms[:1],
-                   system_rows=torch.zeros(b, dtype=torch.long, device=mask.device))
+    trimmed.update(system_mask=mask[:1], system_permutations=perms[:1])
 
 
 def repeat_batch(batch: dict, n: int) -> dict:

@@ -189,7 +189,7 @@ def mark_length_dynamic(x: torch.Tensor, trimmed: dict) -> None:
     for key in ("mask", "atom_type", "residue_type", "residue_index"):
         torch._dynamo.maybe_mark_dynamic(trimmed[key], 1)
     torch._dynamo.maybe_mark_dynamic(trimmed["permutations"], 2)
-    if "system_rows" in trimmed:  # shared conditioning (ProseFlow.trim): its atom dimension
+    if "system_mask" in trimmed:  # shared conditioning (ProseFlow.trim): its atom dimension
         torch._dynamo.maybe_mark_dynamic(trimmed["system_mask"], 1)
         torch._dynamo.maybe_mark_dynamic(trimmed["system_permutations"], 2)
 
