@@ -324,13 +324,14 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     tica_model = TicaModel.load(inputs.one("tica"))
     frames = reference_frames(md, s.reference_frames)  # read once: metrics, diagnostics, viewer
     ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames, frames=frames)
-    metrics, sets, meta_rows = {}, {}, {}
+    metrics, sets, meta_rows, snis = {}, {}, {}, None
     for path in inputs.many("samplers"):
         name = Path(path).stem
         d = np.load(path)
         proj = project(d["positions_nm"], d["energy_kT"], topology, tica_model)
         n_evals = int(d["n_energy_evals"])
         if name == "snis":  # the raw proposal is the SNIS set without its weights
+            snis = d  # also read by the diagnostics and the viewer below
             metrics["proposal"] = sampler_metrics(ref, proj, None, s.n_metric, s.seed, n_evals, s.kmeans_k)
             metrics["proposal"]["n_distinct"] = count_distinct(d["positions_nm"])
             sets["proposal"] = {"energy_kT": proj.energy_kT, "weights": None, "phi_psi": proj.phi_psi,
@@ -354,17 +355,15 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
         for key in metrics:
             metrics[key]["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
             metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
-        snis_path = next((p for p in inputs.many("samplers") if Path(p).stem == "snis"), None)
-        if snis_path is not None:  # why the weights look the way they do (proseflow.evaluation.diagnostics)
+        if snis is not None:  # why the weights look the way they do (proseflow.evaluation.diagnostics)
             from proseflow.evaluation.diagnostics import diagnose
 
-            d = np.load(snis_path)
             diagnostics = diagnose(
-                topology, s.temperature_K, frames[1], d["positions_nm"],
-                d["energy_kT"], d["log_q"], d["log_weights"],
+                topology, s.temperature_K, frames[1], snis["positions_nm"],
+                snis["energy_kT"], snis["log_q"], snis["log_weights"],
                 centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
                 com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
-                drop_top_fraction=float(d["drop_top_fraction"]) if "drop_top_fraction" in d else 0.002)
+                drop_top_fraction=float(snis["drop_top_fraction"]) if "drop_top_fraction" in snis else 0.002)
     train_csv = inputs.optional("train")
     train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
     seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
@@ -374,7 +373,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                 "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
-    viewer, states = _system_viewer(s, seq, topology, md, frames[0], ref, inputs.many("samplers"), sets)
+    viewer, states = _system_viewer(s, seq, topology, md, frames[0], ref, snis, sets)
     out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
            "diagnostics": diagnostics, "states": states}
     write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
@@ -388,19 +387,16 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                                         for k, d in metrics.items()}))
 
 
-def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_indices, ref, sampler_paths: list[str],
+def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_indices, ref, snis,
                    sets: dict) -> tuple[str | None, list | None]:
-    """The page's 3D viewer of the TICA states (MD vs the SNIS-resampled set) and their summary for the JSON."""
-    import numpy as np
-
+    """The page's 3D viewer of the TICA states (MD vs the SNIS-resampled set ``snis``, its sample file's arrays) and
+    their summary for the JSON."""
     from proseflow.evaluation.conformations import system_conformations
     from proseflow.report.viewer import SYSTEM_CAPTION, viewer_section
 
-    snis_path = next((p for p in sampler_paths if Path(p).stem == "snis"), None)
-    if snis_path is None:
+    if snis is None:
         return None, None
-    with np.load(snis_path) as d:
-        snis = {k: d[k] for k in ("positions_nm", "log_weights", "resampled_indices")}
+    snis = {k: snis[k] for k in ("positions_nm", "log_weights", "resampled_indices")}
     data, states = system_conformations(topology, md, frame_indices, ref.tica, snis,
                                         sets["snis"]["tica"], s.kmeans_k, s.seed)
     html = viewer_section(data, heading="3D structures of the TICA states", caption=SYSTEM_CAPTION, name=seq)
