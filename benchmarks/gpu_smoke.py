@@ -97,7 +97,7 @@ def main() -> None:
         mask = batch["mask"]
         real = mask[..., None]
         with torch.no_grad():
-            x = augment(batch["x"], mask, _generator(1, 0), slice(0, args.samples), args.samples, cfg)
+            x = augment(batch["x"], mask, _generator(1, 0), slice(0, args.samples), args.samples, cfg, cfg.scale_nm)
             z, _ = model(x, batch)
             x_back, _ = model.reverse(z, batch)
             err_data = float(((x_back - x).abs() * real).max())

@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger("checkpoint_curve")
 
-COLUMNS = ("step", "prior_std", "val_nll", "heldout_nll", "n_proposals", "ess", "ess_gaussian_com", "n_distinct_resampled",
+COLUMNS = ("step", "prior_std", "val_nll", "heldout_nll", "heldout_nll_nm", "scale_nm", "n_proposals", "ess", "ess_gaussian_com", "n_distinct_resampled",
            "proposal_energy_w2", "proposal_torus_w2", "proposal_tica_w2", "snis_energy_w2", "snis_torus_w2",
            "snis_tica_w2", "proposal_median_energy_kT", "md_mean_energy_kT", "bond_rms_ratio_median",
            "log_weight_var", "top1pct_weight_share", "states_visited_snis", "states_visited_proposal",
@@ -73,14 +73,15 @@ def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> flo
     import torch
 
     from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
+    from proseflow.flow.checkpoint import model_scale_nm
     from proseflow.flow.train import TrainConfig, _generator, augment
     from proseflow.samplers.proposals import system_batch
 
     positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float32))
     batch = system_batch(topology, len(x))
-    cfg = TrainConfig(scale_nm=model.meta.get("scale_nm", 0.35))
-    xa = augment(x, batch["mask"], _generator(seed, 0), slice(0, len(x)), len(x), cfg)
+    cfg = TrainConfig()
+    xa = augment(x, batch["mask"], _generator(seed, 0), slice(0, len(x)), len(x), cfg, model_scale_nm(model))
     with torch.no_grad():
         return float(model.nll_per_dim(xa, batch).mean())
 
@@ -108,9 +109,9 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
                       n_metric: int, prior_std: float, seed: int, md_positions: np.ndarray) -> dict:
     import torch
 
-    from proseflow.evaluation.diagnostics import bond_deviation, weight_spread
+    from proseflow.evaluation.diagnostics import angle_deviation, bond_deviation, weight_spread
     from proseflow.evaluation.evaluate import project, sampler_metrics
-    from proseflow.flow.checkpoint import load_model
+    from proseflow.flow.checkpoint import load_model, model_scale_nm
     from proseflow.physics.energy import make_energy
     from proseflow.samplers.proposals import draw_proposals
     from proseflow.samplers.snis import snis
@@ -119,7 +120,7 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
     nll_heldout = heldout_nll(model, topology, md_positions)
     t0 = time.time()
     p = draw_proposals(model, topology, n_proposals, batch_size=2000, prior_std=prior_std,
-                       scale_nm=model.meta.get("scale_nm", 0.35), com_correction="chi", seed=seed, progress=False)
+                       scale_nm=model_scale_nm(model), com_correction="chi", seed=seed, progress=False)
     t_sample = time.time() - t0
     with torch.no_grad():
         e_kT = make_energy(topology, temperature_K, backend="torch").energy_kT(p.positions_nm)
@@ -130,10 +131,13 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
     spread = weight_spread(e_kT, p.log_q, centroid_flow=p.x_flow.astype(np.float64).mean(axis=1),
                            com_correction="chi")
     bonds = bond_deviation(topology, md_positions, p.positions_nm[: min(len(p.positions_nm), 2000)])
+    angles = angle_deviation(topology, md_positions, p.positions_nm[: min(len(p.positions_nm), 2000)])
+    scale_nm = model_scale_nm(model)
     finite = np.isfinite(e_kT)
     return {
         "step": int(model.meta.get("step", -1)), "prior_std": prior_std, "n_proposals": n_proposals,
-        "heldout_nll": nll_heldout,
+        "heldout_nll": nll_heldout, "scale_nm": scale_nm,
+        "heldout_nll_nm": nll_heldout + float(np.log(scale_nm)),  # per dim in nm: comparable across scales
         "ess": r.ess, "ess_gaussian_com": spread["ess"]["gaussian"],
         "n_distinct_resampled": int(len(np.unique(r.indices))),
         **{f"proposal_{k}": m_prop[k] for k in ("energy_w2", "torus_w2", "tica_w2")},
@@ -141,6 +145,7 @@ def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: floa
         "proposal_median_energy_kT": float(np.median(e_kT[finite])) if finite.any() else None,
         "md_mean_energy_kT": float(np.mean(ref.energy_kT)),
         "bond_rms_ratio_median": float(np.median([v["ratio"] for v in bonds.values() if v["ratio"] is not None])),
+        "angle_rms_ratio": angles["ratio"],
         "log_weight_var": spread["log_weight_var"], "top1pct_weight_share": spread["top1pct_weight_share"],
         "states_visited_snis": state_coverage(ref.tica, proj.tica, r.log_weights),
         "states_visited_proposal": state_coverage(ref.tica, proj.tica, None),
@@ -193,8 +198,9 @@ def plot(rows: list[dict], floor: dict, out: Path) -> None:
         if key in floor:
             a.axhline(floor[key], color="grey", ls="--", label="MD half vs half")
         a.set_ylabel(label)
-    ax[3].plot(step, col("heldout_nll"), "o-", label="reference MD frames")
-    ax[3].set_ylabel("held-out NLL / dim")
+    ax[3].plot(step, col("heldout_nll_nm") if rows[0].get("heldout_nll_nm") else col("heldout_nll"), "o-",
+               label="reference MD frames")
+    ax[3].set_ylabel("held-out NLL / dim (nm)" if rows[0].get("heldout_nll_nm") else "held-out NLL / dim")
     for a in ax:
         a.set_xlabel("training step")
         a.grid(alpha=0.3)

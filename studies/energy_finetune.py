@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     energy = TorchEnergy(create_system(topology), args.temperature_K, dtype=torch.float64)
     t0 = time.time()
     model.requires_grad_(True)
-    rows = finetune_energy(model, topology, energy, frames, config, scale_nm=meta.get("scale_nm", 0.35))
+    rows = finetune_energy(model, topology, energy, frames, config, scale_nm=float(meta["scale_nm"]))
     out = wd / args.out
     meta.update(energy_kl=dataclasses.asdict(config), energy_kl_from=str(args.model),
                 energy_kl_wall_s=round(time.time() - t0, 1))

@@ -1,5 +1,8 @@
 """Zarr v3 frame stores: exact round trip, checks on write, safe writing, the streaming loader."""
 
+import json
+import shutil
+
 import mdtraj
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import torch
 import proseflow.data.dataset as dataset
 from proseflow.data.dataset import (
     FrameLoader,
+    coordinate_std_nm,
     iterate_system_frames,
     open_store,
     store_index,
@@ -223,6 +227,37 @@ def test_loader_reads_the_validation_split_and_several_stores(tmp_path, store, f
     both = FrameLoader([store, extra], batch_size=64, seed=0, split="all")
     stores = {both.systems[s]["store"] for s in next(both)["system"].tolist()}
     assert stores == {0, 1}
+
+
+def test_coordinate_std_is_the_std_of_centred_training_coordinates(tmp_path, store, frames):
+    """The scale written at build time equals an independent numpy computation over exactly the split's
+    frames, pooled over systems; a store without the sums (older build) gives the same by reading frames."""
+    import zarr
+
+    rows = store_index(store)
+
+    def expected(split):
+        chunks = []
+        for r in rows:
+            kept = np.asarray(zarr.open_group(str(store), mode="r")[f"systems/{r['sequence']}/positions"][:], np.float64)
+            lo, hi = {"train": (0, r["n_train_frames"]), "val": (r["n_train_frames"], r["n_frames"]),
+                      "all": (0, r["n_frames"])}[split]  # fmt: skip
+            x = kept[lo:hi]
+            chunks.append((x - x.mean(axis=1, keepdims=True)).ravel())
+        return float(np.sqrt(np.mean(np.concatenate(chunks) ** 2)))
+
+    for split in ("train", "val", "all"):
+        assert coordinate_std_nm([store], split) == pytest.approx(expected(split), rel=1e-9)
+    assert expected("train") != pytest.approx(expected("val"), rel=1e-6)  # the splits are really told apart
+    # an older store: no sums in the group attributes -> read the frames
+    old = tmp_path / "old.zarr"
+    shutil.copytree(store, old)
+    for r in rows:
+        meta_path = old / "systems" / r["sequence"] / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        del meta["attributes"]["centred_sq_sum_nm2"]
+        meta_path.write_text(json.dumps(meta))
+    assert coordinate_std_nm([old], "train") == pytest.approx(expected("train"), rel=1e-9)
 
 
 def test_equivalent_hydrogens_get_one_labelling(tmp_path, peptide):

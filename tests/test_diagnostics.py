@@ -9,7 +9,9 @@ import torch
 from openmm import unit
 
 from proseflow.evaluation.diagnostics import (
+    angle_deviation,
     bond_deviation,
+    force_field_angles,
     diagnose,
     energy_terms,
     force_field_bonds,
@@ -46,10 +48,32 @@ def test_terms_sum_to_openmm_energy_and_bonds_match_their_formula(md_frames):
         e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / kT_kJ_per_mol(T)
         assert sum(v[k] for v in terms.values()) == pytest.approx(e, rel=1e-6, abs=1e-6)
     pairs, r0, _ = force_field_bonds(top)
-    bond_force = next(f for f in create_system(top).getForces() if isinstance(f, openmm.HarmonicBondForce))
+    bond_system = create_system(top)  # kept alive while its force is read (a temporary System is freed)
+    bond_force = next(f for f in bond_system.getForces() if isinstance(f, openmm.HarmonicBondForce))
     k_bond = np.array([bond_force.getBondParameters(i)[3]._value for i in range(bond_force.getNumBonds())])
     r = np.linalg.norm(x[:20, pairs[:, 1]] - x[:20, pairs[:, 0]], axis=-1)
     np.testing.assert_allclose(terms["bonds"], (0.5 * k_bond * (r - r0) ** 2).sum(-1) / kT_kJ_per_mol(T), rtol=1e-9)
+
+
+def test_angle_deviation_matches_openmm_angle_energy(md_frames):
+    """The angles and their equilibria reproduce OpenMM's HarmonicAngleForce energy (independent: the force
+    field's own computation); MD vs MD gives a ratio near 1, a distorted copy a ratio far above it."""
+    top, x, _ = md_frames
+    triples, theta0 = force_field_angles(top)
+    assert len(triples) == 39  # AA (issue 20: 39 angles)
+    system = create_system(top)
+    force = next(f for f in system.getForces() if isinstance(f, openmm.HarmonicAngleForce))
+    k = np.array([force.getAngleParameters(i)[4]._value for i in range(force.getNumAngles())])
+    from proseflow.evaluation.diagnostics import bond_angles_rad
+
+    theta = bond_angles_rad(x[:10], triples)
+    expected = (0.5 * k * (theta - theta0) ** 2).sum(-1) / kT_kJ_per_mol(T)
+    np.testing.assert_allclose(term_energies_kT(top, x[:10], T)["angles"], expected, rtol=1e-6)
+    same = angle_deviation(top, x[0::2], x[1::2])
+    assert same["n_angles"] == 39 and 0.8 < same["ratio"] < 1.25 and 0.02 < same["md_rms_rad"] < 0.3
+    rng = np.random.default_rng(0)
+    noisy = x[1::2] + rng.normal(0, 0.01, x[1::2].shape)  # 0.01 nm per coordinate: angles widen several-fold
+    assert angle_deviation(top, x[0::2], noisy)["ratio"] > 1.5
 
 
 def test_md_frames_as_proposals_give_md_like_diagnostics(md_frames):

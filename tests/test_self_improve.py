@@ -34,6 +34,7 @@ def tiny_flow(seed=0, perturb=0.05):
             for lin in (block.proj_out, block.proj_start):
                 lin.weight.normal_(0, perturb)
                 lin.bias.normal_(0, perturb)
+    model.meta = {"scale_nm": 0.35}  # what load_model gives every consumer: the scale comes from the model file
     return model.eval().requires_grad_(False)
 
 

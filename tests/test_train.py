@@ -233,6 +233,22 @@ def test_loaded_model_matches_trained_flow_config(stores, tmp_path):
     assert model.meta["scale_nm"] == 0.35
 
 
+def test_scale_from_the_data_reaches_the_model_file(stores, tmp_path):
+    """train.scale_nm: data trains on coordinates divided by the training stores' centred std, and the model
+    file carries that scale for every consumer; a bad value is refused naming the key."""
+    from proseflow.data.dataset import coordinate_std_nm
+    from proseflow.flow.checkpoint import model_scale_nm
+
+    train(tiny(max_steps=2, scale_nm="data"), *stores, tmp_path)
+    model = load_model(tmp_path / "model.pt")
+    expected = coordinate_std_nm(stores[0], "train")
+    assert 0.05 < expected < 0.5 and model_scale_nm(model) == pytest.approx(expected, rel=1e-12)
+    assert json.loads((tmp_path / "settings.json").read_text())["scale_nm"] == pytest.approx(expected, rel=1e-12)
+    for bad in ("auto", -0.1):
+        with pytest.raises(ValueError, match="train.scale_nm"):
+            tiny(scale_nm=bad)
+
+
 def test_length_buckets_and_compile_settings(stores, tmp_path):
     """Length-bucketed training runs and records its buckets; `compile` may change on resume, a run from
     before these settings existed resumes, and "auto" leaves short runs eager."""

@@ -8,7 +8,9 @@ Store layout (one store per MD batch, e.g. ``results/dataset/train/batch00000.za
         index = {sequence: [...], n_frames: [...], n_atoms: [...], frame_offset: [...],
                  n_train_frames: [...]}                          <- one entry per system, in write order
     systems/{seq}/                  group attributes: sequence, chain_length, atom_names, source,
-                                    time_start_ps, frame_interval_ps, n_train_frames
+                                    time_start_ps, frame_interval_ps, n_train_frames,
+                                    centred_sq_sum_nm2 {train, val} (sum of squared centred coordinates
+                                    over each split's frames: the coordinate scale, :func:`coordinate_std_nm`)
     systems/{seq}/positions         float32 [T, N, 3] nm, equivalent hydrogens canonically labelled
                                     (features.canonical_hydrogen_labels), chunks (frames_per_chunk, N, 3) inside
                                     shards (frames_per_shard, N, 3), blosc-zstd + byte shuffle (lossless), then a
@@ -190,6 +192,8 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
         n_frames = math.ceil(frames.shape[0] / opt.subsample_every)
         if n_frames == 0:
             raise ValueError(f"system {sequence}: no frames in {description}")
+        n_train = n_frames - int(round(opt.val_fraction * n_frames))
+        sq_sum = {"train": 0.0, "val": 0.0}
         out_interval_ps = interval_ps * opt.subsample_every
         if opt.expected_interval_ps is not None and not math.isclose(
             out_interval_ps, opt.expected_interval_ps, rel_tol=1e-3
@@ -226,12 +230,15 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
                 )
             # one labelling of equivalent hydrogens for every frame of every build (features.py)
             positions[start:stop] = canonical_hydrogen_labels(block, h_groups)
+            n_in_train = max(0, min(stop, n_train) - start)
+            sq = centred_sq_sums(block)
+            sq_sum["train"] += float(sq[:n_in_train].sum())
+            sq_sum["val"] += float(sq[n_in_train:].sum())
     finally:
         close()
     conditioning = np.stack([feats["atom_type"], feats["residue_type"], feats["residue_index"]], axis=1)
     group.create_array("conditioning", data=conditioning.astype(np.int16), compressors=Crc32cCodec())
     group.create_array("permutations", data=feats["permutations"].astype(np.int16), compressors=Crc32cCodec())
-    n_train = n_frames - int(round(opt.val_fraction * n_frames))
     group.attrs.update(
         {
             "sequence": sequence,
@@ -243,6 +250,7 @@ def _write_system(root, sequence: str, source, opt: _WriteOptions) -> dict:
             "frame_interval_ps": out_interval_ps,
             "n_train_frames": n_train,
             "canonical_hydrogen_labels": True,
+            "centred_sq_sum_nm2": sq_sum,
         }
     )
     return {"sequence": sequence, "n_frames": n_frames, "n_atoms": n_atoms, "n_train_frames": n_train}
@@ -363,6 +371,38 @@ def store_index(path: str | os.PathLike) -> list[dict]:
     """One dict per system: sequence, n_frames, n_atoms, frame_offset, n_train_frames."""
     index = open_store(path).attrs["index"]
     return [dict(zip(index, row, strict=True)) for row in zip(*index.values(), strict=True)]
+
+
+def centred_sq_sums(frames: np.ndarray) -> np.ndarray:
+    """Per frame [T, N, 3] -> [T]: the sum of squared coordinates after removing the frame's centroid (nm^2),
+    in float64; the flow's centring is the same unweighted centroid (``flow.preprocess``)."""
+    x = np.asarray(frames, dtype=np.float64)
+    return ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=(1, 2))
+
+
+def coordinate_std_nm(stores: Sequence[str | os.PathLike], split: str = "train") -> float:
+    """The standard deviation of the centred coordinates over every frame of ``split`` in ``stores``: the
+    data-driven coordinate scale (``train.scale_nm: data``), pooled over systems (each coordinate one sample).
+
+    Read from the sums each system's group keeps (written by :func:`write_store`); a store written before them
+    is read frame by frame instead."""
+    sq_total, n_total = 0.0, 0
+    for path in stores:
+        root = open_store(path)
+        for row in store_index(path):
+            lo, hi = _split_range(row, split)
+            attrs = root[f"systems/{row['sequence']}"].attrs
+            sums = attrs.get("centred_sq_sum_nm2")
+            if sums is not None:
+                parts = {"train": ["train"], "val": ["val"], "all": ["train", "val"]}[split]
+                sq_total += sum(float(sums[p]) for p in parts)
+            else:
+                for block in iterate_system_frames(path, row["sequence"], split=split):
+                    sq_total += float(centred_sq_sums(block).sum())
+            n_total += (hi - lo) * row["n_atoms"] * 3
+    if n_total == 0:
+        raise ValueError(f"no {split} frames in {[str(p) for p in stores]}: cannot compute the coordinate scale")
+    return math.sqrt(sq_total / n_total)
 
 
 def _split_range(row: dict, split: str) -> tuple[int, int]:

@@ -129,6 +129,37 @@ def bond_deviation(topology, md_positions_nm: np.ndarray, proposal_positions_nm:
     return out
 
 
+def force_field_angles(topology) -> tuple[np.ndarray, np.ndarray]:
+    """(atom triples [M, 3], equilibrium angles [M] rad) of the force field's harmonic angles."""
+    import openmm
+
+    from proseflow.physics.system import create_system
+
+    system = create_system(topology)  # kept alive while its force is read (a temporary would free it)
+    force = next(f for f in system.getForces() if isinstance(f, openmm.HarmonicAngleForce))
+    rows = [force.getAngleParameters(i) for i in range(force.getNumAngles())]
+    triples = np.array([r[:3] for r in rows], dtype=np.int64).reshape(-1, 3)
+    theta0 = np.array([r[3].value_in_unit(openmm.unit.radian) for r in rows], dtype=np.float64)
+    return triples, theta0
+
+
+def bond_angles_rad(positions_nm: np.ndarray, triples: np.ndarray) -> np.ndarray:
+    """Angle i-j-k at the middle atom j, [T, M] rad."""
+    x = np.asarray(positions_nm, dtype=np.float64)
+    a, b = x[:, triples[:, 0]] - x[:, triples[:, 1]], x[:, triples[:, 2]] - x[:, triples[:, 1]]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def angle_deviation(topology, md_positions_nm: np.ndarray, proposal_positions_nm: np.ndarray) -> dict:
+    """{n_angles, md_rms_rad, proposal_rms_rad, ratio}: RMS of (theta - theta0) over frames and angles."""
+    triples, theta0 = force_field_angles(topology)
+    rms = [finite_stat((bond_angles_rad(x, triples) - theta0).ravel(), lambda v: math.sqrt(np.mean(v**2)))
+           for x in (md_positions_nm, proposal_positions_nm)]  # fmt: skip
+    ratio = rms[1] / rms[0] if rms[0] and rms[1] is not None else None
+    return {"n_angles": len(triples), "md_rms_rad": rms[0], "proposal_rms_rad": rms[1], "ratio": ratio}
+
+
 # ----------------------------------------------------------------------------------------------- weights
 def switch_com_correction(log_q: np.ndarray, centroid_flow: np.ndarray, source: str, target: str) -> np.ndarray:
     """log q of the centred proposal under another centre-of-mass correction.

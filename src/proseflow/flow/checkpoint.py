@@ -56,4 +56,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     model = ProseFlow(FlowConfig(**state["flow_config"])).to(device)
     model.load_state_dict(state["model"])
     model.meta = {k: v for k, v in state.items() if k != "model"}
+    if not isinstance(model.meta.get("scale_nm"), int | float) or not model.meta["scale_nm"] > 0:
+        raise ValueError(f"{path}: the model file has no valid coordinate scale (scale_nm: {model.meta.get('scale_nm')!r})")
     return model.eval().requires_grad_(False)
+
+
+def model_scale_nm(model: ProseFlow) -> float:
+    """The coordinate scale (nm per flow unit) the model was trained with: the model file's ``scale_nm``, the one
+    source every consumer reads (it is 0.35 for the paper's recipe, the data's own with ``train.scale_nm: data``)."""
+    meta = getattr(model, "meta", None) or {}
+    if "scale_nm" not in meta:
+        raise ValueError("this model carries no scale_nm: load it with proseflow.flow.checkpoint.load_model")
+    return float(meta["scale_nm"])

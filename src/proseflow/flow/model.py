@@ -2,12 +2,16 @@
 
 One token per atom (its 3 Cartesian coordinates). The flow is a stack of ``n_blocks`` affine
 autoregressive MetaBlocks; each gathers the atoms into that block's permutation, runs a causal
-transformer over them and transforms token i with (mu, alpha) predicted from tokens < i:
+transformer over them and transforms token i with an affine map predicted from tokens < i:
 
-    forward  (data -> latent):  z_i = (x_i - mu_i) * exp(-alpha_i),   logdet = -sum alpha
-    reverse  (latent -> data):  x_i = z_i * exp(alpha_i) + mu_i,       logdet = +sum alpha
+    reverse  (latent -> data):  x_i = L_i z_i + mu_i,          logdet = +sum alpha
+    forward  (data -> latent):  z_i = L_i^-1 (x_i - mu_i),     logdet = -sum alpha
 
-The Jacobian of one block is triangular in the permuted order, so the log-determinant is exact.
+with L_i = diag(exp(alpha_i)) (``affine="diagonal"``, TarFlow's form) or the lower-triangular 3x3
+matrix with diagonal exp(alpha_i) and three free entries below it (``affine="triangular"``: an atom's
+x, y and z are coupled, so one block can make an atom narrow along a bond of any direction). The
+Jacobian of one block is block-triangular in the permuted order with these 3x3 blocks on its diagonal,
+so the log-determinant is exact; the inverse of L_i is a forward substitution (:class:`Affine`).
 
 Batch convention (one dict of tensors, see ``ProseFlow.forward``):
     mask [B, N] bool (real atoms first, padding last), atom_type / residue_type / residue_index
@@ -86,6 +90,7 @@ class FlowConfig:
     perm_order: tuple[int, ...] | None = None  # explicit override of permutation_order()
     grad_checkpoint: bool = False  # recompute each layer's activations in backward (training memory)
     adaln_gate: str = "zero"
+    affine: str = "diagonal"  # per-atom map: "diagonal" (x = exp(alpha) z + mu) or "triangular" (x = L z + mu)
 
     def __post_init__(self) -> None:
         if self.arch not in ("prose", "tarflow"):
@@ -98,6 +103,8 @@ class FlowConfig:
             raise ValueError("channels must be a multiple of head_dim")
         if self.adaln_gate not in ("zero", "sigmoid"):
             raise ValueError(f"adaln_gate must be 'zero' or 'sigmoid', got {self.adaln_gate!r}")
+        if self.affine not in Affine.KINDS:
+            raise ValueError(f"affine must be one of {Affine.KINDS}, got {self.affine!r}")
         if self.perm_order is not None:
             self.perm_order = tuple(int(i) for i in self.perm_order)
 
@@ -311,6 +318,42 @@ class Block(nn.Module):
         return h
 
 
+class Affine:
+    """The per-atom affine map of one block, from its parameters p [..., n_params] predicted by the trunk.
+
+    p = (mu [3], alpha [3]) for "diagonal"; (mu, alpha, l21, l31, l32) for "triangular", where
+    L = [[e^a1, 0, 0], [l21, e^a2, 0], [l31, l32, e^a3]]. Zero parameters are the identity (padding, and
+    every block at initialisation). log |det L| = sum alpha for both forms.
+    """
+
+    KINDS = ("diagonal", "triangular")
+
+    def __init__(self, kind: str = "diagonal"):
+        self.triangular = kind == "triangular"
+        self.n_params = 9 if self.triangular else 6
+
+    def to_data(self, z: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = L z + mu; returns (x, alpha) (log |det| = alpha.sum())."""
+        mu, alpha = p[..., :3], p[..., 3:6]
+        s = z * torch.exp(alpha)
+        if self.triangular:
+            l21, l31, l32, z1, z2 = p[..., 6:7], p[..., 7:8], p[..., 8:9], z[..., 0:1], z[..., 1:2]
+            s = s + torch.cat([torch.zeros_like(z1), l21 * z1, l31 * z1 + l32 * z2], dim=-1)
+        return s + mu, alpha
+
+    def to_latent(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = L^-1 (x - mu) by forward substitution; returns (z, alpha)."""
+        mu, alpha = p[..., :3], p[..., 3:6]
+        y, inv = x - mu, torch.exp(-alpha)
+        if not self.triangular:
+            return y * inv, alpha
+        l21, l31, l32 = p[..., 6:7], p[..., 7:8], p[..., 8:9]
+        z1 = y[..., 0:1] * inv[..., 0:1]
+        z2 = (y[..., 1:2] - l21 * z1) * inv[..., 1:2]
+        z3 = (y[..., 2:3] - l31 * z1 - l32 * z2) * inv[..., 2:3]
+        return torch.cat([z1, z2, z3], dim=-1), alpha
+
+
 class MetaBlock(nn.Module):
     """One affine autoregressive flow block: a causal transformer over one atom permutation."""
 
@@ -326,8 +369,9 @@ class MetaBlock(nn.Module):
         self.proj_cond = nn.Sequential(nn.Linear(cond_in, d), nn.GELU(), nn.Linear(d, d))
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.norm_out = nn.LayerNorm(d)
-        self.proj_out = nn.Linear(d, 6)  # (mu, alpha) for the *next* token
-        self.proj_start = nn.Linear(d, 6)  # (mu, alpha) of token 0, from its conditioning only
+        self.affine = Affine(cfg.affine)
+        self.proj_out = nn.Linear(d, self.affine.n_params)  # the affine parameters of the *next* token
+        self.proj_start = nn.Linear(d, self.affine.n_params)  # those of token 0, from its conditioning only
         for lin in (self.proj_out, self.proj_start):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -344,7 +388,7 @@ class MetaBlock(nn.Module):
         return self.proj_cond(cond)
 
     def trunk(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, start: int = 0):
-        """Tokens x [B, T, 3] at positions start..start+T-1 -> (mu, alpha) predicted for the next tokens."""
+        """Tokens x [B, T, 3] at positions start..start+T-1 -> affine parameters [B, T, P] of the next tokens."""
         h = self.proj_in(x) + self.pos_embed[start : start + x.shape[1]]
         if not self.adaptive:
             h = h + c
@@ -354,21 +398,18 @@ class MetaBlock(nn.Module):
                 h = checkpoint(layer, h, c, attn_mask, use_reentrant=False)
             else:
                 h = layer(h, c, attn_mask)
-        return self.proj_out(self.norm_out(h)).chunk(2, dim=-1)
+        return self.proj_out(self.norm_out(h))
 
-    def start_params(self, c: torch.Tensor, mask: torch.Tensor):
-        return (self.proj_start(c[:, :1]) * mask[:, :1, None]).chunk(2, dim=-1)  # [B, 1, 3] each (mask has B rows)
+    def start_params(self, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj_start(c[:, :1]) * mask[:, :1, None]  # [B, 1, P] (mask has B rows)
 
-    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor):
-        """Teacher-forced (mu, alpha) for every token: token i's from tokens < i; zero on padding."""
+    def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced affine parameters [B, T, P] for every token: token i's from tokens < i; zero on padding."""
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         attn_mask = (causal & mask[:, None, :])[:, None]  # [B, 1, T, T]
-        mu, alpha = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask)
-        mu0, alpha0 = self.start_params(c, mask)
-        mu = torch.cat([mu0, mu[:, :-1]], dim=1) * mask[..., None]
-        alpha = torch.cat([alpha0, alpha[:, :-1]], dim=1) * mask[..., None]
-        return mu, alpha
+        p = self.trunk(torch.where(mask[..., None], x, 0.0), c, attn_mask)
+        return torch.cat([self.start_params(c, mask), p[:, :-1]], dim=1) * mask[..., None]
 
     def set_cache(self, max_len: int | None) -> None:
         for layer in self.layers:
@@ -378,29 +419,28 @@ class MetaBlock(nn.Module):
     def forward(self, x, mask, perms, systems):
         x, mask = (self.permutation.forward(t, perms) for t in (x, mask))
         c = self.conditioning(systems)
-        mu, alpha = self.params(x, c, mask)
-        z = (x - mu) * torch.exp(-alpha)
+        z, alpha = self.affine.to_latent(x, self.params(x, c, mask))
         return self.permutation.reverse(z, perms), -alpha.sum(dim=(1, 2))
 
     def reverse(self, z, mask, perms, systems, cached: bool = True):
         z, mask = (self.permutation.forward(t, perms) for t in (z, mask))
         c = self.conditioning(systems)
-        mu, alpha = self.start_params(c, mask)
-        xs, alphas = [z[:, :1] * torch.exp(alpha) + mu], [alpha]
+        x0, alpha = self.affine.to_data(z[:, :1], self.start_params(c, mask))
+        xs, alphas = [x0], [alpha]
         t = z.shape[1]
         if cached:
             self.set_cache(t)
         try:
             for i in range(t - 1):
-                m = mask[:, i + 1 : i + 2, None]
                 if cached:  # feed only token i; keys/values of tokens < i come from the cache
-                    mu, alpha = self.trunk(torch.where(mask[:, i : i + 1, None], xs[i], 0.0),
-                                           c[:, i : i + 1], mask[:, None, None, : i + 1], start=i)
-                    mu, alpha = mu * m, alpha * m
+                    p = self.trunk(torch.where(mask[:, i : i + 1, None], xs[i], 0.0),
+                                   c[:, i : i + 1], mask[:, None, None, : i + 1], start=i)
+                    p = p * mask[:, i + 1 : i + 2, None]
                 else:  # slow reference path: rerun the whole prefix
                     x = torch.cat(xs + [z[:, i + 1 :]], dim=1)
-                    mu, alpha = (p[:, i + 1 : i + 2] for p in self.params(x, c, mask))
-                xs.append(z[:, i + 1 : i + 2] * torch.exp(alpha) + mu)
+                    p = self.params(x, c, mask)[:, i + 1 : i + 2]
+                x_next, alpha = self.affine.to_data(z[:, i + 1 : i + 2], p)
+                xs.append(x_next)
                 alphas.append(alpha)
         finally:
             self.set_cache(None)

@@ -48,7 +48,7 @@ from torch import nn
 
 from proseflow.artefacts import atomic_write, save_json
 from proseflow.data import features
-from proseflow.data.dataset import CorruptStoreError, FrameLoader
+from proseflow.data.dataset import CorruptStoreError, FrameLoader, coordinate_std_nm
 from proseflow.flow.checkpoint import model_file
 from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
@@ -75,7 +75,8 @@ class TrainConfig:
     final_div_factor: float = 1.0  # ... to lr / start_lr_div / final_div_factor (paper: OneCycleLR factor 1 -> lr/500)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    scale_nm: float = 0.35
+    scale_nm: float | str = 0.35  # coordinate scale (nm): the paper's 0.35, or "data": the std of the centred
+    # training coordinates (dataset.coordinate_std_nm), resolved when training starts and kept in the model file
     rotation: bool = True
     com_augment: bool = True
     tf32: bool = False
@@ -109,6 +110,11 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"train.compile must be true, false or 'auto', got {self.compile!r}")
+        if isinstance(self.scale_nm, str):
+            if self.scale_nm != "data":
+                raise ValueError(f"train.scale_nm must be a length in nm or 'data', got {self.scale_nm!r}")
+        elif not self.scale_nm > 0:
+            raise ValueError(f"train.scale_nm must be > 0 nm, got {self.scale_nm}")
         if isinstance(self.length_buckets, list | tuple):
             self.length_buckets = [int(e) for e in self.length_buckets]
 
@@ -227,14 +233,22 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
+def resolve_scale_nm(config: TrainConfig, train_stores: list[str | os.PathLike]) -> float:
+    """The run's coordinate scale in nm: ``config.scale_nm``, or with "data" the std of the centred coordinates
+    of the training split of ``train_stores``."""
+    if config.scale_nm == "data":
+        return coordinate_std_nm(train_stores, config.train_split)
+    return float(config.scale_nm)
+
+
 def augment(
     x_nm: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, rows: slice, n_global: int,
-    config: TrainConfig,
+    config: TrainConfig, scale_nm: float,
 ) -> torch.Tensor:
     """Training transform of rows ``rows`` of a global batch of ``n_global`` systems: centre, scale,
     rotate, centroid shift. The random draws are made for the whole global batch (on CPU), so every
     system gets the same augmentation whatever the number of ranks."""
-    x = normalise(x_nm, mask, config.scale_nm)
+    x = normalise(x_nm, mask, scale_nm)
     rot = random_rotations(n_global, generator)[rows].to(x)
     eps = torch.randn(n_global, 1, 3, generator=generator)[rows].to(x)
     if config.rotation:
@@ -249,7 +263,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def validation_nll(model: ProseFlow, loader: FrameLoader, n_frames: int, config: TrainConfig) -> float:
+def validation_nll(model: ProseFlow, loader: FrameLoader, n_frames: int, config: TrainConfig,
+                   scale_nm: float) -> float:
     """Mean NLL/3N over a fixed draw of ``n_frames`` held-out frames (fixed augmentation)."""
     model.eval()
     total, count = 0.0, 0
@@ -258,7 +273,7 @@ def validation_nll(model: ProseFlow, loader: FrameLoader, n_frames: int, config:
         batch = _to_device(loader.batch(i), device)
         n = min(loader.batch_size, n_frames - i * loader.batch_size)
         batch = {k: v[:n] for k, v in batch.items()}
-        x = augment(batch["x"], batch["mask"], _generator(VAL_SEED, i, 1), slice(0, n), n, config)
+        x = augment(batch["x"], batch["mask"], _generator(VAL_SEED, i, 1), slice(0, n), n, config, scale_nm)
         total += float(model.nll_per_dim(x, batch).sum())
         count += n
     return total / count
@@ -419,9 +434,9 @@ def _set_aside_finished_run(out: Path, config: TrainConfig) -> bool:
     return True
 
 
-def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int) -> dict:
+def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int, scale_nm: float) -> dict:
     """What ``model.pt`` (and each snapshot) holds: the EMA weights and everything needed to use them."""
-    return model_file(ema.model, config.scale_nm, flow_config=cfg.to_dict(), train_config=config.to_dict(), step=step)
+    return model_file(ema.model, scale_nm, flow_config=cfg.to_dict(), train_config=config.to_dict(), step=step)
 
 
 def train(
@@ -466,6 +481,7 @@ def train(
     )  # fmt: skip
     if loader.n_max > cfg.max_atoms:
         raise ValueError(f"systems of {loader.n_max} atoms exceed FlowConfig.max_atoms={cfg.max_atoms}")
+    scale_nm = resolve_scale_nm(config, train_stores)
     val_loader = None
     if val_stores and ddp.main:
         val_loader = FrameLoader(val_stores, config.val_batch_size, VAL_SEED, split=config.val_split)
@@ -522,7 +538,7 @@ def train(
     def inputs(cpu_batch: dict, s: int) -> tuple[torch.Tensor, dict]:
         """Step ``s``'s augmented coordinates and batch, cut to the batch's longest system."""
         batch = _to_device(cpu_batch, device)
-        x = augment(batch["x"], batch["mask"], _generator(config.seed, s), rows, config.batch_size, config)
+        x = augment(batch["x"], batch["mask"], _generator(config.seed, s), rows, config.batch_size, config, scale_nm)
         trimmed = model.trim(batch)
         x = x[:, : trimmed["mask"].shape[1]].contiguous()
         if compiling:
@@ -578,7 +594,7 @@ def train(
             do_val = val_loader is not None and (step % config.val_every == 0 or step == config.max_steps)
             if ddp.main and (step % config.log_every == 0 or do_val or step == config.max_steps):
                 if do_val:
-                    val_nll = validation_nll(ema.model, val_loader, config.val_frames, config)
+                    val_nll = validation_nll(ema.model, val_loader, config.val_frames, config, scale_nm)
                 now = time.perf_counter()
                 row = {"step": step, "loss": f"{float(loss_sum) / n_window:.6g}", "lr": f"{lr:.6g}",
                        "grad_norm": f"{float(grad_norm):.6g}", "steps_per_s": f"{n_window / (now - t_window):.4g}",
@@ -588,7 +604,7 @@ def train(
                 loss_sum.zero_()
                 n_window, t_window = 0, time.perf_counter()
             if ddp.main and config.snapshot_every and step % config.snapshot_every == 0:
-                _atomic_save(_model_file(ema, cfg, config, step), out / "snapshots" / f"step_{step:07d}.pt")
+                _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "snapshots" / f"step_{step:07d}.pt")
             if ddp.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
                 save_checkpoint()
                 csv_log.plot(out / "loss_curve.png")
@@ -613,7 +629,7 @@ def train(
             "train_config": config.to_dict(), "flow_config": cfg.to_dict(), "n_parameters": n_params,
             "block_permutations": [features.PERMUTATION_NAMES[b.permutation.index] for b in model.blocks],
             "train_stores": [str(p) for p in train_stores], "val_stores": [str(p) for p in val_stores or []],
-            "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total,
+            "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total, "scale_nm": scale_nm,
             "steps": step, "final_val_nll": val_nll, "wall_time_s_last_session": time.time() - t_start,
             "compiled": compile_s is not None, "compile_s_last_session": compile_s,
             "length_buckets": {"max_atoms": loader.bucket_edges, "frames": loader.bucket_frames},
@@ -621,7 +637,7 @@ def train(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
         save_json(out / "settings.json", settings, default=str)
-        _atomic_save(_model_file(ema, cfg, config, step), out / "model.pt")
+        _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "model.pt")
     if ddp.owned:
         dist.barrier()
         dist.destroy_process_group()

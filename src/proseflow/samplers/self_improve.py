@@ -158,13 +158,12 @@ def self_improve(model, topology, energy_api, config: SelfImproveConfig, out_dir
     """
     import torch
 
-    from proseflow.flow.checkpoint import save_model
-    from proseflow.flow.preprocess import SCALE_NM
+    from proseflow.flow.checkpoint import model_scale_nm, save_model
 
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale_nm = float(getattr(model, "meta", {}).get("scale_nm", SCALE_NM))
+    scale_nm = model_scale_nm(model)
     meta = _base_meta(model, scale_nm)
     initial = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     model = copy.deepcopy(model).to(device).eval().requires_grad_(True)

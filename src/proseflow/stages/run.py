@@ -167,7 +167,7 @@ def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
 def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
     from proseflow.artefacts import save_npz
-    from proseflow.flow.checkpoint import load_model
+    from proseflow.flow.checkpoint import load_model, model_scale_nm
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers.proposals import draw_proposals
 
@@ -176,7 +176,7 @@ def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
     model = load_model(model_path, device)
     topology, _ = load_pdb(inputs.one("structure"))
     p = draw_proposals(model, topology, s.n_proposals, batch_size=s.batch_size, prior_std=s.prior_std,
-                       scale_nm=model.meta.get("scale_nm", 0.35), com_correction=s.com_correction,
+                       scale_nm=model_scale_nm(model), com_correction=s.com_correction,
                        seed=s.seed, device=device)
     save_npz(outputs.one("proposals"), positions_nm=p.positions_nm, log_q=p.log_q, chirality_ok=p.chirality_ok,
              n_chirality_fixed=p.n_chirality_fixed, n_chirality_unfixable=p.n_chirality_unfixable,
@@ -216,7 +216,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     import numpy as np
 
     from proseflow.artefacts import save_npz
-    from proseflow.flow.checkpoint import load_model
+    from proseflow.flow.checkpoint import load_model, model_scale_nm
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers import proposals as sampling
@@ -227,7 +227,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     topology, _ = load_pdb(inputs.one("structure"))
     energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
     result, positions, e_kT, n_fixed, n_unfixable, ok = sampling.run_smc(
-        model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model.meta.get("scale_nm", 0.35),
+        model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model_scale_nm(model),
         batch_size=s.batch_size, device=device, **s.smc)
     save_npz(outputs.one("samples"), positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
              ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess), min_ess=result.min_ess,
