@@ -1,6 +1,6 @@
 # proseflow: Prose (transferable normalizing flows for peptides), from sequences to reports.
 # A table of contents: each stage is one rule module over the tested library in src/proseflow.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -8,13 +8,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
+include: "workflow/rules/common.smk"  # the config checked: typed keys, the schema, the semantics
 include: "workflow/rules/sequences.smk"
 include: "workflow/rules/structures.smk"
 include: "workflow/rules/md.smk"

@@ -11,9 +11,9 @@ from openmm import unit
 from proseflow.evaluation.diagnostics import (
     angle_deviation,
     bond_deviation,
-    force_field_angles,
     diagnose,
     energy_terms,
+    force_field_angles,
     force_field_bonds,
     switch_com_correction,
     term_energies_kT,

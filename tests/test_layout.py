@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "proseflow"
 ORDER = ["stages", "report", "evaluation", "samplers", "flow", "data", "physics"]  # each uses only those after it
 TOP = {"cli", "verify", "__main__"}  # entry points: may use anything
-BASE = {"artefacts", "__version__"}  # file helpers and the package version: anyone may use them
+BASE = {"artefacts", "typed", "__version__"}  # file helpers, typed config values, the version: anyone may use them
 
 
 def proseflow_imports(path: Path) -> set[str]:

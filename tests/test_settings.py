@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proseflow.stages import settings as S
 
@@ -187,7 +189,8 @@ def test_a_variant_overrides_the_shared_training_recipe():
     assert {k: v for k, v in wide.items() if k not in ("batch_size", "lr", "model", "model_preset")} == \
         {k: v for k, v in base.items() if k not in ("batch_size", "lr", "model", "model_preset")}
     config["models"]["wide"]["train"] = {"btach_size": 7}
-    with pytest.raises(S.ConfigError, match=r"models.wide.train: \['btach_size'\]"):
+    with pytest.raises(S.ConfigError,
+                       match=r"models.wide.train.btach_size: unknown key; did you mean models.wide.train.batch_size\?"):
         S.build("train", config, model="wide")
 
 
@@ -229,3 +232,53 @@ def test_settings_and_the_workflow_import_no_scientific_stack():
     smk += (ROOT / "Snakefile").read_text()
     imported = {line.split()[1] for line in smk.splitlines() if line.startswith(("from proseflow", "import proseflow"))}
     assert imported == {"proseflow.stages"} and "from proseflow.stages import settings as S" in smk
+
+
+# --- typed keys (issue 19): every finding fails check_keys / check_config with the key's full path --------------
+def _checked(fragment: dict):
+    from proseflow.stages.settings import check_config, check_keys, deep_update
+
+    config = deep_update(S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml"), fragment)
+    check_keys(config, yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
+    check_config(config)
+
+
+@pytest.mark.parametrize("fragment,message", [
+    ({"train": {"max_stpes": 10}}, "train.max_stpes: unknown key; did you mean train.max_steps?"),
+    ({"sampling": {"n_proposals": 500.0}}, "sampling.n_proposals: expected an integer, got 500.0"),
+    ({"sampling": {"n_propsals": 500}}, "sampling.n_propsals: unknown key; did you mean sampling.n_proposals?"),
+    ({"eval": {"kmeans": 5}}, "eval.kmeans: unknown key; did you mean eval.kmeans_k?"),
+    ({"self_improve": {"n_round": 3}}, "self_improve.n_round: unknown key; did you mean self_improve.n_rounds?"),
+    ({"budget": {"map_budgett": 3}}, "budget.map_budgett: unknown key; did you mean budget.map_budget?"),
+    ({"temperature_transfer": {"prior": ["plain"]}}, "temperature_transfer.prior: unknown key"),
+    ({"evall": {}}, "evall: unknown key; did you mean eval?"),
+    ({"train": {"lr": "1e-3"}}, "write 1.0e-3"),
+    ({"smc": {"mala": {"step_size": "5e-4"}}}, "smc.mala.step_size: expected a number"),
+    ({"models": {"prose": {"train": {"lrr": 1.0e-3}}}}, "models.prose.train.lrr: unknown key; did you mean"),
+    ({"models": {"prose": {"overrides": {"affine": "cubic"}}}}, "models.prose.overrides: affine must be one of"),
+    ({"smc": {"ula": {"n_levels": 0}}}, "n_levels must be >= 1"),
+    ({"train": {"scale_nm": "auto"}}, "scale_nm"),
+])
+def test_typos_and_wrong_types_are_named(fragment, message):
+    from proseflow.stages.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _checked(fragment)
+
+
+@pytest.mark.parametrize("presets", [(), ("demo.yaml",), ("study_aa.yaml",), ("study_aa.yaml", "study_aa_ab.yaml"),
+                                     ("study_aa.yaml", "study_aa_sweep.yaml"), ("study_2aa.yaml",)])
+def test_every_preset_passes_every_check(presets):
+    """config.yaml and every preset in configs/ (as the studies layer them) pass the key, schema and code checks
+    and build their config types."""
+    import jsonschema
+
+    from proseflow.stages.settings import check_config, check_keys, typed_configs
+
+    config = S.load_config(ROOT / "config.yaml", *(ROOT / "configs" / p for p in presets))
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    check_keys(config, schema)
+    jsonschema.validate(config, schema)
+    check_config(config)
+    built = typed_configs(config)
+    assert set(built["train"]) == set(config["models"]) and set(built["smc"]) == {"ula", "mala"}

@@ -103,3 +103,23 @@ def test_workflow_is_lint_clean(workdir, configs):
     proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out and "good condition" in out, out[-3000:]
+
+
+TYPOS = [  # (preset fragment, what the error must say): issue 19's typos and a wrong type
+    ("train: {lrr: 1.0e-3}", "train.lrr: unknown key; did you mean train.lr?"),
+    ("smc: {ula: {n_level: 50}}", "smc.ula.n_level: unknown key; did you mean smc.ula.n_levels?"),
+    ("models: {prose: {preset: tiny, overrides: {chanels: 64}}}",
+     "models.prose.overrides.chanels: unknown key; did you mean models.prose.overrides.channels?"),
+    ("train: {lr: fast}", "train.lr: expected a number, got 'fast'"),
+]
+
+
+@pytest.mark.parametrize("base", [(), ("configs/demo.yaml",)], ids=["config.yaml", "demo"])
+@pytest.mark.parametrize("fragment,message", TYPOS, ids=["train.lrr", "smc.ula.n_level", "overrides.chanels", "lr=fast"])
+def test_a_typo_fails_the_dry_run_naming_the_key(workdir, base, fragment, message):
+    """A typo or a wrong type fails `snakemake -n` (seconds), not the training job after every MD job has run."""
+    (workdir / "typo.yaml").write_text(fragment + "\n")
+    proc = run(workdir, "-n", check=False, configs=(*base, "typo.yaml") if base else ("typo.yaml",))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out, out[-2000:]
+    assert "Traceback" not in out and not (workdir / "results").exists()

@@ -5,6 +5,16 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 # The only library module the workflow imports: the standard library and PyYAML, nothing scientific.
 from proseflow.stages import settings as S
+from snakemake.utils import validate
+
+# The config, checked in three passes, each naming the bad key: every key exists and every number is one
+# (with the nearest valid name for a typo), the schema's types and ranges, then what only the code knows
+# (the config types of training, SMC and self-improvement are built here, so a bad value fails the dry run).
+try:
+    S.check_keys(config, S.yaml.safe_load(open(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")))
+except S.ConfigError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+validate(config, "../schemas/config.schema.yaml")
 try:
     S.check_config(config)
 except S.ConfigError as e:

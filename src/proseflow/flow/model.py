@@ -34,16 +34,15 @@ not depend on what else is in the batch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from proseflow.data.permutations import N_PERMUTATIONS, PERMUTATION_NAMES, schedule_indices  # noqa: F401
+from proseflow.data.permutations import PERMUTATION_NAMES  # noqa: F401
+from proseflow.flow.config import AFFINE_KINDS, FlowConfig  # noqa: F401  (FlowConfig: re-exported)
 
 SYSTEM_KEYS = ("atom_type", "residue_type", "residue_index", "chain_length")  # the conditioning's inputs
 
@@ -53,89 +52,6 @@ def set_fp32_numerics() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-
-
-@dataclass
-class FlowConfig:
-    """Size and switches of the flow. ``None`` switches take the default of ``arch``.
-
-    arch="prose": adaLN-Zero conditioning, QK-LayerNorm, SwiGLU transition, lookahead conditioning,
-        chemistry-aware permutations (backbone-first and residue-by-residue, standard and variant,
-        each with its flip).
-    arch="tarflow": the plain TarFlow baseline: conditioning added to the input embedding, plain
-        LayerNorm, no QK norm, no transition, GELU MLP, permutations alternating residue-by-residue
-        and its flip.
-    backbone_first=False (ablation): only the four residue-by-residue permutations are cycled.
-    Block k uses permutation ``permutation_order()[k % len]``: the schedules of
-    :data:`proseflow.data.permutations.SCHEDULES` (prose: the paper's interleaved cycle of all 8 orders).
-    adaln_gate: "zero" (adaLN-Zero: the residual gates start at exactly 0) or "sigmoid" (the paper's code:
-    gate = sigmoid(linear), bias -2, so every gate starts at sigmoid(-2) = 0.12).
-    """
-
-    arch: str = "prose"
-    channels: int = 384
-    n_blocks: int = 8
-    n_layers: int = 8
-    head_dim: int = 64
-    mlp_ratio: int = 4
-    n_atom_types: int = 64  # atom-name vocabulary incl. 0 = padding (must cover the loader's vocabulary)
-    n_residue_types: int = 21  # 0 = padding, 1..20 amino acids
-    cond_dim: int = 128  # width of each of the 4 conditioning features before the MLP
-    max_atoms: int = 256  # length of the learned position embedding (8AA has at most 178 atoms)
-    n_permutations: int = N_PERMUTATIONS
-    backbone_first: bool = True
-    transition: bool | None = None
-    lookahead: bool | None = None
-    qk_norm: bool | None = None
-    perm_order: tuple[int, ...] | None = None  # explicit override of permutation_order()
-    grad_checkpoint: bool = False  # recompute each layer's activations in backward (training memory)
-    adaln_gate: str = "zero"
-    affine: str = "diagonal"  # per-atom map: "diagonal" (x = exp(alpha) z + mu) or "triangular" (x = L z + mu)
-
-    def __post_init__(self) -> None:
-        if self.arch not in ("prose", "tarflow"):
-            raise ValueError(f"unknown arch {self.arch!r}")
-        prose = self.arch == "prose"
-        for name in ("transition", "lookahead", "qk_norm"):
-            if getattr(self, name) is None:
-                setattr(self, name, prose)
-        if self.channels % self.head_dim:
-            raise ValueError("channels must be a multiple of head_dim")
-        if self.adaln_gate not in ("zero", "sigmoid"):
-            raise ValueError(f"adaln_gate must be 'zero' or 'sigmoid', got {self.adaln_gate!r}")
-        if self.affine not in Affine.KINDS:
-            raise ValueError(f"affine must be one of {Affine.KINDS}, got {self.affine!r}")
-        if self.perm_order is not None:
-            self.perm_order = tuple(int(i) for i in self.perm_order)
-
-    @property
-    def adaptive(self) -> bool:
-        return self.arch == "prose"
-
-    def permutation_order(self) -> tuple[int, ...]:
-        """Rows of the loader's permutations, cycled over the blocks (block k uses order[k % len])."""
-        if self.perm_order is not None:
-            return tuple(self.perm_order)
-        if self.arch == "tarflow":
-            return schedule_indices("tarflow")
-        return schedule_indices("prose" if self.backbone_first else "no_backbone_first")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> FlowConfig:
-        """"paper" (~288M params for prose, ~117M for tarflow), "small" and "tiny" (CPU).
-
-        Every preset keeps the paper's 8 blocks, so every model cycles all 8 permutations; the CPU presets
-        shrink the layers per block and the channels instead.
-        """
-        sizes = {
-            "paper": dict(channels=384, n_blocks=8, n_layers=8, head_dim=64, mlp_ratio=4, cond_dim=128),
-            "small": dict(channels=128, n_blocks=8, n_layers=1, head_dim=32, mlp_ratio=4, cond_dim=64),
-            "tiny": dict(channels=32, n_blocks=8, n_layers=1, head_dim=16, mlp_ratio=2, cond_dim=16),
-        }
-        return cls(**{**sizes[name], **overrides})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 1e4) -> torch.Tensor:
@@ -326,7 +242,7 @@ class Affine:
     every block at initialisation). log |det L| = sum alpha for both forms.
     """
 
-    KINDS = ("diagonal", "triangular")
+    KINDS = AFFINE_KINDS
 
     def __init__(self, kind: str = "diagonal"):
         self.triangular = kind == "triangular"

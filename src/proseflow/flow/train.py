@@ -38,7 +38,7 @@ import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,76 +50,14 @@ from proseflow.artefacts import atomic_write, save_json
 from proseflow.data import features
 from proseflow.data.dataset import CorruptStoreError, FrameLoader, coordinate_std_nm
 from proseflow.flow.checkpoint import model_file
-from proseflow.flow.model import FlowConfig, ProseFlow, count_parameters, set_fp32_numerics
+from proseflow.flow.config import FlowConfig, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
+from proseflow.flow.model import ProseFlow, count_parameters, set_fp32_numerics
 from proseflow.flow.preprocess import n_atoms, normalise, random_rotations, rotate
 
 log = logging.getLogger("proseflow")
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "steps_per_s", "val_nll")
 VAL_SEED = 0  # the held-out validation frames (and their augmentation) are the same in every run
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; the defaults are the paper's recipe."""
-
-    model_preset: str = "paper"  # FlowConfig.preset name: paper / small / tiny
-    model: dict = field(default_factory=dict)  # FlowConfig overrides: arch, transition, grad_checkpoint, ...
-    batch_size: int = 512  # global batch (split evenly over DDP ranks)
-    max_steps: int = 500_000
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 4e-4
-    warmup_frac: float = 0.05  # one-cycle: cosine warm-up over this fraction of the steps ...
-    start_lr_div: float = 500.0  # ... from lr / start_lr_div, then cosine decay ...
-    final_div_factor: float = 1.0  # ... to lr / start_lr_div / final_div_factor (paper: OneCycleLR factor 1 -> lr/500)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    scale_nm: float | str = 0.35  # coordinate scale (nm): the paper's 0.35, or "data": the std of the centred
-    # training coordinates (dataset.coordinate_std_nm), resolved when training starts and kept in the model file
-    rotation: bool = True
-    com_augment: bool = True
-    tf32: bool = False
-    seed: int = 0
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda
-    n_max: int | None = None  # pad every batch to this many atoms (default: the largest training system)
-    train_split: str = "train"  # FrameLoader split of the training stores
-    val_split: str = "all"  # ... and of the validation stores
-    val_every: int = 5000  # validation NLL/3N of the EMA model every this many steps (and at the end)
-    val_frames: int = 2048  # number of held-out frames (fixed draw from the validation stores)
-    val_batch_size: int = 256
-    checkpoint_every: int = 1000
-    snapshot_every: int | None = None  # also keep the EMA model every this many steps: snapshots/step_NNNNNNN.pt
-    log_every: int = 100
-    stop_after_s: float | None = None  # stop cleanly (checkpoint, no model.pt) after this wall time
-    progress: bool = True
-    prefetch: bool = True  # load the next batch in a background thread
-    num_threads: int | None = None  # torch CPU threads
-    compile: bool | str = False  # torch.compile the forward + loss: true, false, or auto (runs >= 1000 steps)
-    length_buckets: int | list[int] | None = None  # batches from one length bucket (FrameLoader): k or edges
-
-    # "auto" compiles runs of at least this many steps: compilation costs about a minute (CPU, small models) to
-    # a few minutes (paper preset) and each step then runs about twice as fast (benchmarks/train_throughput.py).
-    COMPILE_MIN_STEPS = 1000
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        self.model = dict(self.model)
-        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "val_every", "val_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.compile not in (True, False, "auto"):
-            raise ValueError(f"train.compile must be true, false or 'auto', got {self.compile!r}")
-        if isinstance(self.scale_nm, str):
-            if self.scale_nm != "data":
-                raise ValueError(f"train.scale_nm must be a length in nm or 'data', got {self.scale_nm!r}")
-        elif not self.scale_nm > 0:
-            raise ValueError(f"train.scale_nm must be > 0 nm, got {self.scale_nm}")
-        if isinstance(self.length_buckets, list | tuple):
-            self.length_buckets = [int(e) for e in self.length_buckets]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # Settings that may change when a run is resumed; any other difference is an error.

@@ -25,51 +25,17 @@ environments without torch.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from proseflow.artefacts import save_json
+from proseflow.samplers.config import SelfImproveConfig  # noqa: F401  (re-exported)
 
 log = logging.getLogger("proseflow")
-
-
-@dataclass
-class SelfImproveConfig:
-    """Defaults: the paper's self-improvement recipe (PAPER.md section 4)."""
-
-    n_rounds: int = 4
-    n_samples: int = 200_000  # SNIS proposals per round
-    steps: int = 250  # fine-tuning steps per round
-    batch_size: int = 256
-    lr: float = 5e-6
-    reg_weight: float = 0.5  # weight of mean(((log q - log q_initial) / 3N)^2)
-    n_final: int = 10_000  # proposals of the final (evaluated) SNIS set
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW, one optimizer over all rounds, constant lr
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    rotation: bool = True
-    com_augment: bool = True
-    sample_batch_size: int = 1024
-    com_correction: str = "chi"
-    drop_top_fraction: float = 0.002
-    keep_round_models: bool = False  # also keep model_round{k}.pt of every round
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        for name in ("n_samples", "batch_size", "n_final", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"self_improve.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_rounds < 0 or self.steps < 0 or self.reg_weight < 0:
-            raise ValueError("self_improve.n_rounds, steps and reg_weight must be >= 0")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _seed(*key: int) -> int:

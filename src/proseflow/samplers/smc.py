@@ -44,17 +44,17 @@ proposals); a ``RuntimeError`` is raised if every weight vanishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy.special import logsumexp
 
+from proseflow.samplers.config import PAPER_STEP_SIZE, SMCConfig  # noqa: F401  (re-exported)
 from proseflow.samplers.resampling import count_distinct, kish_ess, systematic_resample
 
 EnergyFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-PAPER_STEP_SIZE = {"ula": 1e-5 * 0.01, "mala": 5e-4}  # normalised flow coordinates squared
 
 
 class EnergyModel(Protocol):
@@ -65,59 +65,6 @@ class EnergyModel(Protocol):
 
 ProposalEnergy = EnergyModel  # E_q = -log q of the flow, F_q = grad log q
 TargetEnergy = EnergyModel  # E / kT and forces / kT
-
-
-@dataclass(frozen=True)
-class SMCConfig:
-    kernel: Literal["ula", "mala"] = "ula"
-    n_levels: int = 100  # K annealing increments; the schedule has K + 1 points 0 = t_0 < ... < t_K = 1
-    n_mcmc_steps: int = 1  # Langevin steps per level (0: pure annealed importance weights, no moves)
-    step_size: float = 1e-3  # h in x' = x + h F + sqrt(2h) xi, in (coordinate unit)^2 (see the module doc)
-    adapt_step_size: bool | None = None  # None: adapt for MALA only (ULA has no acceptance signal)
-    target_accept: float = 0.6  # "exp" rule: log h += adapt_rate * (acceptance - target_accept)
-    adapt_rate: float = 1.0
-    adapt_rule: Literal["exp", "band"] = "exp"  # "band": h x adapt_factor above the band, / below it
-    target_accept_band: tuple[float, float] = (0.55, 0.6)
-    adapt_factor: float = 1.1
-    step_size_bounds: tuple[float, float] = (1e-12, 1e3)
-    ess_threshold: float = 0.5  # resample when the normalised Kish ESS drops below this
-    schedule: Sequence[float] | None = None  # explicit t levels (overrides n_levels)
-    # before SMC: drop the largest drop_top_fraction of the importance weights exp(-E_target - log q), then
-    # the particles with E_target above max_target_energy (kT); dropped particles get weight zero
-    drop_top_fraction: float = 0.0
-    max_target_energy: float | None = None
-
-    @classmethod
-    def paper(cls, kernel: Literal["ula", "mala"], **overrides) -> SMCConfig:
-        """Paper settings: ULA 100 levels at h = 1e-7 (eps 1e-5 x dt 0.01); MALA 50 levels from h = 5e-4,
-        adapted x/÷1.1 toward 0.55-0.6 acceptance; one step per level, resampling at every level; the top
-        0.2% of the weights and the proposals above 100 kT dropped first. Step sizes in normalised flow
-        coordinates squared (nm / 0.35)."""
-        base = {
-            "kernel": kernel,
-            "n_levels": 100 if kernel == "ula" else 50,
-            "n_mcmc_steps": 1,
-            "ess_threshold": 1.0,
-            "step_size": PAPER_STEP_SIZE[kernel],
-            "adapt_rule": "band",
-            "drop_top_fraction": 0.002,
-            "max_target_energy": 100.0,
-        }
-        return cls(**{**base, **overrides})
-
-    def t_schedule(self) -> np.ndarray:
-        if self.schedule is None:
-            if self.n_levels < 1:
-                raise ValueError("n_levels must be >= 1")
-            t = np.linspace(0.0, 1.0, self.n_levels + 1)
-        else:
-            t = np.asarray(self.schedule, dtype=float)
-        if len(t) < 2 or t[0] != 0.0 or t[-1] != 1.0 or np.any(np.diff(t) <= 0):
-            raise ValueError(f"schedule must increase strictly from exactly 0 to exactly 1, got {t}")
-        return t
-
-    def adapts(self) -> bool:
-        return self.kernel == "mala" if self.adapt_step_size is None else bool(self.adapt_step_size)
 
 
 @dataclass

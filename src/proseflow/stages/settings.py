@@ -25,13 +25,107 @@ from typing import Any, ClassVar
 
 import yaml
 
+from proseflow import typed
+from proseflow.flow.config import FlowConfig, TrainConfig
 from proseflow.physics.protocol import MDProtocol
 from proseflow.physics.sequences import SequenceError, check_disjoint, draw_balanced, validate_sequence
+from proseflow.samplers.config import SelfImproveConfig, SMCConfig
 from proseflow.samplers.prior import PRIOR_MODES, prior_std_for
 
 
-class ConfigError(ValueError):
+class ConfigError(typed.ConfigTypeError):
     """A configuration value that cannot work."""
+
+
+# ------------------------------------------------------------------------------------ typed keys
+# Config sections whose keys are the fields of a config type ("*": any model variant's name). The schema
+# lists the common ones with their ranges; the type is what says which keys exist.
+TYPED_SECTIONS: dict[tuple[str, ...], tuple[type, tuple[str, ...]]] = {
+    ("train",): (TrainConfig, ("model_preset", "model")),  # (type, fields a variant sets, not `train`)
+    ("models", "*", "train"): (TrainConfig, ("model_preset", "model")),
+    ("models", "*", "overrides"): (FlowConfig, ()),
+    ("smc", "ula"): (SMCConfig, ("kernel",)),
+    ("smc", "mala"): (SMCConfig, ("kernel",)),
+    ("self_improve",): (SelfImproveConfig, ()),
+}
+
+
+def _typed_section(path: tuple[str, ...]):
+    for pattern, spec in TYPED_SECTIONS.items():
+        if len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True)):
+            return spec
+    return None
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def check_keys(config: Mapping, schema: Mapping) -> None:
+    """Before the schema's own validation: every key exists (the schema's keys, or a config type's fields for
+    :data:`TYPED_SECTIONS`) and every number is one, each error naming the key's full path and, for a typo,
+    the nearest valid name (``train.lrr: unknown key; did you mean train.lr?``)."""
+    _check(config, schema, ())
+
+
+def _check(value: Any, schema: Mapping, path: tuple) -> None:
+    name = _dotted(path)
+    kinds = schema.get("type", [])
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds)
+    for alt in schema.get("oneOf", []):
+        if isinstance(alt, Mapping) and isinstance(alt.get("type"), str):
+            kinds.add(alt["type"])
+    if isinstance(value, str) and kinds & {"number", "integer"} and "string" not in kinds:
+        raise ConfigError(f"{name}: expected a number, got {value!r}{typed.yaml_number_hint(value)}")
+    if isinstance(value, float) and "integer" in kinds and "number" not in kinds:
+        raise ConfigError(f"{name}: expected an integer, got {value!r}"
+                          + (f" (write {int(value)})" if value.is_integer() else ""))
+    if isinstance(value, Mapping):
+        spec = _typed_section(tuple(str(p) for p in path))
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        if spec is not None:
+            try:
+                typed.check_fields(spec[0], value, name, exclude=spec[1])
+            except typed.ConfigTypeError as e:
+                raise ConfigError(str(e)) from None
+        elif extra is False:
+            for key in value:
+                if key not in props:
+                    raise ConfigError(str(typed.unknown_key(name, key, props)))
+        for key, v in value.items():
+            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                _check(v, sub, (*path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, v in enumerate(value):
+            _check(v, schema["items"], (*path, i))
+
+
+def typed_configs(config: Mapping) -> dict:
+    """The config types the stages run with, built from the config (so any bad value fails the dry run):
+    ``train[model]`` (TrainConfig, its FlowConfig checked too), ``smc[kernel]`` (SMCConfig) and ``self_improve``."""
+    out: dict = {"train": {}, "smc": {}}
+    try:
+        for name in config.get("models", {}):
+            settings = _train(config, name)
+            cfg = typed.build(TrainConfig, settings.config, f"models.{name}")
+            try:
+                FlowConfig.preset(cfg.model_preset, **cfg.model)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"models.{name}.overrides: {e}") from None
+            out["train"][name] = cfg
+        for kernel in ("ula", "mala"):
+            cfg = SMCConfig.paper(kernel, **config["smc"][kernel])
+            cfg.check_schedule()
+            out["smc"][kernel] = cfg
+        out["self_improve"] = typed.build(SelfImproveConfig, _self_improve(config).improve, "self_improve")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    return out
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -164,6 +258,8 @@ def check_config(config: Mapping) -> None:
             raise ConfigError(f"md.{kind}: {e}") from None
     if "eval" in config:
         tica_lag_frames(config)
+    if "models" in config and "smc" in config and "self_improve" in config:
+        typed_configs(config)
     if "temperature_transfer" in config:
         for prior in config["temperature_transfer"]["priors"]:
             if prior not in PRIOR_MODES:
@@ -446,10 +542,10 @@ def _train(config, model):
         raise ConfigError(f"model {model!r} is not defined under `models` (defined: {sorted(config['models'])})")
     spec = config["models"][model]
     own = dict(spec.get("train") or {})  # the variant's own training settings over the shared recipe
-    unknown = sorted(set(own) - set(config["train"]))
-    if unknown:
-        raise ConfigError(f"models.{model}.train: {unknown} is not a setting of the shared `train` recipe, which a "
-                          f"variant may override (the architecture goes under models.{model}.overrides)")
+    try:
+        typed.check_fields(TrainConfig, own, f"models.{model}.train", exclude=("model_preset", "model"))
+    except typed.ConfigTypeError as e:
+        raise ConfigError(f"{e} (the architecture goes under models.{model}.overrides)") from None
     return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), **copy.deepcopy(own),
                                               "model_preset": spec["preset"],
                                               "model": copy.deepcopy(dict(spec.get("overrides", {})))})
@@ -606,7 +702,7 @@ def parse_md_suffix(suffix: str) -> float | None:
     return float(m.group(1))
 
 
-__all__ = ["ConfigError", "MDProtocol", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+__all__ = ["ConfigError", "MDProtocol", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]
