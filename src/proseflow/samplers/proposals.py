@@ -20,9 +20,6 @@ from tqdm.auto import tqdm
 from proseflow.data.features import pad_permutations, system_features
 from proseflow.flow.preprocess import (
     SCALE_NM,
-    centroid,
-    com_log_density,
-    n_atoms,
     proposal_log_prob_nm,
     to_nm,
 )
@@ -110,15 +107,17 @@ def draw_proposals(model, topology, n: int, batch_size: int = 1024, prior_std: f
 
 
 class FlowExtendedEnergy:
-    """E_q(x) = -log q(x) + log h(c) in the flow's own coordinates (normalised, uncentred), with forces.
+    """E_q(x) = -log q(x) in the flow's own coordinates (normalised, uncentred), with forces.
 
     SMC runs in the flow's coordinates on the extended space (centred configuration y, centroid c), where
-    the proposal is the flow and the target is pi(y) h(c) with h = N(0, I/N) (the training augmentation):
-    both are smooth densities of x, so Langevin moves need no special treatment of the centroid.
+    the proposal is the flow q(x) (with latent std ``prior_std``) and the target is pi(y) h(c) with
+    h = N(0, I/N) (the training augmentation, :class:`TargetExtendedEnergy`): both are normalised densities
+    of x, so the path exp(-E_t) starts at the proposal itself and Langevin moves need no special treatment of
+    the centroid.
     """
 
-    def __init__(self, model, topology, device="cpu", chunk_size: int = 256):
-        self.model, self.device, self.chunk_size = model, device, chunk_size
+    def __init__(self, model, topology, device="cpu", chunk_size: int = 256, prior_std: float = 1.0):
+        self.model, self.device, self.chunk_size, self.prior_std = model, device, chunk_size, prior_std
         self.batch = system_batch(topology, chunk_size, device)
 
     def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +126,7 @@ class FlowExtendedEnergy:
             xb = torch.tensor(x[start : start + self.chunk_size], dtype=torch.float32, device=self.device)
             xb.requires_grad_(True)
             batch = first_rows(self.batch, len(xb))
-            mask = batch["mask"]
-            e = -self.model.log_prob(xb, batch) + com_log_density(centroid(xb, mask), n_atoms(mask), "gaussian")
+            e = -self.model.log_prob(xb, batch, prior_std=self.prior_std)
             (grad,) = torch.autograd.grad(e.sum(), xb)
             es.append(e.detach().double().cpu().numpy())
             fs.append(-grad.double().cpu().numpy())
@@ -159,9 +157,10 @@ def flow_to_nm(x: np.ndarray, scale_nm: float = SCALE_NM) -> np.ndarray:
 
 
 def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: int = 0, scale_nm: float = SCALE_NM,
-            batch_size: int = 1024, device="cpu", **smc_overrides):
+            batch_size: int = 1024, device="cpu", prior_std: float = 1.0, **smc_overrides):
     """SMC from the flow (PAPER.md section 4) in the flow's extended coordinates; returns (result, positions_nm,
-    energy_kT, n_fixed, n_unfixable, ok). Final particles are equally weighted; the force field is achiral, so
+    energy_kT, n_fixed, n_unfixable, ok). The initial particles are flow samples with latent std ``prior_std``
+    (the proposal the path starts from). Final particles are equally weighted; the force field is achiral, so
     wrong-handed final particles are mirrored like proposals."""
     from proseflow.samplers.smc import SMCConfig, smc
 
@@ -172,16 +171,13 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
     with torch.no_grad():
         for start in range(0, n_particles, batch_size):
             batch = first_rows(full, min(batch_size, n_particles - start))
-            x, log_q, used = model.sample(batch, generator=generator)
-            mask = used["mask"]
+            x, log_q, _ = model.sample(batch, prior_std=prior_std, generator=generator)
             xs.append(x.double().cpu().numpy())
-            # the extended-space density of x: flow density over the 3N coordinates, minus log h(c)
-            log_qs.append((log_q.double() - com_log_density(centroid(x, mask), n_atoms(mask), "gaussian").double())
-                          .cpu().numpy())
+            log_qs.append(log_q.double().cpu().numpy())  # the flow density over all 3N coordinates
     x0, log_q0 = np.concatenate(xs), np.concatenate(log_qs)
     config = SMCConfig.paper(kernel, **smc_overrides)
-    result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device), TargetExtendedEnergy(energy_api, scale_nm),
-                 config, np.random.default_rng(seed))
+    result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device, prior_std=prior_std),
+                 TargetExtendedEnergy(energy_api, scale_nm), config, np.random.default_rng(seed))
     n = x0.shape[1]
     c = result.x.mean(axis=1)
     energy_kT = result.target_energy - 0.5 * n * (c**2).sum(-1) + 1.5 * math.log(n / (2 * math.pi))

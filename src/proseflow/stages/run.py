@@ -228,7 +228,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
     result, positions, e_kT, n_fixed, n_unfixable, ok = sampling.run_smc(
         model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model_scale_nm(model),
-        batch_size=s.batch_size, device=device, **s.smc)
+        batch_size=s.batch_size, device=device, prior_std=s.prior_std, **s.smc)
     save_npz(outputs.one("samples"), positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
              ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess), min_ess=result.min_ess,
              resampled=np.asarray(result.resampled), n_distinct=result.n_distinct,

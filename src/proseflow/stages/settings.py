@@ -384,6 +384,7 @@ class SmcSettings(StageSettings):
     energy_backend: str
     batch_size: int
     seed: int
+    prior_std: float = 1.0  # sampling.prior_std: the latent std of the flow samples SMC starts from
     device: str = "auto"
 
 
@@ -574,9 +575,11 @@ def _smc(config, kernel):
     if kernel not in ("ula", "mala"):
         raise ConfigError(f"SMC kernel must be ula or mala, got {kernel!r}")
     sp = config["sampling"]
-    return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"],
-                       smc=copy.deepcopy(dict(config["smc"][kernel])), temperature_K=_temperature(config, None),
-                       energy_backend=sp["energy_backend"], batch_size=sp["batch_size"], seed=sp["seed"])
+    # sampling.drop_top_fraction reaches SMC's filter too, unless smc.<kernel> sets its own
+    smc = {"drop_top_fraction": sp["drop_top_fraction"], **copy.deepcopy(dict(config["smc"][kernel]))}
+    return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"], smc=smc,
+                       temperature_K=_temperature(config, None), energy_backend=sp["energy_backend"],
+                       batch_size=sp["batch_size"], seed=sp["seed"], prior_std=sp.get("prior_std", 1.0))
 
 
 def _self_improve(config):
