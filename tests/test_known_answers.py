@@ -18,7 +18,13 @@ import torch
 
 from proseflow.flow.model import ProseFlow
 from proseflow.flow.train import TrainConfig, flow_config
-from proseflow.samplers.proposals import FlowExtendedEnergy, TargetExtendedEnergy, draw_proposals, run_smc, system_batch
+from proseflow.samplers.proposals import (
+    FlowExtendedEnergy,
+    TargetExtendedEnergy,
+    draw_proposals,
+    run_smc,
+    system_batch,
+)
 from proseflow.samplers.snis import snis
 
 torch.set_num_threads(1)
