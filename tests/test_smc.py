@@ -318,3 +318,52 @@ def test_ula_at_the_paper_step_is_stable_on_the_stiffest_bond():
     assert np.var(res.x) * K == pytest.approx(1.0, abs=0.1)
     with pytest.raises(RuntimeError, match="vanished"):
         smc(x0, lq0, bond, bond, SMCConfig(kernel="ula", n_levels=2000, step_size=3 / K), rng)
+
+
+# --- adaptive mode (issue 20) -------------------------------------------------------------------------
+
+
+def test_adaptive_levels_hold_the_conditional_ess_and_reach_the_target():
+    """Levels by bisection: every level but the last has conditional ESS = target_cess (to the bisection's
+    tolerance), the last at least that; the moments and log Z of a shifted Gaussian come out right; every
+    target evaluation is counted (1 + levels x MALA steps per particle)."""
+    mean, sd = np.array([2.0, -1.0]), 0.5
+    cfg = SMCConfig.adaptive_mala(target_cess=0.9, n_mcmc_steps=3, step_size=0.05, drop_top_fraction=0.0,
+                                  max_target_energy=None)
+    est_m, est_m2, est_lz = [], [], []
+    for seed in range(6):
+        res = run(gaussian_target(mean, sd), cfg, seed=300 + seed, b=1000, shape=(2,))
+        k = len(res.ess)
+        assert res.t_schedule[0] == 0.0 and res.t_schedule[-1] == 1.0 and len(res.t_schedule) == k + 1
+        assert np.all(np.diff(res.t_schedule) > 0) and 3 <= k < 100
+        np.testing.assert_allclose(res.cess[:-1], 0.9, atol=2e-3)
+        assert res.cess[-1] >= 0.9 - 2e-3
+        assert res.n_energy_evals == 1000 * (1 + 3 * k) and res.info["adaptive"]
+        est_m.append(res.x.mean(axis=0))
+        est_m2.append((res.x**2).mean(axis=0))
+        est_lz.append(res.log_z)
+    check_close(est_m, mean)
+    check_close(est_m2, mean**2 + sd**2, max_se=0.1)
+    check_close(est_lz, np.log(2 * np.pi * sd**2))
+
+
+def test_adaptive_mode_spends_more_levels_on_a_harder_target_and_respects_max_levels():
+    easy = run(gaussian_target([0.2], 0.9), SMCConfig.adaptive_mala(drop_top_fraction=0.0, max_target_energy=None),
+               seed=0, b=500)
+    hard = run(gaussian_target([3.0], 0.2), SMCConfig.adaptive_mala(drop_top_fraction=0.0, max_target_energy=None),
+               seed=0, b=500)
+    assert len(easy.ess) < len(hard.ess)
+    capped = run(gaussian_target([3.0], 0.2), SMCConfig.adaptive_mala(max_levels=4, drop_top_fraction=0.0,
+                                                                       max_target_energy=None), seed=0, b=500)
+    assert len(capped.ess) == 4 and capped.t_schedule[-1] == 1.0
+
+
+def test_conditional_ess_closed_forms():
+    from proseflow.samplers.smc import conditional_ess
+
+    log_w = np.log(np.array([0.5, 0.25, 0.25]))
+    assert conditional_ess(log_w, np.zeros(3)) == pytest.approx(1.0)
+    assert conditional_ess(log_w, np.full(3, -7.0)) == pytest.approx(1.0)  # a constant increment
+    inc = np.log(np.array([1.0, 2.0, 4.0]))  # (sum W w)^2 / sum W w^2 = (0.5+0.5+1)^2 / (0.5+1+4) = 4/5.5
+    assert conditional_ess(log_w, inc) == pytest.approx(4 / 5.5)
+    assert conditional_ess(np.array([0.0, -np.inf]), np.array([0.0, 5.0])) == pytest.approx(1.0)  # dead: ignored

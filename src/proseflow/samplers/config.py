@@ -31,6 +31,26 @@ class SMCConfig:
     # the particles with E_target above max_target_energy (kT); dropped particles get weight zero
     drop_top_fraction: float = 0.0
     max_target_energy: float | None = None
+    # adaptive mode (not the paper's): each next level t' is the largest t' <= 1 whose conditional ESS
+    # (Zhou, Johansen & Aston 2016: the ESS of the increment under the current weights) is at least
+    # target_cess, found by bisection; max_levels bounds the number of levels (the budget)
+    adaptive: bool = False
+    target_cess: float = 0.95
+    max_levels: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("ula", "mala"):
+            raise ValueError(f"kernel must be 'ula' or 'mala', got {self.kernel!r}")
+        if self.n_mcmc_steps < 0:
+            raise ValueError(f"n_mcmc_steps must be >= 0, got {self.n_mcmc_steps}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if not 0.0 < self.target_cess < 1.0:
+            raise ValueError(f"target_cess must be in (0, 1), got {self.target_cess}")
+        if self.max_levels < 1:
+            raise ValueError(f"max_levels must be >= 1, got {self.max_levels}")
+        if not 0.0 <= self.drop_top_fraction < 1.0:
+            raise ValueError(f"drop_top_fraction must be in [0, 1), got {self.drop_top_fraction}")
 
     @classmethod
     def paper(cls, kernel: Literal["ula", "mala"], **overrides) -> SMCConfig:
@@ -48,6 +68,16 @@ class SMCConfig:
             "drop_top_fraction": 0.002,
             "max_target_energy": 100.0,
         }
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def adaptive_mala(cls, **overrides) -> SMCConfig:
+        """Adaptive MALA (issue 20; not in the paper): levels by bisection at conditional ESS 0.95, five MALA
+        steps per level with the step size adapted toward 0.6 acceptance, resampling below ESS 0.5; the
+        paper's filters before SMC (top 0.2% of the weights, proposals above 100 kT)."""
+        base = {"kernel": "mala", "adaptive": True, "target_cess": 0.95, "n_mcmc_steps": 5,
+                "step_size": PAPER_STEP_SIZE["mala"], "adapt_rule": "exp", "target_accept": 0.6,
+                "ess_threshold": 0.5, "drop_top_fraction": 0.002, "max_target_energy": 100.0}
         return cls(**{**base, **overrides})
 
     def check_schedule(self) -> list[float]:

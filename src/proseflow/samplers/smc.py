@@ -85,6 +85,7 @@ class SMCResult:
     n_distinct: int = 0  # distinct configurations among the final particles
     n_distinct_ancestors: int = 0  # distinct initial proposals the final particles descend from
     info: dict = field(default_factory=dict)  # kernel, final_step_size, n_dropped_top_weight, n_dropped_high_energy
+    cess: np.ndarray | None = None  # [K] conditional ESS of each level's increment (adaptive mode: >= target_cess)
 
     @property
     def min_ess(self) -> float:
@@ -123,8 +124,8 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
     rng = np.random.default_rng(rng)
     x0 = np.asarray(x0, dtype=float)
     b, shape = x0.shape[0], x0.shape[1:]
-    ts = config.t_schedule()
-    n_lev = len(ts) - 1
+    ts = [0.0] if config.adaptive else list(config.t_schedule())
+    n_lev = config.max_levels if config.adaptive else len(ts) - 1
     prop = _Counted(_as_fn(energy_q_fn), shape)
     targ = _Counted(_as_fn(target_energy_and_forces_fn), shape)
 
@@ -144,15 +145,21 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
     resampled = np.zeros(n_lev, dtype=bool)
     acc = np.full(n_lev, np.nan)
     steps = np.zeros(n_lev)
+    cess = np.full(n_lev, np.nan)
     for k in range(1, n_lev + 1):
+        if config.adaptive:
+            remaining = n_lev - k + 1  # with one level left, go to t = 1
+            ts.append(1.0 if remaining == 1 else next_level(ts[-1], log_w, ep - eq, ok, config.target_cess))
         t, dt = ts[k], ts[k] - ts[k - 1]
         with np.errstate(invalid="ignore"):
             inc = np.where(ok, -dt * (ep - eq), -np.inf)
+        cess[k - 1] = conditional_ess(log_w, inc)
         log_z += float(logsumexp(log_w - logsumexp(log_w) + inc))
         log_w = log_w + inc
         _check_alive(log_w, k)
         ess[k - 1] = kish_ess(log_w)
-        if k == n_lev:
+        if t == 1.0:
+            n_lev = k
             final_log_w = log_w - logsumexp(log_w)
             final_ess = ess[k - 1]
         if ess[k - 1] < config.ess_threshold or k == n_lev:
@@ -196,6 +203,9 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
             acc[k - 1] = n_acc / max(n_tried, 1)
             if config.adapts():
                 h = float(np.clip(_adapted(h, acc[k - 1], config), lo, hi))
+        if t == 1.0:
+            break
+    ess, resampled, acc, steps, cess = (a[:n_lev] for a in (ess, resampled, acc, steps, cess))
 
     if not np.isfinite(log_w).all():  # a final ULA move killed particles: keep the set equally weighted
         idx = systematic_resample(log_w, len(log_w), rng)
@@ -205,7 +215,7 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         x=x.reshape((b, *shape)),
         log_weights=log_w_out,
         target_energy=np.where(ok, ep, np.inf),
-        t_schedule=ts,
+        t_schedule=np.asarray(ts, dtype=float),
         ess=ess,
         resampled=resampled,
         acceptance=acc,
@@ -218,8 +228,36 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
         n_distinct=count_distinct(x),
         n_distinct_ancestors=len(np.unique(ancestors)),
         info={"kernel": config.kernel, "final_step_size": h, "n_dropped_top_weight": n_top,
-              "n_dropped_high_energy": n_high},
+              "n_dropped_high_energy": n_high, "adaptive": config.adaptive},
+        cess=cess,
     )
+
+
+def conditional_ess(log_w: np.ndarray, inc: np.ndarray) -> float:
+    """Conditional ESS of an increment (Zhou, Johansen & Aston 2016): (sum W w)^2 / sum W w^2 with W the
+    normalised current weights and w = exp(inc); 1 when the increment is constant over the live particles."""
+    with np.errstate(invalid="ignore"):
+        a = np.where(np.isfinite(log_w) & np.isfinite(inc), log_w - logsumexp(log_w) + inc, -np.inf)
+    if not np.isfinite(a).any():
+        return 0.0
+    return float(np.exp(2 * logsumexp(a) - logsumexp(a + inc)))
+
+
+def next_level(t: float, log_w: np.ndarray, delta_e: np.ndarray, ok: np.ndarray, target_cess: float,
+               tol: float = 1e-6) -> float:
+    """The largest t' in (t, 1] whose increment -(t' - t) (E_target - E_q) keeps the conditional ESS at or above
+    ``target_cess`` (bisection on t'; the conditional ESS falls monotonically as t' grows)."""
+    def cess_at(t_next):
+        with np.errstate(invalid="ignore"):
+            return conditional_ess(log_w, np.where(ok, -(t_next - t) * delta_e, -np.inf))
+
+    if cess_at(1.0) >= target_cess:
+        return 1.0
+    lo, hi = t, 1.0
+    while hi - lo > tol * max(1.0 - t, 1e-12):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cess_at(mid) >= target_cess else (lo, mid)
+    return lo if lo > t else 0.5 * (t + hi)
 
 
 def _prefilter(log_w, e_target, e_q, config: SMCConfig) -> tuple[np.ndarray, int, int]:
