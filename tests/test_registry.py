@@ -38,6 +38,17 @@ def test_best_value_follows_the_registry_direction():
     assert list(df.columns[:3]) == ["sampler", "ess", "energy_w2"]
 
 
+def test_a_collapsed_set_is_never_best():
+    """issue 19: the demo's smc_mala showed ESS 1 in bold with 1 distinct sample: a collapsed set is labelled and
+    no column marks it best, even where its figure is the highest."""
+    metrics = {"snis": {"ess": 0.002, "energy_w2": 9.0, "n_samples": 500, "n_distinct": 40},
+               "smc_mala": {"ess": 1.0, "energy_w2": 2.0, "n_samples": 200, "n_distinct": 1},
+               "proposal": {"energy_w2": 30.0, "n_samples": 500, "n_distinct": 500}}
+    df, best = _metrics_frame(metrics)
+    assert best == {"energy_w2": 0}  # ESS: no other non-collapsed set has one, so nothing to compare
+    assert df["sampler"].tolist() == ["snis", "smc_mala (collapsed)", "proposal"]
+
+
 def test_tables_use_the_registry_labels_and_identifier_keys():
     rows = [{"sequence": "AA", "length": 2, "sampler": "snis", "ess": 0.2, "energy_w2": 1.0, "torus_w2": 0.3,
              "tica_w2": np.nan, "n_distinct": 5}]

@@ -41,8 +41,7 @@ def every_settings(config) -> dict[str, S.StageSettings]:
         "sample/scaled_T": S.build("sample", config, temperature_K=400.0, prior="scaled"),
         "snis": S.build("snis", config),
         "snis/T": S.build("snis", config, temperature_K=400.0),
-        "smc/ula": S.build("smc", config, kernel="ula"),
-        "smc/mala": S.build("smc", config, kernel="mala"),
+        **{f"smc/{k}": S.build("smc", config, kernel=k) for k in S.SMC_KERNELS},
         "self_improve": S.build("self_improve", config),
         "evaluate": S.build("evaluate", config),
         "evaluate/T": S.build("evaluate", config, temperature_K=400.0, summary_href="../summary.html"),
@@ -153,7 +152,7 @@ def test_bad_settings_are_named():
         S.build("snsi", DEMO)
     with pytest.raises(S.ConfigError, match="not valid JSON"):
         S.from_json("snis", "{drop")
-    with pytest.raises(S.ConfigError, match="SMC kernel must be ula or mala, got 'hmc'"):
+    with pytest.raises(S.ConfigError, match="SMC kernel must be one of ula, mala, amala, got 'hmc'"):
         S.build("smc", DEMO, kernel="hmc")
     with pytest.raises(ValueError, match="unknown prior mode 'hot'"):
         S.build("sample", DEMO, temperature_K=400.0, prior="hot")
@@ -170,7 +169,10 @@ def test_settings_build_the_library_configs(config):
         if isinstance(s, S.TrainSettings):
             assert TrainConfig(**s.config).model_preset == config["models"][s.model]["preset"], name
         elif isinstance(s, S.SmcSettings):
-            assert SMCConfig.paper(s.kernel, **s.smc).n_levels == config["smc"][s.kernel]["n_levels"]
+            cfg = SMCConfig.for_kernel(s.kernel, **s.smc)
+            assert all(getattr(cfg, k) == v for k, v in config["smc"][s.kernel].items()), name
+            assert cfg.adaptive == (s.kernel == "amala") and cfg.drop_top_fraction == \
+                config["smc"][s.kernel].get("drop_top_fraction", config["sampling"]["drop_top_fraction"])
         elif isinstance(s, S.SelfImproveSettings):
             assert SelfImproveConfig(**s.improve).drop_top_fraction == config["sampling"]["drop_top_fraction"]
         elif isinstance(s, S.MDSettings):
@@ -281,4 +283,4 @@ def test_every_preset_passes_every_check(presets):
     jsonschema.validate(config, schema)
     check_config(config)
     built = typed_configs(config)
-    assert set(built["train"]) == set(config["models"]) and set(built["smc"]) == {"ula", "mala"}
+    assert set(built["train"]) == set(config["models"]) and set(built["smc"]) == set(S.SMC_KERNELS)

@@ -61,14 +61,15 @@ rule reweight_snis:
 
 
 rule sample_smc:
-    """SMC from the flow: linear annealing to the target, ULA ("continuous") or MALA ("discrete") moves."""
+    """SMC from the flow: linear annealing to the target, ULA ("continuous") or MALA ("discrete") moves on the
+    paper's fixed schedules, or adaptive MALA (amala: levels at a target conditional ESS)."""
     input:
         model="results/models/{model}/model.pt",
         structure="results/structures/{seq}.pdb",
     output:
         samples="results/samples/{model}/{seq}/smc_{kernel}.npz",
     wildcard_constraints:
-        kernel="ula|mala",
+        kernel="|".join(S.SMC_KERNELS),
     params:
         launch=PROSEFLOW,
         settings=settings("smc", kernel=lambda w: w.kernel),
@@ -119,7 +120,7 @@ rule export_samples:
         pdb="results/samples/{model}/{seq}/{cond}{sampler}.pdb",
         csv="results/samples/{model}/{seq}/{cond}{sampler}.csv",
     wildcard_constraints:
-        sampler="snis|smc_ula|smc_mala|self_improve",
+        sampler="|".join(S.SAMPLERS),
     params:
         launch=PROSEFLOW,
         settings=settings("export"),

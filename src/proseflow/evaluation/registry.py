@@ -24,7 +24,9 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.key: m for m in (
-    Metric("ess", "ESS", better="higher", doc="Kish effective sample size of the importance weights over n"),
+    Metric("ess", "ESS", better="higher", doc="Kish effective sample size of the importance weights over n "
+           "(SMC: the smaller of the final weights' ESS and the share of distinct proposals the final particles "
+           "descend from, so a population that collapsed onto a few ancestors does not read as ESS 1)"),
     Metric("n_distinct", "distinct samples", integer=True, doc="distinct configurations in the resampled set"),
     Metric("energy_w2", "E-W2", "kT", "lower", doc="1-D Wasserstein-2 distance of the energy distributions"),
     Metric("torus_w2", "T-W2", "rad", "lower", doc="W2 of the backbone dihedrals on the torus"),

@@ -52,10 +52,11 @@ def is_reweighted(name: str) -> bool:
 
 def best_sampler(system: dict) -> str | None:
     """Reweighted sampler with the lowest T-W2 (then highest ESS); None if there is none."""
+    metrics = system.get("metrics", {})
     names = [n for n in system.get("samplers", {}) if is_reweighted(n)]
+    names = [n for n in names if not collapsed(metrics.get(n, {}))] or names
     if not names:
         return None
-    metrics = system.get("metrics", {})
 
     def key(n):
         m = metrics.get(n, {})
@@ -106,14 +107,26 @@ def _energy_figure(ref_e, samplers: dict, log_density: bool):
     return fig, outside
 
 
+def collapsed(row: dict) -> bool:
+    """A sample set that rests on a handful of configurations: fewer distinct samples than 1% of its size
+    (and fewer than 10). Its figures describe those few samples, so no column marks it best."""
+    n, n_distinct = row.get("n_samples"), row.get("n_distinct")
+    if n is None or n_distinct is None:
+        return False
+    return n_distinct < max(2, min(10, 0.01 * n))
+
+
 def _metrics_frame(metrics: dict) -> tuple[pd.DataFrame, dict]:
-    """Samplers x metrics (known metrics first), and column -> row index of the best value."""
+    """Samplers x metrics (known metrics first), and column -> row index of the best value (never a collapsed
+    set's, :func:`collapsed`)."""
     cols = [m for m in PAGE if any(m in d for d in metrics.values())]
     cols += sorted({k for d in metrics.values() for k in d} - set(cols) - {"sampler"})
-    df = pd.DataFrame([{"sampler": n, **d} for n, d in metrics.items()], columns=["sampler"] + cols)
+    df = pd.DataFrame([{"sampler": n + (" (collapsed)" if collapsed(d) else ""), **d} for n, d in metrics.items()],
+                      columns=["sampler"] + cols)
+    eligible = [not collapsed(d) for d in metrics.values()]
     best = {}
     for c in cols:
-        vals = pd.to_numeric(df[c], errors="coerce")
+        vals = pd.to_numeric(df[c], errors="coerce").where(eligible)
         if better(c) and vals.notna().sum() > 1:
             best[c] = int(vals.idxmax() if better(c) == "higher" else vals.idxmin())
     return df, best
@@ -146,7 +159,8 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     if metrics:
         df, best = _metrics_frame(metrics)
         parts.append(html_table(df, left_cols=("sampler",), best=best)
-                     + "<p class='small'>Best value per column in bold (highest ESS, lowest W2/JSD). "
+                     + "<p class='small'>Best value per column in bold (highest ESS, lowest W2/JSD), never for a "
+                     "collapsed set (fewer distinct samples than 1% of its size, and fewer than 10). "
                      "W2 and JSD against the MD reference; energies in kT, dihedrals in radians.</p>")
     else:
         parts.append("<p>No metrics.</p>")

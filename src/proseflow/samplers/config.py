@@ -11,6 +11,11 @@ from typing import Literal
 
 PAPER_STEP_SIZE = {"ula": 1e-5 * 0.01, "mala": 5e-4}  # normalised flow coordinates squared
 
+# The one list of SMC kernels and of samplers: the config check, the rules' wildcards and the pages derive
+# theirs from these. ula / mala: the paper's fixed schedules; amala: adaptive MALA (SMCConfig.adaptive_mala).
+SMC_KERNELS = ("ula", "mala", "amala")
+SAMPLERS = ("snis", *(f"smc_{k}" for k in SMC_KERNELS), "self_improve")
+
 
 @dataclass(frozen=True)
 class SMCConfig:
@@ -69,6 +74,15 @@ class SMCConfig:
             "max_target_energy": 100.0,
         }
         return cls(**{**base, **overrides})
+
+    @classmethod
+    def for_kernel(cls, kernel: str, **overrides) -> SMCConfig:
+        """The settings of a pipeline SMC kernel (:data:`SMC_KERNELS`) with the config's overrides over them."""
+        if kernel == "amala":
+            return cls.adaptive_mala(**overrides)
+        if kernel in ("ula", "mala"):
+            return cls.paper(kernel, **overrides)
+        raise ValueError(f"unknown SMC kernel {kernel!r} (known: {', '.join(SMC_KERNELS)})")
 
     @classmethod
     def adaptive_mala(cls, **overrides) -> SMCConfig:

@@ -175,7 +175,7 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
             xs.append(x.double().cpu().numpy())
             log_qs.append(log_q.double().cpu().numpy())  # the flow density over all 3N coordinates
     x0, log_q0 = np.concatenate(xs), np.concatenate(log_qs)
-    config = SMCConfig.paper(kernel, **smc_overrides)
+    config = SMCConfig.for_kernel(kernel, **smc_overrides)
     result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device, prior_std=prior_std),
                  TargetExtendedEnergy(energy_api, scale_nm), config, np.random.default_rng(seed))
     n = x0.shape[1]

@@ -338,8 +338,10 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                                 "tica": proj.tica}
         log_w = d["log_weights"] if "log_weights" in d else None
         metrics[name] = sampler_metrics(ref, proj, log_w, s.n_metric, s.seed, n_evals, s.kmeans_k)
-        if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling)
+        if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling ...
             metrics[name]["ess"] = float(d["ess"])
+        if "n_distinct_ancestors" in d:  # ... capped by the share of distinct ancestors: a collapsed population
+            metrics[name]["ess"] = min(metrics[name]["ess"], int(d["n_distinct_ancestors"]) / len(d["positions_nm"]))
         # distinct configurations next to the ESS, so a collapsed population shows (proseflow.samplers.smc doc)
         metrics[name]["n_distinct"] = int(d["n_distinct"]) if "n_distinct" in d else count_distinct(d["positions_nm"])
         for key in SAMPLER_COUNTS:

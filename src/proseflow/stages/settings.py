@@ -29,7 +29,7 @@ from proseflow import typed
 from proseflow.flow.config import FlowConfig, TrainConfig
 from proseflow.physics.protocol import MDProtocol
 from proseflow.physics.sequences import SequenceError, check_disjoint, draw_balanced, validate_sequence
-from proseflow.samplers.config import SelfImproveConfig, SMCConfig
+from proseflow.samplers.config import SAMPLERS, SMC_KERNELS, SelfImproveConfig, SMCConfig
 from proseflow.samplers.prior import PRIOR_MODES, prior_std_for
 
 
@@ -44,8 +44,7 @@ TYPED_SECTIONS: dict[tuple[str, ...], tuple[type, tuple[str, ...]]] = {
     ("train",): (TrainConfig, ("model_preset", "model")),  # (type, fields a variant sets, not `train`)
     ("models", "*", "train"): (TrainConfig, ("model_preset", "model")),
     ("models", "*", "overrides"): (FlowConfig, ()),
-    ("smc", "ula"): (SMCConfig, ("kernel",)),
-    ("smc", "mala"): (SMCConfig, ("kernel",)),
+    **{("smc", k): (SMCConfig, ("kernel",)) for k in SMC_KERNELS},
     ("self_improve",): (SelfImproveConfig, ()),
 }
 
@@ -118,10 +117,14 @@ def typed_configs(config: Mapping) -> dict:
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"models.{name}.overrides: {e}") from None
             out["train"][name] = cfg
-        for kernel in ("ula", "mala"):
-            cfg = SMCConfig.paper(kernel, **config["smc"][kernel])
+        for kernel in SMC_KERNELS:
+            cfg = SMCConfig.for_kernel(kernel, **config["smc"].get(kernel, {}))
             cfg.check_schedule()
             out["smc"][kernel] = cfg
+        for name in config.get("samplers", []):
+            if name not in SAMPLERS:
+                raise ConfigError(f"samplers: unknown sampler {name!r}{typed.did_you_mean(name, SAMPLERS)} "
+                                  f"(known: {', '.join(SAMPLERS)})")
         out["self_improve"] = typed.build(SelfImproveConfig, _self_improve(config).improve, "self_improve")
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
@@ -572,11 +575,11 @@ def _snis(config, temperature_K=None):
 
 
 def _smc(config, kernel):
-    if kernel not in ("ula", "mala"):
-        raise ConfigError(f"SMC kernel must be ula or mala, got {kernel!r}")
+    if kernel not in SMC_KERNELS:
+        raise ConfigError(f"SMC kernel must be one of {', '.join(SMC_KERNELS)}, got {kernel!r}")
     sp = config["sampling"]
     # sampling.drop_top_fraction reaches SMC's filter too, unless smc.<kernel> sets its own
-    smc = {"drop_top_fraction": sp["drop_top_fraction"], **copy.deepcopy(dict(config["smc"][kernel]))}
+    smc = {"drop_top_fraction": sp["drop_top_fraction"], **copy.deepcopy(dict(config["smc"].get(kernel, {})))}
     return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"], smc=smc,
                        temperature_K=_temperature(config, None), energy_backend=sp["energy_backend"],
                        batch_size=sp["batch_size"], seed=sp["seed"], prior_std=sp.get("prior_std", 1.0))
@@ -705,7 +708,7 @@ def parse_md_suffix(suffix: str) -> float | None:
     return float(m.group(1))
 
 
-__all__ = ["ConfigError", "MDProtocol", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]
