@@ -148,3 +148,31 @@ def test_smc_reaches_a_narrower_gaussian(identity_flow, gg, kernel):
     target, proposal = s**2 * (n - 1) / n, SCALE**2 * (n - 1) / n
     assert abs(var / target - 1) < 0.03, (var, target, proposal)
     assert abs(var / proposal - 1) > 0.2
+
+
+def test_unfixable_chirality_gets_weight_zero(peptide):
+    """AA has two chiral centres: a sample with one of them mirrored is outside the all-L target's support. SNIS
+    gives it weight zero (counted), and SMC's target energy is +inf there (a wholly mirrored one stays finite)."""
+    from proseflow.physics.chirality import handedness
+
+    top, pos = peptide("AA")
+    pos = pos - pos.mean(axis=0)
+    rng = np.random.default_rng(0)
+    frames = pos[None] + rng.normal(0, 0.002, (6, *pos.shape))
+    mixed = frames[3].copy()
+    # reflect one centre's hydrogen through its CA-neighbour plane: swap HA and CB of residue 1 -> D at that centre
+    atoms = [a for a in top.atoms() if a.residue.index == 0]
+    ha, cb = next(a.index for a in atoms if a.name == "HA"), next(a.index for a in atoms if a.name == "CB")
+    mixed[[ha, cb]] = mixed[[cb, ha]]
+    frames[3] = mixed
+    frames[4] = -frames[4]  # wholly mirrored: fixable
+    hand = handedness(frames, top)
+    assert (hand[3] == [-1, 1]).all() or (hand[3] == [1, -1]).all()
+    valid = np.all(hand == 1, axis=1) | np.all(hand == -1, axis=1)
+    r = snis(np.zeros(6), np.zeros(6), drop_top_fraction=0.0, rng=0, valid=valid)
+    assert r.n_invalid == 1 and np.isneginf(r.log_weights[3]) and r.ess == pytest.approx(5 / 6)
+    from proseflow.physics.energy import make_energy
+
+    target = TargetExtendedEnergy(make_energy(top, 310.0, backend="torch"), SCALE, top)
+    e, _ = target.energy_and_forces(frames / SCALE)
+    assert np.isinf(e[3]) and np.isfinite(np.delete(e, 3)).all()

@@ -23,7 +23,7 @@ from proseflow.flow.preprocess import (
     proposal_log_prob_nm,
     to_nm,
 )
-from proseflow.physics.chirality import fix_chirality
+from proseflow.physics.chirality import chiral_centres, fix_chirality, handedness
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,26 @@ class FlowExtendedEnergy:
 
 
 class TargetExtendedEnergy:
-    """E(x) = E_MD(to_nm(x)) / kT - log h(c), h = N(0, I/N): the extended target in flow coordinates."""
+    """E(x) = E_MD(to_nm(x)) / kT - log h(c), h = N(0, I/N): the extended target in flow coordinates.
 
-    def __init__(self, energy_api, scale_nm: float = SCALE_NM):
+    With ``topology``, a configuration whose chiral centres have mixed handedness (no mirror makes it all-L)
+    is outside the all-L target's support: energy +inf, so SMC gives it weight zero and MALA rejects moves
+    into it (a wholly mirrored configuration is kept: the force field is achiral and it is mirrored at the end).
+    """
+
+    def __init__(self, energy_api, scale_nm: float = SCALE_NM, topology=None):
         self.energy, self.scale = energy_api, scale_nm
+        self.centres = None if topology is None else chiral_centres(topology)
 
     def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = x.shape[1]
         c = x.mean(axis=1, keepdims=True)
-        e_kT, f_kT_per_nm = self.energy.energy_and_forces_kT(((x - c) * self.scale).astype(np.float64))
+        y_nm = ((x - c) * self.scale).astype(np.float64)
+        e_kT, f_kT_per_nm = self.energy.energy_and_forces_kT(y_nm)
+        if self.centres is not None:
+            hand = handedness(y_nm, self.centres)
+            mixed = ~(np.all(hand == 1, axis=1) | np.all(hand == -1, axis=1))
+            e_kT = np.where(mixed, np.inf, e_kT)
         # -log h(c) = N |c|^2 / 2 + const; d/dx_i of it is c (dc/dx_i = 1/N)
         e = e_kT + 0.5 * n * (c[:, 0] ** 2).sum(-1) - 1.5 * math.log(n / (2 * math.pi))
         f = f_kT_per_nm * self.scale - c
@@ -177,7 +188,7 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
     x0, log_q0 = np.concatenate(xs), np.concatenate(log_qs)
     config = SMCConfig.for_kernel(kernel, **smc_overrides)
     result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device, prior_std=prior_std),
-                 TargetExtendedEnergy(energy_api, scale_nm), config, np.random.default_rng(seed))
+                 TargetExtendedEnergy(energy_api, scale_nm, topology), config, np.random.default_rng(seed))
     n = x0.shape[1]
     c = result.x.mean(axis=1)
     energy_kT = result.target_energy - 0.5 * n * (c**2).sum(-1) + 1.5 * math.log(n / (2 * math.pi))

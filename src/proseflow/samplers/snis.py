@@ -3,6 +3,8 @@
 log w = log p_unnorm - log q, with log p_unnorm = -E/kT. Proposals whose log w is not finite
 (NaN/inf energy or log q) get zero weight and are counted, never raise. The largest
 ``drop_top_fraction`` of the finite log w are dropped (count rounded down: 0.2% of 1e4 -> 20).
+Proposals outside the target's support (``valid`` False: a chirality no mirror can fix has density zero
+under the all-L target) get weight zero too, counted as ``n_invalid``, before the drop.
 The ESS is the normalised Kish ESS over ALL N proposals, dropped and non-finite ones included:
 ESS = (sum w)^2 / (N sum w^2), in [0, 1].
 """
@@ -23,6 +25,7 @@ class SnisResult:
     n_nonfinite: int
     n_dropped: int
     indices: np.ndarray  # [n_resample] multinomial resampling indices into the proposals (empty if none usable)
+    n_invalid: int = 0  # proposals outside the target's support (weight zero), e.g. unfixable chirality
 
     @property
     def weights(self) -> np.ndarray:
@@ -39,10 +42,12 @@ class SnisResult:
 
 
 def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float = 0.002,
-         rng: np.random.Generator | int | None = None, n_resample: int | None = None) -> SnisResult:
+         rng: np.random.Generator | int | None = None, n_resample: int | None = None,
+         valid: np.ndarray | None = None) -> SnisResult:
     """SNIS weights of proposals x_i ~ q for the target p ∝ exp(log_p_unnorm).
 
-    ``n_resample`` defaults to N (number of proposals); ``rng`` is a Generator or a seed.
+    ``n_resample`` defaults to N (number of proposals); ``rng`` is a Generator or a seed; ``valid`` [N] bool
+    marks the proposals inside the target's support (the others get weight zero).
     """
     log_p = np.asarray(log_p_unnorm, dtype=np.float64)
     log_q = np.asarray(log_q, dtype=np.float64)
@@ -54,6 +59,11 @@ def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float =
         log_w = log_p - log_q
     finite = np.isfinite(log_p) & np.isfinite(log_q) & np.isfinite(log_w)
     n_nonfinite = int((~finite).sum())
+    invalid = np.zeros(len(log_w), dtype=bool) if valid is None else ~np.asarray(valid, dtype=bool)
+    if invalid.shape != log_w.shape:
+        raise ValueError(f"valid has shape {invalid.shape}, the proposals {log_w.shape}")
+    n_invalid = int((invalid & finite).sum())
+    finite &= ~invalid
     log_w = np.where(finite, log_w, -np.inf)
 
     n_dropped = int(np.floor(drop_top_fraction * finite.sum()))
@@ -69,4 +79,5 @@ def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float =
         indices = multinomial_resample(log_w, n_resample, rng)
     else:
         indices = np.zeros(0, dtype=np.int64)
-    return SnisResult(log_weights=log_w, ess=ess, n_nonfinite=n_nonfinite, n_dropped=n_dropped, indices=indices)
+    return SnisResult(log_weights=log_w, ess=ess, n_nonfinite=n_nonfinite, n_dropped=n_dropped, indices=indices,
+                      n_invalid=n_invalid)

@@ -202,10 +202,12 @@ def run_snis(s: S.SnisSettings, inputs: Files, outputs: Files) -> None:
     energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
     e_kT = energy.energy_kT(prop["positions_nm"])
     log_q = prop["log_q"]
-    r = snis(-e_kT, log_q, drop_top_fraction=s.drop_top_fraction, rng=s.seed)
+    # a chirality no mirror fixes is outside the all-L target's support: weight zero (counted)
+    r = snis(-e_kT, log_q, drop_top_fraction=s.drop_top_fraction, rng=s.seed, valid=prop["chirality_ok"])
     save_npz(outputs.one("snis"), positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
              log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_distinct=r.n_distinct,
-             n_nonfinite=r.n_nonfinite, n_dropped=r.n_dropped, n_energy_evals=len(e_kT), temperature_K=s.temperature_K,
+             n_nonfinite=r.n_nonfinite, n_dropped=r.n_dropped, n_chirality_zero_weight=r.n_invalid,
+             n_energy_evals=len(e_kT), temperature_K=s.temperature_K,
              drop_top_fraction=s.drop_top_fraction, wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
     log.info("SNIS: ESS %.4f over %d proposals (%d non-finite, %d dropped)", r.ess, len(e_kT), r.n_nonfinite,
              r.n_dropped)
