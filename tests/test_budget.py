@@ -56,7 +56,13 @@ def system(tmp_path_factory, peptide):
     e_kT = rng.normal(-80.0, 3.0, size=n_prop)
     e_kT[:3] = np.inf  # failed energies get zero weight
     snis_path = tmp / "snis.npz"
-    np.savez(snis_path, positions_nm=prop, log_q=log_q, energy_kT=e_kT, wall_time_s=15.0, n_energy_evals=n_prop)
+    from proseflow.samplers.sample_set import SampleSet
+    from proseflow.samplers.snis import snis as snis_weights
+
+    r = snis_weights(-e_kT, log_q, drop_top_fraction=0.0, rng=0)
+    SampleSet(positions_nm=prop, energy_kT=e_kT, log_weights=r.log_weights, ess=r.ess, n_distinct=r.n_distinct,
+              n_energy_evals=n_prop, wall_time_s=15.0, temperature_K=T_K,
+              extras={"log_q": log_q, "resampled_indices": r.indices}).save(snis_path)
     return dict(topology=topology, md=md_path, tica=tica_model, ref=ref, snis=snis_path, n_prop=n_prop,
                 prop=prop, log_q=log_q, e_kT=e_kT, energy=energy)
 

@@ -6,6 +6,7 @@ import pytest
 
 from proseflow.physics.structures import build_peptide, write_pdb
 from proseflow.samplers import export
+from proseflow.samplers.sample_set import SampleSet
 from proseflow.stages import run as stages
 
 XTC_PRECISION_NM = 1e-3
@@ -27,10 +28,17 @@ def system(tmp_path_factory):
     return dict(tmp=tmp, structure=structure, positions=positions, energy=energy, log_w=log_w, n_atoms=len(x0))
 
 
-def _export(system, name, **arrays):
+def sample_set(system, log_weights, ess=0.5, **extras):
+    """A sample set as the samplers write it (proseflow.samplers.sample_set)."""
+    n = len(system["positions"])
+    return SampleSet(positions_nm=system["positions"], energy_kT=system["energy"], log_weights=log_weights,
+                     ess=ess, n_distinct=n, n_energy_evals=n, wall_time_s=1.0, temperature_K=310.0, extras=extras)
+
+
+def _export(system, name, log_weights, ess=0.5, **extras):
     tmp = system["tmp"]
     npz = tmp / f"{name}.npz"
-    np.savez(npz, positions_nm=system["positions"], energy_kT=system["energy"], **arrays)
+    sample_set(system, log_weights, ess, **extras).save(npz)
     paths = {k: tmp / f"{name}.{k}" for k in ("xtc", "pdb", "csv")}
     stages.run("export", "{}", {"samples": [npz], "structure": [system["structure"]]},
                {k: [str(p)] for k, p in paths.items()})
@@ -84,7 +92,7 @@ def test_verify_reads_exports_and_names_an_incomplete_one(system, tmp_path, caps
     out = root / "samples" / "WA"
     out.mkdir(parents=True)
     npz = out / "smc_ula.npz"
-    np.savez(npz, positions_nm=system["positions"], energy_kT=system["energy"], log_weights=system["log_w"])
+    sample_set(system, system["log_w"]).save(npz)
     export.export_sample_set(npz, system["structure"], out / "smc_ula.xtc", out / "smc_ula.pdb", out / "smc_ula.csv")
     assert main(["verify", str(root), "--no-progress"]) == 0
     assert "1 sample trajectory" in capsys.readouterr().out

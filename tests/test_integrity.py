@@ -208,7 +208,7 @@ def test_flipped_bytes_in_an_md_file_are_an_error_naming_it(md_files, tmp_path):
 @pytest.fixture(scope="module")
 def results_tree(tmp_path_factory, md_files, clean_store):
     """A small results tree of real artefacts: MD file, frame store, trained model, sample set, JSON."""
-    from proseflow.artefacts import save_npz, save_text
+    from proseflow.artefacts import save_text
 
     root = tmp_path_factory.mktemp("tree") / "results"
     (root / "md" / "test").mkdir(parents=True)
@@ -218,8 +218,11 @@ def results_tree(tmp_path_factory, md_files, clean_store):
                       num_threads=1)  # fmt: skip
     train(cfg, [str(root / "dataset" / "train" / "batch00000.zarr")], None, root / "models" / "prose")
     xyz = md_like("AG", 20, 7)
-    save_npz(root / "samples" / "AG" / "snis.npz", positions_nm=xyz, energy_kT=np.arange(20.0),
-             log_weights=np.zeros(20), n_distinct=np.int64(20))
+    from proseflow.samplers.sample_set import SampleSet
+
+    SampleSet(positions_nm=xyz, energy_kT=np.arange(20.0), log_weights=np.full(20, -np.log(20)), ess=1.0,
+              n_distinct=20, n_energy_evals=20, wall_time_s=1.0, temperature_K=310.0).save(
+        root / "samples" / "AG" / "snis.npz")
     save_text(root / "eval" / "AG.json", json.dumps({"snis": {"ess": 0.5, "n_distinct": 20}}))
     return root
 

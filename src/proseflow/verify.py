@@ -10,7 +10,8 @@ Each kind of artefact has one check that reads all of its bytes, so every checks
 - Models and checkpoints ``*.pt``: every zip member against its CRC-32 (``torch.load`` does not check
   it), then load, the expected keys, finite weights; a model
   directory with a checkpoint but no ``model.pt`` is an unfinished run (a warning).
-- Sample sets and other arrays ``*.npz``: every array read (the zip's CRC-32), ``positions_nm``
+- Sample sets ``results/samples/.../{set}.npz``: read and checked by their type (:class:`proseflow.samplers.sample_set.SampleSet`:
+  every field present, shapes, dtypes, normalised weights). Other arrays ``*.npz``: every array read (the zip's CRC-32), ``positions_nm``
   ``[n, N, 3]`` finite floats, per-sample arrays of length ``n``.
 - JSON ``*.json``: strict JSON (no NaN/Infinity).
 - Sample-set exports ``*.xtc`` (:mod:`proseflow.samplers.export`): read with their topology PDB, finite, one CSV
@@ -186,6 +187,14 @@ def check_npz(path: Path) -> list[str]:
             arrays = {name: z[name] for name in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise Bad(f"cannot be read ({type(err).__name__}: {err})") from err
+    if "samples" in path.parts and path.name != "proposals.npz":  # a sample set: its own type checks it
+        from proseflow.samplers.sample_set import SampleSet, SampleSetError
+
+        try:
+            SampleSet.load(path)
+        except SampleSetError as err:
+            raise Bad(str(err).removeprefix(f"{path}: ")) from err
+        return []
     positions = arrays.get("positions_nm")
     if positions is not None:
         if positions.ndim != 3 or positions.shape[2] != 3 or positions.dtype.kind != "f":

@@ -32,6 +32,7 @@ from proseflow.evaluation.evaluate import Projection, project, resample_for_metr
 from proseflow.evaluation.registry import DISTRIBUTION, W2
 from proseflow.physics import trajectory_io
 from proseflow.physics.system import kT_kJ_per_mol
+from proseflow.samplers.sample_set import SampleSet, SampleSetError
 from proseflow.samplers.snis import kish_ess, snis
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,13 @@ def md_budget_curve(md_path, topology, tica_model, ref: Projection, budgets, n_m
 # ---------------------------------------------------------------- flow
 class _SnisFile:
     def __init__(self, path):
-        with np.load(path) as d:
-            self.positions_nm = d["positions_nm"]
-            self.log_q = np.asarray(d["log_q"], dtype=np.float64)
-            self.energy_kT = np.asarray(d["energy_kT"], dtype=np.float64)
-            wall = float(d["wall_time_s"]) if "wall_time_s" in d else float("nan")
+        d = SampleSet.load(path)
+        if d.get("log_q") is None:
+            raise SampleSetError(f"{path}: the budget curves need the proposals' log_q (an SNIS set)")
+        self.positions_nm = d.positions_nm
+        self.log_q = np.asarray(d.get("log_q"), dtype=np.float64)
+        self.energy_kT = np.asarray(d.energy_kT, dtype=np.float64)
+        wall = d.wall_time_s
         self.n = len(self.log_q)
         self.seconds_per_proposal = wall / self.n if self.n else float("nan")
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from proseflow.artefacts import atomic_write, save_csv
+from proseflow.samplers.sample_set import SampleSet
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("frame", "sample_index", "energy_kT", "log_weight", "weight")
@@ -67,8 +68,10 @@ def export_sample_set(samples_npz, structure_pdb, out_xtc, out_pdb, out_csv) -> 
     import mdtraj
 
     top = mdtraj.load_topology(str(structure_pdb))
-    with np.load(samples_npz) as d:
-        arrays = {k: d[k] for k in ("positions_nm", "energy_kT", "log_weights", "resampled_indices") if k in d}
+    d = SampleSet.load(samples_npz)
+    arrays = {"positions_nm": d.positions_nm, "energy_kT": d.energy_kT, "log_weights": d.log_weights}
+    if d.resampled_indices is not None:
+        arrays["resampled_indices"] = d.resampled_indices
     frames = final_frames(arrays)
     xyz = np.asarray(arrays["positions_nm"], dtype=np.float32)[frames.sample_index]
     if xyz.shape[1:] != (top.n_atoms, 3):

@@ -191,9 +191,9 @@ def run_snis(s: S.SnisSettings, inputs: Files, outputs: Files) -> None:
     """Energies of the proposals and self-normalised importance weights."""
     import numpy as np
 
-    from proseflow.artefacts import save_npz
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
+    from proseflow.samplers.sample_set import SampleSet
     from proseflow.samplers.snis import snis
 
     t0 = time.time()
@@ -204,11 +204,12 @@ def run_snis(s: S.SnisSettings, inputs: Files, outputs: Files) -> None:
     log_q = prop["log_q"]
     # a chirality no mirror fixes is outside the all-L target's support: weight zero (counted)
     r = snis(-e_kT, log_q, drop_top_fraction=s.drop_top_fraction, rng=s.seed, valid=prop["chirality_ok"])
-    save_npz(outputs.one("snis"), positions_nm=prop["positions_nm"], log_q=log_q, energy_kT=e_kT,
-             log_weights=r.log_weights, resampled_indices=r.indices, ess=r.ess, n_distinct=r.n_distinct,
-             n_nonfinite=r.n_nonfinite, n_dropped=r.n_dropped, n_chirality_zero_weight=r.n_invalid,
-             n_energy_evals=len(e_kT), temperature_K=s.temperature_K,
-             drop_top_fraction=s.drop_top_fraction, wall_time_s=time.time() - t0 + float(prop["wall_time_s"]))
+    SampleSet(positions_nm=prop["positions_nm"], energy_kT=e_kT, log_weights=r.log_weights, ess=r.ess,
+              n_distinct=r.n_distinct, n_energy_evals=len(e_kT), temperature_K=s.temperature_K,
+              wall_time_s=time.time() - t0 + float(prop["wall_time_s"]),
+              extras={"log_q": log_q, "resampled_indices": r.indices, "n_nonfinite": r.n_nonfinite,
+                      "n_dropped": r.n_dropped, "n_chirality_zero_weight": r.n_invalid,
+                      "drop_top_fraction": s.drop_top_fraction}).save(outputs.one("snis"))
     log.info("SNIS: ESS %.4f over %d proposals (%d non-finite, %d dropped)", r.ess, len(e_kT), r.n_nonfinite,
              r.n_dropped)
 
@@ -217,11 +218,11 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     """SMC with the flow as proposal (ULA or MALA moves), forces from the energy API."""
     import numpy as np
 
-    from proseflow.artefacts import save_npz
     from proseflow.flow.checkpoint import load_model, model_scale_nm
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers import proposals as sampling
+    from proseflow.samplers.sample_set import SampleSet
 
     t0 = time.time()
     device = _device(s.device)
@@ -231,16 +232,19 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     result, positions, e_kT, n_fixed, n_unfixable, ok = sampling.run_smc(
         model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model_scale_nm(model),
         batch_size=s.batch_size, device=device, prior_std=s.prior_std, **s.smc)
-    save_npz(outputs.one("samples"), positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
-             ess=result.final_ess_pre_resampling, ess_trace=np.asarray(result.ess), min_ess=result.min_ess,
-             resampled=np.asarray(result.resampled), n_distinct=result.n_distinct,
-             n_distinct_ancestors=result.n_distinct_ancestors, step_size_units=sampling.STEP_SIZE_UNITS,
-             n_dropped_top_weight=result.info["n_dropped_top_weight"],
-             n_dropped_high_energy=result.info["n_dropped_high_energy"],
-             acceptance=np.asarray(result.acceptance, dtype=float), step_sizes=np.asarray(result.step_sizes),
-             t_schedule=np.asarray(result.t_schedule), n_energy_evals=result.n_energy_evals,
-             n_chirality_fixed=n_fixed, n_chirality_unfixable=n_unfixable, temperature_K=s.temperature_K,
-             wall_time_s=time.time() - t0, kernel=s.kernel)
+    SampleSet(positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
+              ess=result.final_ess_pre_resampling, n_distinct=result.n_distinct,
+              n_energy_evals=result.n_energy_evals, temperature_K=s.temperature_K, wall_time_s=time.time() - t0,
+              extras={"ess_trace": np.asarray(result.ess), "min_ess": result.min_ess,
+                      "cess_trace": np.asarray(result.cess), "resampled": np.asarray(result.resampled),
+                      "n_distinct_ancestors": result.n_distinct_ancestors,
+                      "step_size_units": sampling.STEP_SIZE_UNITS,
+                      "n_dropped_top_weight": result.info["n_dropped_top_weight"],
+                      "n_dropped_high_energy": result.info["n_dropped_high_energy"],
+                      "acceptance": np.asarray(result.acceptance, dtype=float),
+                      "step_sizes": np.asarray(result.step_sizes), "t_schedule": np.asarray(result.t_schedule),
+                      "n_flow_evals": result.n_proposal_evals, "n_chirality_fixed": n_fixed,
+                      "n_chirality_unfixable": n_unfixable, "kernel": s.kernel}).save(outputs.one("samples"))
     log.info("SMC-%s: %d particles, final ESS before resampling %.4f (min %.4f), %d distinct (from %d proposals; "
              "%d + %d dropped before SMC), %d energy evaluations, %.1f s", s.kernel, s.n_particles,
              result.final_ess_pre_resampling, result.min_ess, result.n_distinct, result.n_distinct_ancestors,
@@ -250,10 +254,10 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
 
 def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) -> None:
     """Self-improvement of one system: fine-tuned model (and rounds.json) beside outputs.model, final SNIS set."""
-    from proseflow.artefacts import save_npz
     from proseflow.flow.checkpoint import load_model
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
+    from proseflow.samplers.sample_set import SampleSet
     from proseflow.samplers.self_improve import SelfImproveConfig, self_improve
 
     device = _device(s.device)
@@ -269,8 +273,10 @@ def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) ->
         close = getattr(energy, "close", None)
         if close is not None:
             close()
-    save_npz(outputs.one("samples"), **{**result["final"], "temperature_K": s.temperature_K, "model": str(model_path),
-                                        "device": str(device), "com_correction": config.com_correction})
+    final = {**result["final"], "temperature_K": s.temperature_K}
+    required = {k: final.pop(k) for k in SampleSet.REQUIRED}
+    SampleSet(**required, extras={**final, "model": str(model_path), "device": str(device),
+                                  "com_correction": config.com_correction}).save(outputs.one("samples"))
 
 
 def run_export(s: S.ExportSettings, inputs: Files, outputs: Files) -> None:
@@ -320,6 +326,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     from proseflow.physics.structures import load_pdb
     from proseflow.report.system_page import write_system_report
     from proseflow.samplers.resampling import count_distinct
+    from proseflow.samplers.sample_set import SampleSet
 
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
@@ -329,28 +336,26 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     metrics, sets, meta_rows, snis = {}, {}, {}, None
     for path in inputs.many("samplers"):
         name = Path(path).stem
-        d = np.load(path)
-        proj = project(d["positions_nm"], d["energy_kT"], topology, tica_model)
-        n_evals = int(d["n_energy_evals"])
+        d = SampleSet.load(path)
+        proj = project(d.positions_nm, d.energy_kT, topology, tica_model)
         if name == "snis":  # the raw proposal is the SNIS set without its weights
             snis = d  # also read by the diagnostics and the viewer below
-            metrics["proposal"] = sampler_metrics(ref, proj, None, s.n_metric, s.seed, n_evals, s.kmeans_k)
-            metrics["proposal"]["n_distinct"] = count_distinct(d["positions_nm"])
+            metrics["proposal"] = sampler_metrics(ref, proj, None, s.n_metric, s.seed, d.n_energy_evals, s.kmeans_k)
+            metrics["proposal"]["n_distinct"] = count_distinct(d.positions_nm)
             sets["proposal"] = {"energy_kT": proj.energy_kT, "weights": None, "phi_psi": proj.phi_psi,
                                 "tica": proj.tica}
-        log_w = d["log_weights"] if "log_weights" in d else None
-        metrics[name] = sampler_metrics(ref, proj, log_w, s.n_metric, s.seed, n_evals, s.kmeans_k)
-        if "ess" in d:  # the sampler's own ESS (SMC: before its final resampling ...
-            metrics[name]["ess"] = float(d["ess"])
-        if "n_distinct_ancestors" in d:  # ... capped by the share of distinct ancestors: a collapsed population
-            metrics[name]["ess"] = min(metrics[name]["ess"], int(d["n_distinct_ancestors"]) / len(d["positions_nm"]))
+        metrics[name] = sampler_metrics(ref, proj, d.log_weights, s.n_metric, s.seed, d.n_energy_evals, s.kmeans_k)
+        metrics[name]["ess"] = d.ess  # the sampler's own ESS (SMC: before its final resampling ...
+        if d.get("n_distinct_ancestors") is not None:  # ... capped by the share of distinct ancestors
+            metrics[name]["ess"] = min(d.ess, int(d.get("n_distinct_ancestors")) / len(d))
         # distinct configurations next to the ESS, so a collapsed population shows (proseflow.samplers.smc doc)
-        metrics[name]["n_distinct"] = int(d["n_distinct"]) if "n_distinct" in d else count_distinct(d["positions_nm"])
+        metrics[name]["n_distinct"] = d.n_distinct
         for key in SAMPLER_COUNTS:
-            if key in d:
-                metrics[name][key] = float(d[key]) if key == "min_ess" else int(d[key])
-        sets[name] = {"energy_kT": proj.energy_kT, "log_weights": log_w, "phi_psi": proj.phi_psi, "tica": proj.tica}
-        meta_rows[f"{name}_wall_time_s"] = round(float(d["wall_time_s"]), 1) if "wall_time_s" in d else None
+            if d.get(key) is not None:
+                metrics[name][key] = float(d.get(key)) if key == "min_ess" else int(d.get(key))
+        sets[name] = {"energy_kT": proj.energy_kT, "log_weights": d.log_weights, "phi_psi": proj.phi_psi,
+                      "tica": proj.tica}
+        meta_rows[f"{name}_wall_time_s"] = round(d.wall_time_s, 1)
     proposals = inputs.optional("proposals")
     diagnostics = None
     if proposals:
@@ -363,11 +368,10 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
             from proseflow.evaluation.diagnostics import diagnose
 
             diagnostics = diagnose(
-                topology, s.temperature_K, frames[1], snis["positions_nm"],
-                snis["energy_kT"], snis["log_q"], snis["log_weights"],
-                centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
+                topology, s.temperature_K, frames[1], snis.positions_nm, snis.energy_kT, snis.get("log_q"),
+                snis.log_weights, centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
                 com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
-                drop_top_fraction=float(snis["drop_top_fraction"]) if "drop_top_fraction" in snis else 0.002)
+                drop_top_fraction=float(snis.get("drop_top_fraction")))
     train_csv = inputs.optional("train")
     train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
     seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
@@ -400,7 +404,8 @@ def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_ind
 
     if snis is None:
         return None, None
-    snis = {k: snis[k] for k in ("positions_nm", "log_weights", "resampled_indices")}
+    snis = {"positions_nm": snis.positions_nm, "log_weights": snis.log_weights,
+            "resampled_indices": snis.resampled_indices}
     data, states = system_conformations(topology, md, frame_indices, ref.tica, snis,
                                         sets["snis"]["tica"], s.kmeans_k, s.seed)
     html = viewer_section(data, heading="3D structures of the TICA states", caption=SYSTEM_CAPTION, name=seq)
@@ -450,13 +455,12 @@ def run_budget(s: S.BudgetSettings, inputs: Files, outputs: Files) -> None:
 
 def _budget_viewer(s: S.BudgetSettings, topology, md: str, ref, sets, snis_path: str) -> dict:
     """3D-viewer data of the states the short MD and the flow found at the map budget (the budget page's)."""
-    import numpy as np
 
     from proseflow.evaluation.conformations import budget_conformations
     from proseflow.evaluation.evaluate import reference_indices
+    from proseflow.samplers.sample_set import SampleSet
 
-    with np.load(snis_path) as d:
-        positions = d["positions_nm"]
+    positions = SampleSet.load(snis_path).positions_nm
     data, _ = budget_conformations(topology, md, reference_indices(md, s.reference_frames), ref.tica, sets,
                                    positions, s.kmeans_k, s.seed)
     return data
