@@ -54,11 +54,16 @@ def set_fp32_numerics() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 1e4) -> torch.Tensor:
-    """Standard sinusoidal features of (integer) values: [...] -> [..., dim]."""
+def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 1e4, interleaved: bool = False,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard sinusoidal features of (integer) values: [...] -> [..., dim], frequencies max_period^(-2i/dim);
+    [sin, cos] halves, or sin/cos interleaved (the released Prose's layout)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device) / half)
-    angles = values.float()[..., None] * freqs
+    dtype = dtype or torch.get_default_dtype()
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=dtype) / half)
+    angles = values.to(dtype)[..., None] * freqs
+    if interleaved:
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
@@ -68,6 +73,8 @@ class ConditionEmbedding(nn.Module):
     def __init__(self, cfg: FlowConfig):
         super().__init__()
         self.dim = cfg.cond_dim
+        # released form: sinusoids interleaved with base 1000, the embedding zero on padding atoms
+        self.released, self.base = cfg.released, 1000.0 if cfg.released else 1e4
         self.atom = nn.Embedding(cfg.n_atom_types, cfg.cond_dim)
         self.residue = nn.Embedding(cfg.n_residue_types, cfg.cond_dim)
         self.mlp = nn.Sequential(
@@ -77,13 +84,15 @@ class ConditionEmbedding(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         n = batch["atom_type"].shape[1]
         length = batch["chain_length"][:, None].expand(-1, n)
+        dtype = self.atom.weight.dtype
         feats = [
             self.atom(batch["atom_type"]),
             self.residue(batch["residue_type"]),
-            sinusoidal(batch["residue_index"], self.dim),
-            sinusoidal(length, self.dim),
+            sinusoidal(batch["residue_index"], self.dim, self.base, self.released, dtype),
+            sinusoidal(length, self.dim, self.base, self.released, dtype),
         ]
-        return self.mlp(torch.cat(feats, dim=-1))
+        out = self.mlp(torch.cat(feats, dim=-1))
+        return out * (batch["atom_type"] != 0)[..., None].to(out.dtype) if self.released else out
 
 
 class Permutation:
@@ -126,22 +135,32 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with optional QK-LayerNorm and an explicit KV cache."""
+    """Multi-head self-attention with optional QK-LayerNorm and an explicit KV cache.
 
-    def __init__(self, channels: int, head_dim: int, qk_norm: bool):
+    released=True (the released Prose): a LayerNorm of its own on the input, and the QK-LayerNorm over all
+    channels of q (k) before the split into heads instead of per head."""
+
+    def __init__(self, channels: int, head_dim: int, qk_norm: bool, released: bool = False):
         super().__init__()
         self.heads, self.head_dim = channels // head_dim, head_dim
+        self.pre_norm = nn.LayerNorm(channels) if released else None
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
-        self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        width = channels if released else head_dim
+        self.q_norm = nn.LayerNorm(width) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(width) if qk_norm else nn.Identity()
         self.cache: KVCache | None = None
 
     def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """h [B, T, C]; attn_mask bool, broadcastable to [B, heads, T, T_keys] (True = attend)."""
         b, t, c = h.shape
-        q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.pre_norm is not None:
+            q, k, v = self.qkv(self.pre_norm(h)).chunk(3, dim=-1)
+            q, k = self.q_norm(q), self.k_norm(k)
+            q, k, v = (a.view(b, t, self.heads, self.head_dim).transpose(1, 2) for a in (q, k, v))
+        else:
+            q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.cache is not None:
             k, v = self.cache.append(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -197,6 +216,57 @@ class AdaLN(nn.Module):
         """h [B, T, C], c [B or 1, T, C] -> (modulated h, gate)."""
         shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
         return self.norm(h) * (1 + scale) + shift, torch.sigmoid(gate) if self.sigmoid_gate else gate
+
+
+class ReleasedAdaLN(nn.Module):
+    """The released Prose's adaptive LayerNorm: LN(h) * sigmoid(W_g LN(c) + b_g) + W_b LN(c) (no bias on the shift)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, elementwise_affine=False)
+        self.norm_cond = nn.LayerNorm(channels)
+        self.to_gamma = nn.Linear(channels, channels)
+        self.to_beta = nn.Linear(channels, channels, bias=False)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        cn = self.norm_cond(c)
+        return self.norm(h) * torch.sigmoid(self.to_gamma(cn)) + self.to_beta(cn)
+
+
+def _gate(channels: int) -> nn.Linear:
+    """A residual gate sigmoid(W c + b) of the raw block conditioning, starting at sigmoid(-2) (the released form)."""
+    lin = nn.Linear(channels, channels)
+    nn.init.zeros_(lin.weight)
+    nn.init.constant_(lin.bias, -2.0)
+    return lin
+
+
+class ReleasedBlock(nn.Module):
+    """One layer of the released Prose (arch="prose_released"):
+
+        u = adaLN_a(h, c);  v = u + Attn(LN(u));  w = v + MLP(LN(v));  h += sigmoid(W_a c + b_a) * w
+        h += sigmoid(W_t c + b_t) * SwiGLU(adaLN_t(h, c))        (transition, if enabled)
+    """
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        d = cfg.channels
+        self.adaln_attn = ReleasedAdaLN(d)
+        self.attn = Attention(d, cfg.head_dim, cfg.qk_norm, released=True)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.mlp = MLP(d, cfg.mlp_ratio)
+        self.gate_attn = _gate(d)
+        self.adaln_tr = ReleasedAdaLN(d) if cfg.transition else None
+        self.transition = Transition(d, cfg.mlp_ratio) if cfg.transition else None
+        self.gate_tr = _gate(d) if cfg.transition else None
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        u = self.adaln_attn(h, c)
+        v = u + self.attn(u, attn_mask)
+        h = h + torch.sigmoid(self.gate_attn(c)) * (v + self.mlp(self.norm_mlp(v)))
+        if self.transition is not None:
+            h = h + torch.sigmoid(self.gate_tr(c)) * self.transition(self.adaln_tr(h, c))
+        return h
 
 
 class Block(nn.Module):
@@ -283,14 +353,16 @@ class MetaBlock(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(cfg.max_atoms, d) * 1e-2)
         cond_in = 2 * d if cfg.lookahead else d
         self.proj_cond = nn.Sequential(nn.Linear(cond_in, d), nn.GELU(), nn.Linear(d, d))
-        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.norm_out = nn.LayerNorm(d)
+        self.layers = nn.ModuleList([(ReleasedBlock if cfg.released else Block)(cfg) for _ in range(cfg.n_layers)])
+        self.norm_out = nn.Identity() if cfg.released else nn.LayerNorm(d)  # released: no norm before the output
         self.affine = Affine(cfg.affine)
         self.proj_out = nn.Linear(d, self.affine.n_params)  # the affine parameters of the *next* token
-        self.proj_start = nn.Linear(d, self.affine.n_params)  # those of token 0, from its conditioning only
+        # those of token 0, from its conditioning only (released form: token 0 is left unchanged)
+        self.proj_start = None if cfg.released else nn.Linear(d, self.affine.n_params)
         for lin in (self.proj_out, self.proj_start):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+            if lin is not None:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     # --- pieces shared by forward and reverse -------------------------------------------------
     def conditioning(self, systems: tuple) -> torch.Tensor:
@@ -317,6 +389,8 @@ class MetaBlock(nn.Module):
         return self.proj_out(self.norm_out(h))
 
     def start_params(self, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.proj_start is None:  # released form: token 0 unchanged
+            return c.new_zeros(mask.shape[0], 1, self.affine.n_params)
         return self.proj_start(c[:, :1]) * mask[:, :1, None]  # [B, 1, P] (mask has B rows)
 
     def params(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
