@@ -75,11 +75,11 @@ def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> flo
     from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
     from proseflow.flow.checkpoint import model_scale_nm
     from proseflow.flow.train import TrainConfig, _generator, augment
-    from proseflow.samplers.proposals import system_batch
+    from proseflow.samplers.proposals import side_chains_of, system_batch
 
     positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float32))
-    batch = system_batch(topology, len(x))
+    batch = system_batch(topology, len(x), side_chains=side_chains_of(model))
     cfg = TrainConfig()
     xa = augment(x, batch["mask"], _generator(seed, 0), slice(0, len(x)), len(x), cfg, model_scale_nm(model))
     with torch.no_grad():

@@ -51,11 +51,12 @@ def inputs(seq: str, dtype=torch.float64):
 
     d = np.load(FIXTURE / f"{seq}.npz")
     top = PDBFile(io.StringIO(str(d["pdb_text"]))).topology
-    f = system_features(top)
+    f = system_features(top, side_chains="released")
     n, b = len(d["atom_type"]), d["x_norm"].shape[0]
-    perms = np.empty((len(PERMUTATION_NAMES), n), dtype=np.int64)
+    perms = np.empty((len(PERMUTATION_NAMES), n), dtype=np.int64)  # theirs, as recorded
     for key, name in PERMUTATION_KEYS.items():
         perms[PERMUTATION_NAMES.index(name)] = d[f"perm__{key}"]
+    np.testing.assert_array_equal(f["permutations"], perms)  # = the released side-chain orders of proseflow
 
     def rows(a):
         return torch.as_tensor(np.asarray(a))[None].expand(b, *np.shape(a)).contiguous()
@@ -79,6 +80,21 @@ def test_features_agree_with_theirs(seq):
     assert f["chain_length"] == int(d["seq_len"][0])
     theirs = [THREE_LETTER_ORDER.index(AMINO_ACIDS[r - 1]) + 1 for r in f["residue_type"]]
     np.testing.assert_array_equal(theirs, d["aa_type"])
+
+
+@pytest.mark.parametrize("seq", PEPTIDES)
+def test_released_side_chain_orders_give_their_permutations(seq):
+    """proseflow's permutation builder with the released side-chain orders reproduces every permutation their code
+    made for the fixture peptides (proseflow's own orders differ for some side chains: DIFFERENCES.md item 15)."""
+    from openmm.app import PDBFile
+
+    from proseflow.data.features import chemistry_permutations
+
+    d = np.load(FIXTURE / f"{seq}.npz")
+    top = PDBFile(io.StringIO(str(d["pdb_text"]))).topology
+    released = chemistry_permutations(top, side_chains="released")
+    for key, name in PERMUTATION_KEYS.items():
+        np.testing.assert_array_equal(released[PERMUTATION_NAMES.index(name)], d[f"perm__{key}"], err_msg=key)
 
 
 @pytest.mark.parametrize("seq", PEPTIDES)
@@ -144,6 +160,33 @@ def test_snis_log_weights_equal_theirs_up_to_one_constant(model64, seq):
     assert diff[0] == pytest.approx(1.5 * math.log(n) - (3 * n - 3) * math.log(0.35), abs=1e-8)
 
 
+def test_released_side_chain_orders_cover_all_twenty_residues():
+    from proseflow.data.features import chemistry_permutations
+
+    for seq in ("ACDEFGHIK", "LMNPQRSTVWY"):
+        perms = chemistry_permutations(seq, side_chains="released")
+        assert (np.sort(perms, axis=1) == np.arange(perms.shape[1])).all()
+
+
+def test_samplers_build_batches_with_the_models_side_chain_orders(model32):
+    """draw_proposals on the imported model uses the released permutations (system_batch(side_chains=...)): its log q
+    of the samples equals the model's log_prob on a batch built with the authors' permutations."""
+    from openmm.app import PDBFile
+
+    from proseflow.samplers.proposals import draw_proposals, system_batch
+
+    assert model32.config.side_chains == "released"
+    d, batch, _ = inputs("RLMM", torch.float32)
+    top = PDBFile(io.StringIO(str(d["pdb_text"]))).topology
+    p = draw_proposals(model32, top, 8, batch_size=8, com_correction="gaussian", seed=0, progress=False)
+    ours = system_batch(top, 8, side_chains="released")
+    assert torch.equal(ours["permutations"], batch["permutations"][:1].expand(8, -1, -1))
+    with torch.no_grad():
+        lq = model32.log_prob(torch.as_tensor(p.x_flow), ours)
+    lq_nm = proposal_log_prob_nm(lq.double(), torch.as_tensor(p.x_flow).double(), ours["mask"], 0.35, "gaussian")
+    np.testing.assert_allclose(p.log_q, lq_nm.numpy(), rtol=1e-5, atol=1e-2)
+
+
 def test_importer_writes_a_model_file_with_its_provenance(tmp_path):
     from proseflow.flow.checkpoint import load_model
 
@@ -194,3 +237,23 @@ def test_released_preset_has_the_papers_parameter_count():
     with torch.device("meta"):
         n = count_parameters(ProseFlow(FlowConfig.preset("released")))
     assert n == 288_117_560 + 8 * (256 * 384 - 1)
+
+
+def test_import_weights_command(tmp_path):
+    """`python -m proseflow import-weights` writes the model file; a renamed state dict fails with exit 1, the key
+    named, and no model file."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m" / "model.pt"
+    cmd = [sys.executable, "-m", "proseflow", "import-weights", str(CHECKPOINT), "--out", str(out), "--head-dim", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and (tmp_path / "m" / "provenance.json").is_file()
+    sd = torch.load(CHECKPOINT, weights_only=True)
+    bad = tmp_path / "renamed.pth"
+    torch.save({k.replace("blocks.5.proj_out", "blocks.5.proj_output"): v for k, v in sd.items()}, bad)
+    out2 = tmp_path / "n" / "model.pt"
+    proc = subprocess.run([*cmd[:4], str(bad), "--out", str(out2), "--head-dim", "16"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "blocks.5.proj_output.weight" in proc.stderr and not out2.exists()

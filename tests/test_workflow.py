@@ -123,3 +123,27 @@ def test_a_typo_fails_the_dry_run_naming_the_key(workdir, base, fragment, messag
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and message in out, out[-2000:]
     assert "Traceback" not in out and not (workdir / "results").exists()
+
+
+def test_an_imported_model_is_evaluated_without_training(workdir):
+    """configs/released.yaml with the fixture's weights: the dry run imports and never trains or runs training MD;
+    a system's page made from the imported (random-weight) model renders and says the model is imported."""
+    fixture = REPO / "tests" / "data" / "prose-fixture" / "prose_fixture.pth"
+    (workdir / "imported.yaml").write_text(yaml.safe_dump({
+        "models": {"prose_released": {"preset": "released", "weights": str(fixture), "overrides": {"head_dim": 16}}},
+        "sampling": {"n_proposals": 64, "batch_size": 64},
+        "md": {"reference": {"length_ps": 4.0, "save_interval_ps": 0.02}},
+        "eval": {"n_metric": 50, "reference_frames": 200, "tica_lag_ps": 0.1, "kmeans_k": 3},
+        "samplers": ["snis"]}))
+    configs = ("configs/released.yaml", "tiny.yaml", "imported.yaml")
+    dry = run(workdir, "-n", configs=configs)
+    out = dry.stdout + dry.stderr
+    assert "import_model" in out and "train_model" not in out and "simulate_batch" not in out
+    run(workdir, "results/eval/WA.html", configs=configs)
+    page = (workdir / "results/eval/WA.html").read_text()
+    assert "imported from" in page and "prose_fixture.pth" in page
+    import json
+
+    meta = json.loads((workdir / "results/eval/WA.json").read_text())["metadata"]
+    assert meta["model"] == "prose_released" and meta["model_source"].startswith("imported")
+    assert (workdir / "results/models/prose_released/provenance.json").is_file()

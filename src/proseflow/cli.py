@@ -2,6 +2,7 @@
 
     proseflow run <stage> --settings JSON --input NAME PATH [PATH ...] ... --output NAME PATH ...
     proseflow verify [results/]
+    proseflow import-weights FILE --out results/models/<name>/model.pt [--head-dim 64]
 
 ``run`` runs one pipeline stage (:mod:`proseflow.stages.run`) with its settings (:mod:`proseflow.stages.settings`); this is
 what every Snakemake rule calls. Building the parser imports only the standard library: each command
@@ -35,6 +36,14 @@ def cmd_run(args) -> None:
         threads=args.threads)
 
 
+def cmd_import_weights(args) -> None:
+    from proseflow.flow.released import import_weights
+
+    out = import_weights(args.file, args.out, head_dim=args.head_dim, max_atoms=args.max_atoms)
+    log.info("imported %s -> %s (arch prose_released, provenance in %s)", args.file, out,
+             out.with_name("provenance.json"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="proseflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named output: NAME PATH [PATH ...]")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("import-weights", help="the authors' released Prose checkpoint -> a proseflow model file")
+    s.add_argument("file", help="their .pth state dict (or a Lightning .ckpt with EMA weights under state_dict)")
+    s.add_argument("--out", required=True, help="the model file to write, e.g. results/models/prose_released/model.pt")
+    s.add_argument("--head-dim", type=int, default=64, help="attention head width (not in the weights; released: 64)")
+    s.add_argument("--max-atoms", type=int, default=256, help="length of the position tables (released: up to 178)")
+    s.set_defaults(func=cmd_import_weights)
     return p
 
 

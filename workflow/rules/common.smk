@@ -68,6 +68,9 @@ VAL = PLAN.val
 TEST = PLAN.test
 EVAL_MODEL = PLAN.eval_model
 VARIANTS = PLAN.variants
+# a regex for the {model} wildcard of the trained and of the imported variants ("(?!)" matches nothing)
+TRAINED_MODELS = "|".join(m for m in config["models"] if m not in PLAN.imported) or "(?!)"
+IMPORTED_MODELS = "|".join(PLAN.imported) or "(?!)"
 EVAL_SYSTEMS = PLAN.eval_systems
 
 
@@ -164,8 +167,7 @@ def dataset_stores(split):
 def all_targets():
     return [
         "results/sequences/train.csv",
-        *md_batches("train"),
-        *md_batches("val"),
+        *(md_batches("train") + md_batches("val") if PLAN.trains else []),  # imported models need no training MD
         *[f"results/md/{s}.h5" for s in TEST],
         *[f"results/models/{m}/model.pt" for m in PLAN.train_models],
         "results/eval/summary.html",

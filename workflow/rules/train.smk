@@ -8,6 +8,8 @@ rule train_model:
         model="results/models/{model}/model.pt",
         curve=report("results/models/{model}/loss_curve.png", caption="../report/loss_curve.rst",
                      category="Training", labels={"model": "{model}"}),
+    wildcard_constraints:
+        model=TRAINED_MODELS,
     params:
         launch=launcher,
         settings=settings("train", model=lambda w: w.model),
@@ -22,3 +24,24 @@ rule train_model:
         "../../envs/flow.yaml"
     shell:
         "{params.launch} run train --settings {params.settings:q} {params.files} > {log} 2>&1"
+
+
+rule import_model:
+    """A variant with `weights` (the authors' released Prose checkpoint): imported into a proseflow model file
+    (arch prose_released, every key and shape checked; proseflow.flow.released), not trained."""
+    input:
+        weights=lambda w: config["models"][w.model]["weights"],
+    output:
+        model="results/models/{model}/model.pt",
+    wildcard_constraints:
+        model=IMPORTED_MODELS,
+    params:
+        launch=PROSEFLOW,
+        settings=settings("import", model=lambda w: w.model),
+        files=files,
+    log:
+        "logs/train/{model}.import.log",
+    conda:
+        "../../envs/flow.yaml"
+    shell:
+        "{params.launch} run import --settings {params.settings:q} {params.files} > {log} 2>&1"

@@ -159,19 +159,59 @@ def _side_chain(graph: _Graph, atoms: list[int], variant: bool) -> list[int]:
     return order
 
 
+# The side-chain orders of the authors' released Prose (their permutations table; shared/prose-fixture), as
+# (standard, variant) atom-name orders per residue; a residue with one order uses it for both. Histidine uses
+# their HIE entry. Checked against the fixture's permutations (tests/test_released.py).
+_RELEASED_SIDE_CHAINS = {
+    "ALA": ("CB HB1 HB2 HB3",),
+    "ARG": ("CB HB2 HB3 CG HG2 HG3 CD HD2 HD3 NE HE CZ NH1 HH11 HH12 NH2 HH21 HH22",),
+    "ASN": ("CB HB2 HB3 CG OD1 ND2 HD21 HD22",),
+    "ASP": ("CB HB2 HB3 CG OD1 OD2",),
+    "CYS": ("CB HB2 HB3 SG HG",),
+    "GLN": ("CB HB2 HB3 CG HG2 HG3 CD OE1 NE2 HE21 HE22",),
+    "GLU": ("CB HB2 HB3 CG HG2 HG3 CD OE1 OE2",),
+    "GLY": ("",),
+    "HIS": ("CB HB2 HB3 CG ND1 CE1 HE1 NE2 HE2 CD2 HD2", "CB HB2 HB3 CG CD2 HD2 NE2 HE2 CE1 HE1 ND1"),
+    "ILE": ("CB HB CG2 HG21 HG22 HG23 CG1 HG12 HG13 CD1 HD11 HD12 HD13",
+            "CB HB CG1 HG12 HG13 CD1 HD11 HD12 HD13 CG2 HG21 HG22 HG23"),
+    "LEU": ("CB HB2 HB3 CG HG CD1 HD11 HD12 HD13 CD2 HD21 HD22 HD23",
+            "CB HB2 HB3 CG HG CD2 HD21 HD22 HD23 CD1 HD11 HD12 HD13"),
+    "LYS": ("CB HB2 HB3 CG HG2 HG3 CD HD2 HD3 CE HE2 HE3 NZ HZ1 HZ2 HZ3",),
+    "MET": ("CB HB2 HB3 CG HG2 HG3 SD CE HE1 HE2 HE3",),
+    "PHE": ("CB HB2 HB3 CG CD1 HD1 CE1 HE1 CZ HZ CE2 HE2 CD2 HD2", "CB HB2 HB3 CG CD2 HD2 CE2 HE2 CZ HZ CE1 HE1 CD1 HD1"),
+    "PRO": ("CB HB2 HB3 CG HG2 HG3 CD HD2 HD3", "CD HD2 HD3 CG HG2 HG3 CB HB2 HB3"),
+    "SER": ("CB HB2 HB3 OG HG",),
+    "THR": ("CB HB OG1 HG1 CG2 HG21 HG22 HG23", "CB HB CG2 HG21 HG22 HG23 OG1 HG1"),
+    "TRP": ("CB HB2 HB3 CG CD1 HD1 NE1 HE1 CE2 CZ2 HZ2 CH2 HH2 CZ3 HZ3 CE3 HE3 CD2",
+            "CB HB2 HB3 CG CD2 CE3 HE3 CZ3 HZ3 CH2 HH2 CZ2 HZ2 CE2 NE1 HE1 CD1 HD1"),
+    "TYR": ("CB HB2 HB3 CG CD1 HD1 CE1 HE1 CZ OH HH CE2 HE2 CD2 HD2", "CB HB2 HB3 CG CD2 HD2 CE2 HE2 CZ OH HH CE1 HE1 CD1 HD1"),
+    "VAL": ("CB HB CG1 HG11 HG12 HG13 CG2 HG21 HG22 HG23", "CB HB CG2 HG21 HG22 HG23 CG1 HG11 HG12 HG13"),
+}
+SIDE_CHAIN_STYLES = ("proseflow", "released")
+
+
+def _released_side_chain(graph: _Graph, atoms: list[int], variant: bool, residue: str) -> list[int]:
+    orders = _RELEASED_SIDE_CHAINS[{"HIE": "HIS", "HID": "HIS", "HIP": "HIS"}.get(residue, residue)]
+    return _named(graph, atoms, orders[-1 if variant else 0].split())
+
+
 def _named(graph: _Graph, atoms: list[int], names: Sequence[str]) -> list[int]:
     by_name = {graph.atom_names[i]: i for i in atoms}
     return [by_name[n] for n in names if n in by_name]
 
 
-def chemistry_permutations(topology_or_sequence) -> np.ndarray:
-    """The 8 permutations ``[8, N]`` (int64) in :data:`PERMUTATION_NAMES` order."""
+def chemistry_permutations(topology_or_sequence, side_chains: str = "proseflow") -> np.ndarray:
+    """The 8 permutations ``[8, N]`` (int64) in :data:`PERMUTATION_NAMES` order. ``side_chains``: "proseflow"
+    (depth-first over the bonds) or "released" (the authors' released Prose's side-chain orders)."""
+    if side_chains not in SIDE_CHAIN_STYLES:
+        raise ValueError(f"side_chains must be one of {SIDE_CHAIN_STYLES}, got {side_chains!r}")
     graph = _as_graph(topology_or_sequence)
     out = []
     for variant in (False, True):
         backbone_first_head, backbone_first_tail, residue_by_residue = [], [], []
-        for atoms in graph.residue_atoms:
-            side_chain = _side_chain(graph, atoms, variant)
+        for res_name, atoms in zip(graph.residue_names, graph.residue_atoms, strict=True):
+            side_chain = (_released_side_chain(graph, atoms, variant, res_name) if side_chains == "released"
+                          else _side_chain(graph, atoms, variant))
             backbone_first_head += _named(graph, atoms, BACKBONE_HEAVY)
             backbone_first_tail += _named(graph, atoms, BACKBONE_HYDROGENS) + side_chain
             residue_by_residue += (
@@ -187,12 +227,13 @@ def chemistry_permutations(topology_or_sequence) -> np.ndarray:
     return np.stack(out)
 
 
-def system_features(topology_or_sequence) -> dict:
+def system_features(topology_or_sequence, side_chains: str = "proseflow") -> dict:
     """Conditioning of one peptide from its topology (OpenMM or MDTraj) or its sequence (built with
     :func:`proseflow.physics.structures.build_peptide`, whose atom order every artefact uses).
 
     Returns ``atom_type``, ``residue_type``, ``residue_index`` (int64 ``[N]``), ``chain_length`` (int),
-    ``atom_names`` (list of the topology's names) and ``permutations`` (int64 ``[8, N]``).
+    ``atom_names`` (list of the topology's names) and ``permutations`` (int64 ``[8, N]``, with the side-chain
+    orders ``side_chains`` of :func:`chemistry_permutations`).
     """
     graph = _as_graph(topology_or_sequence)
     atom_type, residue_type, residue_index = [], [], []
@@ -214,7 +255,7 @@ def system_features(topology_or_sequence) -> dict:
         "residue_index": np.asarray(residue_index, dtype=np.int64),
         "chain_length": len(graph.residue_names),
         "atom_names": list(graph.atom_names),
-        "permutations": chemistry_permutations(graph),
+        "permutations": chemistry_permutations(graph, side_chains),
     }
 
 

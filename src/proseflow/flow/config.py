@@ -56,6 +56,9 @@ class FlowConfig:
     grad_checkpoint: bool = False  # recompute each layer's activations in backward (training memory)
     adaln_gate: str = "zero"
     affine: str = "diagonal"  # per-atom map: "diagonal" (x = exp(alpha) z + mu) or "triangular" (x = L z + mu)
+    # side-chain orders of the permutations a sampler builds from a topology: "proseflow" (those of the training
+    # stores) or "released" (the authors' released Prose: an imported model needs them; data.features)
+    side_chains: str = "proseflow"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -68,6 +71,8 @@ class FlowConfig:
             raise ValueError("channels must be a multiple of head_dim")
         if self.adaln_gate not in ("zero", "sigmoid"):
             raise ValueError(f"adaln_gate must be 'zero' or 'sigmoid', got {self.adaln_gate!r}")
+        if self.side_chains not in ("proseflow", "released"):
+            raise ValueError(f"side_chains must be 'proseflow' or 'released', got {self.side_chains!r}")
         if self.affine not in AFFINE_KINDS:
             raise ValueError(f"affine must be one of {AFFINE_KINDS}, got {self.affine!r}")
         if self.perm_order is not None:
@@ -101,7 +106,7 @@ class FlowConfig:
             "paper": dict(channels=384, n_blocks=8, n_layers=8, head_dim=64, mlp_ratio=4, cond_dim=128),
             # the released checkpoint (transferable/prose_up_to_8aa.pth): 288,117,560 parameters in their layout
             "released": dict(arch="prose_released", channels=384, n_blocks=8, n_layers=8, head_dim=64, mlp_ratio=4,
-                             cond_dim=384, n_atom_types=128, n_residue_types=64),
+                             cond_dim=384, n_atom_types=128, n_residue_types=64, side_chains="released"),
             "small": dict(channels=128, n_blocks=8, n_layers=1, head_dim=32, mlp_ratio=4, cond_dim=64),
             "tiny": dict(channels=32, n_blocks=8, n_layers=1, head_dim=16, mlp_ratio=2, cond_dim=16),
         }

@@ -76,7 +76,7 @@ def flow_config_from(sd: dict, head_dim: int = 64, max_atoms: int = 256) -> Flow
         mlp_ratio=int(inner // c), n_atom_types=int(n_atom), n_residue_types=int(n_res), cond_dim=int(c),
         max_atoms=max_atoms, transition="blocks.0.attn_blocks.0.transition.adaln.to_beta.weight" in sd,
         lookahead=sd["blocks.0.proj_cond.0.weight"].shape[1] == 2 * c,
-        qk_norm="blocks.0.attn_blocks.0.mha.mha.attention.q_layer_norm.weight" in sd,
+        qk_norm="blocks.0.attn_blocks.0.mha.mha.attention.q_layer_norm.weight" in sd, side_chains="released",
     )
 
 
@@ -187,10 +187,12 @@ def provenance(path: str | os.PathLike) -> dict:
 
 def import_weights(path: str | os.PathLike, out: str | os.PathLike, head_dim: int = 64, max_atoms: int = 256) -> Path:
     """Write ``out`` (a proseflow model file) from their checkpoint ``path``; returns ``out``."""
+    from proseflow.artefacts import save_json
     from proseflow.flow.checkpoint import feature_vocabulary, save_model
 
     model = load_released(path, head_dim, max_atoms)
     meta = {"flow_config": model.config.to_dict(), "features": feature_vocabulary(), "scale_nm": SCALE_NM,
             "provenance": model.meta["provenance"]}
-    save_model(model, out, meta)
+    save_json(Path(out).with_name("provenance.json"), model.meta["provenance"])  # beside it, for the pages
+    save_model(model, out, meta)  # written last: its presence means the import finished
     return Path(out)

@@ -73,6 +73,9 @@ def flow_config(config: TrainConfig) -> FlowConfig:
     """The FlowConfig of a run (its permutation rows index the loader's :data:`proseflow.data.permutations`)."""
     cfg = FlowConfig.preset(config.model_preset, **config.model)
     cfg = dataclasses.replace(cfg, perm_order=cfg.permutation_order())  # recorded explicitly in the model file
+    if cfg.side_chains != "proseflow":
+        raise ValueError(f"side_chains {cfg.side_chains!r} is for imported models: the training stores hold "
+                         "proseflow's side-chain orders (train with side_chains: proseflow)")
     if cfg.n_atom_types < features.N_ATOM_TYPES or cfg.n_residue_types < features.N_RESIDUE_TYPES:
         raise ValueError("FlowConfig vocabulary is smaller than proseflow.data.features'")
     if cfg.n_permutations != features.N_PERMUTATIONS:

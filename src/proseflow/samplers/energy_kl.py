@@ -89,15 +89,15 @@ def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config
     from tqdm.auto import tqdm
 
     from proseflow.flow.preprocess import preprocess_train
-    from proseflow.samplers.proposals import system_batch
+    from proseflow.samplers.proposals import side_chains_of, system_batch
     from proseflow.samplers.resampling import finite_stat
 
     g = torch.Generator().manual_seed(config.seed)
     data = torch.as_tensor(np.asarray(md_positions_nm), dtype=torch.float32)  # as the model was trained on
     n_atoms = data.shape[1]
     dims = 3 * n_atoms
-    sample_batch = system_batch(topology, config.batch_size, device)
-    data_batch = system_batch(topology, config.data_batch_size, device)
+    sample_batch = system_batch(topology, config.batch_size, device, side_chains=side_chains_of(model))
+    data_batch = system_batch(topology, config.data_batch_size, device, side_chains=side_chains_of(model))
     mask_cpu = torch.ones(config.data_batch_size, n_atoms, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     rows, window, t0 = [], [], time.time()

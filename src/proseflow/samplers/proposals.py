@@ -31,9 +31,16 @@ log = logging.getLogger(__name__)
 STEP_SIZE_UNITS = "normalised flow coordinates squared ((nm / scale_nm)^2, scale_nm = 0.35)"
 
 
-def system_batch(topology_or_sequence, n: int, device="cpu", n_max: int | None = None) -> dict:
-    """A batch of ``n`` copies of one system's conditioning (the loader's batch layout, without x)."""
-    f = system_features(topology_or_sequence)
+def side_chains_of(model) -> str:
+    """The side-chain orders a model's permutations use (FlowConfig.side_chains; imported released models differ)."""
+    return getattr(getattr(model, "config", None), "side_chains", "proseflow")
+
+
+def system_batch(topology_or_sequence, n: int, device="cpu", n_max: int | None = None,
+                 side_chains: str = "proseflow") -> dict:
+    """A batch of ``n`` copies of one system's conditioning (the loader's batch layout, without x), with the
+    permutations of ``side_chains`` (:func:`side_chains_of` the model that will read it)."""
+    f = system_features(topology_or_sequence, side_chains)
     n_real = len(f["atom_type"])
     n_max = n_real if n_max is None else n_max
 
@@ -90,7 +97,7 @@ def draw_proposals(model, topology, n: int, batch_size: int = 1024, prior_std: f
     t0 = time.time()
     generator = torch.Generator(device=device).manual_seed(int(seed))
     xs, log_qs, flows = [], [], []
-    full = system_batch(topology, min(batch_size, n), device)
+    full = system_batch(topology, min(batch_size, n), device, side_chains=side_chains_of(model))
     for start in tqdm(range(0, n, batch_size), desc="proposals", unit="batch", disable=not progress):
         batch = first_rows(full, min(batch_size, n - start))
         x, log_q, used = model.sample(batch, prior_std=prior_std, generator=generator)
@@ -118,7 +125,7 @@ class FlowExtendedEnergy:
 
     def __init__(self, model, topology, device="cpu", chunk_size: int = 256, prior_std: float = 1.0):
         self.model, self.device, self.chunk_size, self.prior_std = model, device, chunk_size, prior_std
-        self.batch = system_batch(topology, chunk_size, device)
+        self.batch = system_batch(topology, chunk_size, device, side_chains=side_chains_of(model))
 
     def energy_and_forces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         es, fs = [], []
@@ -178,7 +185,7 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
     check_fits_model(model, topology)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     xs, log_qs = [], []
-    full = system_batch(topology, min(batch_size, n_particles), device)
+    full = system_batch(topology, min(batch_size, n_particles), device, side_chains=side_chains_of(model))
     with torch.no_grad():
         for start in range(0, n_particles, batch_size):
             batch = first_rows(full, min(batch_size, n_particles - start))

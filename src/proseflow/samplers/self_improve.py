@@ -62,13 +62,13 @@ def finetune(model, initial, optimizer, positions_nm: np.ndarray, topology, conf
 
     from proseflow.data.features import canonical_hydrogen_labels, equivalent_hydrogen_groups
     from proseflow.flow.preprocess import preprocess_train
-    from proseflow.samplers.proposals import system_batch
+    from proseflow.samplers.proposals import side_chains_of, system_batch
 
     # the training stores' labelling of equivalent hydrogens (chirality-fixed samples are mirror images)
     positions_nm = canonical_hydrogen_labels(np.asarray(positions_nm), equivalent_hydrogen_groups(topology))
     data = torch.as_tensor(positions_nm, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
-    cond = system_batch(topology, config.batch_size, device)
+    cond = system_batch(topology, config.batch_size, device, side_chains=side_chains_of(model))
     mask_cpu = torch.ones(config.batch_size, data.shape[1], dtype=torch.bool)
     order, pos, nlls, regs = torch.randperm(len(data), generator=g), 0, [], []
     model.train()

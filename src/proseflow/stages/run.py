@@ -163,6 +163,14 @@ def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
         raise RuntimeError(f"training stopped at step {summary['step']} before max_steps; rerun to resume")
 
 
+def run_import(s: S.ImportSettings, inputs: Files, outputs: Files) -> None:
+    """The authors' released Prose weights -> a proseflow model file (arch prose_released, provenance recorded)."""
+    from proseflow.flow.released import import_weights
+
+    out = import_weights(inputs.one("weights"), outputs.one("model"), head_dim=s.head_dim, max_atoms=s.max_atoms)
+    log.info("imported %s -> %s (model %s)", inputs.one("weights"), out, s.model)
+
+
 # ------------------------------------------------------------------------------- sampler stages
 def run_sample(s: S.SampleSettings, inputs: Files, outputs: Files) -> None:
     """Proposals x ~ q for one system: positions (nm), exact log q, chirality statistics."""
@@ -375,7 +383,14 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     train_csv = inputs.optional("train")
     train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
     seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
-    metadata = {"sequence": seq, "model": s.model, "checkpoint": inputs.optional("model") or "",
+    model_file = inputs.optional("model") or ""
+    provenance = Path(model_file).with_name("provenance.json") if model_file else None
+    if provenance is not None and provenance.is_file():  # imported (proseflow.flow.released)
+        p = json.loads(provenance.read_text())
+        model_source = f"imported from {p['file']} (sha256 {p['sha256'][:12]}...), not trained here"
+    else:
+        model_source = "trained here" if model_file else ""
+    metadata = {"sequence": seq, "model": s.model, "checkpoint": model_file, "model_source": model_source,
                 "temperature_K": s.temperature_K, "reference_md": md,
                 "reference_frames_used": len(ref.energy_kT), "in_training_set": seq in train,
                 "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
@@ -507,6 +522,7 @@ STAGES: dict[str, tuple[str, Callable]] = {
     "md": ("md", run_md),
     "dataset": ("dataset", run_dataset),
     "train": ("train", run_train),
+    "import": ("import", run_import),
     "sample": ("sample", run_sample),
     "snis": ("snis", run_snis),
     "smc": ("smc", run_smc),

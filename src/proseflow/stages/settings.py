@@ -348,6 +348,16 @@ class TrainSettings(StageSettings):
 
 
 @dataclass
+class ImportSettings(StageSettings):
+    """A model variant imported from the authors' released weights (``models.<name>.weights``) instead of trained."""
+
+    stage: ClassVar[str] = "import"
+    model: str  # condition: the variant
+    head_dim: int = 64  # not in the weights: models.<name>.overrides.head_dim, else the released 64
+    max_atoms: int = 256  # the position tables' length: models.<name>.overrides.max_atoms, else 256
+
+
+@dataclass
 class TicaSettings(StageSettings):
     stage: ClassVar[str] = "tica"
     lag_frames: int
@@ -448,7 +458,8 @@ class ReportSettings(StageSettings):
 
 SETTINGS: dict[str, type[StageSettings]] = {
     cls.stage: cls
-    for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, TicaSettings,
+    for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, ImportSettings,
+                TicaSettings,
                 SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, ExportSettings, EvaluateSettings,
                 BudgetSettings,
                 TemperatureSettings, ReportSettings)
@@ -456,7 +467,7 @@ SETTINGS: dict[str, type[StageSettings]] = {
 
 # Fields a rule sets from its wildcards (the job's conditions), not from a config key.
 CONDITIONS = {
-    ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"),
+    ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"), ("import", "model"),
     ("smc", "kernel"), ("evaluate", "model"), ("evaluate", "summary_href"), ("report", "links"),
     ("sample", "prior_std"),
 }
@@ -464,6 +475,8 @@ CONDITIONS = {
 # Fields that no config key sets: their one default is the dataclass field's (device: CUDA when present).
 DOCUMENTED_DEFAULTS = {
     ("tica", "dim"): "two TICA components (the paper's maps)",
+    ("import", "head_dim"): "the released Prose's 64, unless an imported variant's overrides.head_dim says otherwise",
+    ("import", "max_atoms"): "256 position-table rows, unless an imported variant's overrides.max_atoms says otherwise",
     ("sample", "device"): "auto: CUDA when present",
     ("smc", "device"): "auto: CUDA when present",
     ("self_improve", "device"): "auto: CUDA when present",
@@ -555,6 +568,19 @@ def _train(config, model):
                                               "model": copy.deepcopy(dict(spec.get("overrides", {})))})
 
 
+def imported_models(config: Mapping) -> list[str]:
+    """The variants with ``weights``: imported from the authors' released checkpoint, never trained."""
+    return [m for m, spec in config.get("models", {}).items() if spec.get("weights")]
+
+
+def _import(config, model):
+    spec = config["models"].get(model)
+    if spec is None or not spec.get("weights"):
+        raise ConfigError(f"model {model!r} has no `weights` under `models` (imported: {imported_models(config)})")
+    over = spec.get("overrides") or {}
+    return ImportSettings(model=model, **{k: int(over[k]) for k in ("head_dim", "max_atoms") if k in over})
+
+
 def _tica(config):
     return TicaSettings(lag_frames=tica_lag_frames(config), stride=config["eval"]["tica_stride"])
 
@@ -626,6 +652,7 @@ def _report(config, links=None):
 
 
 _BUILDERS = {"sequences": _sequences, "structure": _structure, "md": _md, "dataset": _dataset, "train": _train,
+             "import": _import,
              "tica": _tica, "sample": _sample, "snis": _snis, "smc": _smc, "self_improve": _self_improve,
              "export": _export,
              "evaluate": _evaluate, "budget": _budget, "temperature": _temperature_report, "report": _report}
@@ -642,7 +669,7 @@ def temperature_cases(config: Mapping) -> list[tuple[str, float, str]]:
 class Plan:
     """What the workflow runs for a config: the config keys that choose jobs rather than settle a stage."""
 
-    train_models: list  # trained by `all`
+    train_models: list  # trained (or imported) by `all`
     eval_model: str  # the variant evaluated in results/eval/
     variants: list  # the other trained variants (evaluated with SNIS for Table 3)
     val: list
@@ -652,6 +679,12 @@ class Plan:
     temperature_cases: list  # (system, temperature in K, prior)
     n_train_batches: int
     n_val_batches: int
+    imported: list = field(default_factory=list)  # variants imported from released weights (no MD, no training)
+
+    @property
+    def trains(self) -> bool:
+        """Whether `all` trains a model (and so needs the training and validation MD)."""
+        return any(m not in self.imported for m in self.train_models)
 
 
 def plan(config: Mapping) -> Plan:
@@ -668,7 +701,7 @@ def plan(config: Mapping) -> Plan:
                 test=test, eval_systems=[*test, *(s for s in extra if s not in test)],
                 samplers=["snis", *(s for s in config["samplers"] if s != "snis")],
                 temperature_cases=temperature_cases(config), n_train_batches=n_batches(config, "train"),
-                n_val_batches=n_batches(config, "val"))
+                n_val_batches=n_batches(config, "val"), imported=imported_models(config))
 
 
 # A temperature-transfer job is a main job under a condition: a path segment naming the target temperature
@@ -708,7 +741,7 @@ def parse_md_suffix(suffix: str) -> float | None:
     return float(m.group(1))
 
 
-__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]
