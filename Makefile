@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 include src/proseflow/report/3dmol.pin
 JSLIB := $(VENV)/share/proseflow/3dmol-$(THREEDMOL_VERSION).tgz
 
-.PHONY: demo test verify install test-slurm test-report bench clean lint
+.PHONY: demo test test-compile verify install test-slurm test-report bench clean lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ demo: $(STAMP) $(JSLIB)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml --rerun-incomplete --printshellcmds
 
 test: $(STAMP) $(JSLIB)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=25 tests
+
+# The compiled training path (torch.compile: minutes on 2 cores, so not in `make test`; .ci/run runs it).
+test-compile: $(STAMP)
+	PROSEFLOW_TEST_COMPILE=1 $(BIN)/pytest -q -k compile tests/test_flow_model.py tests/test_train.py tests/test_energy_torch.py
 
 # Read and check every artefact under results/ (checksums, shapes, completeness); non-zero exit if any is bad.
 verify: $(STAMP)

@@ -435,12 +435,14 @@ def test_sampling_a_single_system_shares_its_conditioning():
 
 
 @pytest.mark.skipif(os.environ.get("PROSEFLOW_TEST_COMPILE") != "1", reason="torch.compile takes minutes on 2 cores")
-def test_compiled_flow_equals_eager_on_mixed_length_batches():
+@pytest.mark.parametrize("affine", AFFINES)
+def test_compiled_flow_equals_eager_on_mixed_length_batches(affine):
     """torch.compile with the atom dimension dynamic (the training step's setting): one graph for batches of
-    any padded length, the same numbers as eager to float32 round-off."""
+    any padded length, the same numbers as eager to float32 round-off; both per-atom affine forms."""
     from proseflow.flow.train import mark_length_dynamic
 
-    model = make_model(seed=3)
+    torch._dynamo.reset()
+    model = make_model(seed=3, affine=affine)
     flow = torch.compile(model.flow)
     with torch.no_grad():
         for i, (lengths, n_max) in enumerate((([5, 9, 3], 11), ([7, 4, 6], 8))):

@@ -141,7 +141,7 @@ def test_smc_reaches_a_narrower_gaussian(identity_flow, gg, kernel):
     s^2 (N - 1) / N per coordinate, within a few Monte Carlo standard errors; the proposal's own is scale^2."""
     s = 0.85 * SCALE
     result, positions, e_kT, *_ = run_smc(identity_flow, gg, GaussianEnergy(s), 2000, kernel, seed=1,
-                                          n_levels=20, drop_top_fraction=0.0, max_target_energy=None,
+                                          n_levels=10, drop_top_fraction=0.0, max_target_energy=None,
                                           ess_threshold=0.5, step_size=0.01)
     n = positions.shape[1]
     var = float((positions.astype(np.float64) ** 2).mean())
