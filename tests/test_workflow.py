@@ -147,3 +147,19 @@ def test_an_imported_model_is_evaluated_without_training(workdir):
     meta = json.loads((workdir / "results/eval/WA.json").read_text())["metadata"]
     assert meta["model"] == "prose_released" and meta["model_source"].startswith("imported")
     assert (workdir / "results/models/prose_released/provenance.json").is_file()
+
+
+def test_a_complete_tree_stays_complete_whichever_way_snakemake_starts(workdir, tmp_path_factory):
+    """No rule's params or shell text holds the interpreter or the checkout path: after a run with
+    `python -m snakemake`, the venv's `snakemake` script and a moved checkout both plan 0 jobs (issue 19)."""
+    target = "results/md/GA.h5"
+    run(workdir, target)
+    script = Path(sys.executable).with_name("snakemake")
+    for cmd, cwd in (([str(script)], workdir), (SNAKEMAKE, None)):
+        if cwd is None:  # the same tree in another place: a moved checkout
+            cwd = tmp_path_factory.mktemp("moved") / "checkout"
+            shutil.move(str(workdir), str(cwd))
+        proc = subprocess.run([*cmd, "-n", target, "--cores", "2", "--configfile", "tiny.yaml"], cwd=cwd,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "Nothing to be done" in out, out[-2000:]

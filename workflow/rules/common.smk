@@ -1,3 +1,4 @@
+import os
 import shlex
 import sys
 
@@ -11,7 +12,7 @@ from snakemake.utils import validate
 # (with the nearest valid name for a typo), the schema's types and ranges, then what only the code knows
 # (the config types of training, SMC and self-improvement are built here, so a bad value fails the dry run).
 try:
-    S.check_keys(config, S.yaml.safe_load(open(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")))
+    S.check_keys(config, S.yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()))
 except S.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, "../schemas/config.schema.yaml")
@@ -22,20 +23,33 @@ except S.ConfigError as e:
 
 # Every rule runs one stage through the same entry point,
 #   python -m proseflow run <stage> --settings JSON --input NAME PATH... --output NAME PATH...
-# with the repository's src/ importable (in the project venv and in the conda envs of envs/).
-# Without --use-conda, the interpreter running Snakemake (the project venv) runs the jobs too.
+# with the repository's src/ importable (in the project venv and in the conda envs of envs/). Without
+# --use-conda, the interpreter running Snakemake (the project venv) runs the jobs too. The interpreter and src/
+# reach the jobs through the environment (PROSEFLOW_PYTHON, PYTHONPATH), set here, where every Snakemake
+# process parses the workflow (the main one, and each cluster job's): no rule's params or shell text holds a
+# path, so starting Snakemake another way (python -m snakemake, another checkout path, --use-conda) does not
+# make a complete tree look out of date.
 from snakemake.settings.types import DeploymentMethod
 
-_PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
-_ENV = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}"
-PROSEFLOW = f"{_ENV} {_PYTHON} -m proseflow"
+os.environ["PROSEFLOW_PYTHON"] = ("python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+                                  else sys.executable)
+_SRC = str(Path(workflow.basedir) / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC)])
+PROSEFLOW = '"$PROSEFLOW_PYTHON" -m proseflow'
+
+
+envvars:  # set just above; declared so that Snakemake passes them on to remote jobs as well
+    "PROSEFLOW_PYTHON",
+    "PYTHONPATH",
+
 
 
 def launcher(wildcards, resources):
     """The entry point, or under torchrun with one process per GPU when the job has several (DDP training)."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
-        return f"{_ENV} {_PYTHON} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m proseflow"
+        return f'"$PROSEFLOW_PYTHON" -m torch.distributed.run --standalone --nproc-per-node {gpus} -m proseflow'
     return PROSEFLOW
 
 
