@@ -1,6 +1,7 @@
 """Training: the loss falls, a SIGKILLed run resumes exactly, EMA, two-rank DDP == one process."""
 
 import csv
+import dataclasses
 import json
 import os
 import socket
@@ -247,6 +248,49 @@ def test_scale_from_the_data_reaches_the_model_file(stores, tmp_path):
     for bad in ("auto", -0.1):
         with pytest.raises(ValueError, match="train.scale_nm"):
             tiny(scale_nm=bad)
+
+
+def test_best_snapshot_follows_a_synthetic_curve():
+    from proseflow.flow.train import BestSnapshot
+
+    best = BestSnapshot()
+    curve = [(100, 1.2), (200, 0.7), (300, float("nan")), (400, 0.9), (500, 0.65), (600, 0.66), (700, None)]
+    picked = [s for s, v in curve if best.update(s, v)]
+    assert picked == [100, 200, 500] and (best.step, best.val_nll) == (500, 0.65)
+    resumed = BestSnapshot(**dataclasses.asdict(best))  # what the checkpoint carries
+    assert not resumed.update(800, 0.7) and resumed.step == 500
+
+
+def test_keep_best_selects_the_lowest_validation_snapshot_across_a_resume(stores, tmp_path, monkeypatch):
+    """train.keep: best: model.pt is the EMA snapshot whose validation NLL is lowest in the whole log, also when the
+    run died and resumed (the best of the first session is kept); settings.json says which step was selected."""
+    from proseflow.flow import train as train_module
+
+    cfg = tiny(max_steps=12, val_every=2, lr=6e-2, keep="best")  # a large lr: the validation curve is not monotone
+    original = train_module._CSVLog.append
+
+    def die_after_the_step_6_checkpoint(self, row):
+        if int(row["step"]) == 7:
+            raise RuntimeError("killed")
+        original(self, row)
+
+    monkeypatch.setattr(train_module._CSVLog, "append", die_after_the_step_6_checkpoint)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, *stores, tmp_path)
+    monkeypatch.setattr(train_module._CSVLog, "append", original)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best"]["step"] in (2, 4, 6)
+    train(cfg, *stores, tmp_path)  # resumes at step 6
+    rows = [r for r in read_log(tmp_path) if r["val_nll"]]
+    vals = {int(r["step"]): float(r["val_nll"]) for r in rows}
+    assert len(vals) == 6
+    best_step = min(vals, key=vals.get)
+    assert best_step != max(vals), vals  # the run overshoots: best is not last, so "best" differs from "last"
+    selected = json.loads((tmp_path / "settings.json").read_text())["selected"]
+    assert selected["step"] == best_step and selected["val_nll"] == pytest.approx(vals[best_step], rel=1e-5)
+    model = torch.load(tmp_path / "model.pt", weights_only=False)
+    snap = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert model["step"] == best_step == snap["step"]
+    assert all(torch.equal(model["model"][k], snap["model"][k]) for k in snap["model"])
 
 
 def test_length_buckets_and_compile_settings(stores, tmp_path):

@@ -155,6 +155,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads
     compile: bool | str = False  # torch.compile the forward + loss: true, false, or auto (runs >= 1000 steps)
     length_buckets: int | list[int] | None = None  # batches from one length bucket (FrameLoader): k or edges
+    keep: str = "last"  # model.pt is the last EMA model, or "best": the EMA snapshot of lowest validation NLL
 
     # "auto" compiles runs of at least this many steps: compilation costs about a minute (CPU, small models) to
     # a few minutes (paper preset) and each step then runs about twice as fast (benchmarks/train_throughput.py).
@@ -166,6 +167,8 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "val_every", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep not in ("last", "best"):
+            raise ValueError(f"train.keep must be 'last' or 'best', got {self.keep!r}")
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"train.compile must be true, false or 'auto', got {self.compile!r}")
         if isinstance(self.scale_nm, str):

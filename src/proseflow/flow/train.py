@@ -63,12 +63,28 @@ VAL_SEED = 0  # the held-out validation frames (and their augmentation) are the 
 # Settings that may change when a run is resumed; any other difference is an error.
 _RESUMABLE_CHANGES = {
     "device", "val_every", "val_frames", "val_batch_size", "checkpoint_every", "snapshot_every", "log_every",
-    "stop_after_s",
+    "stop_after_s", "keep",
     "progress", "prefetch", "num_threads", "compile",
 }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- model
+@dataclass
+class BestSnapshot:
+    """The EMA snapshot of lowest validation NLL so far (``train.keep: best``, early stopping by selection): its
+    step and NLL travel in the checkpoint, so a resumed run keeps the best of the whole run."""
+
+    step: int | None = None
+    val_nll: float = math.inf
+
+    def update(self, step: int, val_nll: float | None) -> bool:
+        """Record ``(step, val_nll)`` if it is the best so far (finite and lower); True if it is."""
+        if val_nll is None or not math.isfinite(val_nll) or val_nll >= self.val_nll:
+            return False
+        self.step, self.val_nll = int(step), float(val_nll)
+        return True
+
+
 def flow_config(config: TrainConfig) -> FlowConfig:
     """The FlowConfig of a run (its permutation rows index the loader's :data:`proseflow.data.permutations`)."""
     cfg = FlowConfig.preset(config.model_preset, **config.model)
@@ -429,7 +445,7 @@ def train(
         if val_loader.n_max > cfg.max_atoms:
             raise ValueError(f"validation systems of {val_loader.n_max} atoms exceed max_atoms={cfg.max_atoms}")
 
-    step, ckpt_path = 0, out / "checkpoint.pt"
+    step, ckpt_path, best = 0, out / "checkpoint.pt", BestSnapshot()
     if ddp.main:
         _set_aside_finished_run(out, config)
     if ddp.world_size > 1:
@@ -444,6 +460,7 @@ def train(
         loader.load_state_dict(ckpt["loader"])
         _set_rng_states(ckpt["rng"])
         step = ckpt["step"]
+        best = BestSnapshot(**ckpt.get("best", {}))
         if loader.step != step:
             raise ValueError(f"checkpoint at step {step} has loader step {loader.step}")
         log.info("resuming from %s at step %d", ckpt_path, step)
@@ -466,7 +483,7 @@ def train(
             "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "rng": _rng_states(), "config": config.to_dict(),
-            "flow_config": cfg.to_dict(),
+            "flow_config": cfg.to_dict(), "best": dataclasses.asdict(best),
         }, ckpt_path)  # fmt: skip
 
     from tqdm.auto import tqdm
@@ -536,6 +553,8 @@ def train(
             if ddp.main and (step % config.log_every == 0 or do_val or step == config.max_steps):
                 if do_val:
                     val_nll = validation_nll(ema.model, val_loader, config.val_frames, config, scale_nm)
+                    if best.update(step, val_nll):  # the best EMA snapshot so far, kept for train.keep: best
+                        _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "best.pt")
                 now = time.perf_counter()
                 row = {"step": step, "loss": f"{float(loss_sum) / n_window:.6g}", "lr": f"{lr:.6g}",
                        "grad_norm": f"{float(grad_norm):.6g}", "steps_per_s": f"{n_window / (now - t_window):.4g}",
@@ -577,8 +596,13 @@ def train(
             "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
+        final = _model_file(ema, cfg, config, step, scale_nm)
+        if config.keep == "best" and best.step is not None and (out / "best.pt").exists():
+            final = torch.load(out / "best.pt", map_location="cpu", weights_only=False)  # early stopping
+        settings["selected"] = {"keep": config.keep, "step": int(final["step"]),
+                                "val_nll": best.val_nll if final["step"] == best.step else val_nll}
         save_json(out / "settings.json", settings, default=str)
-        _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "model.pt")
+        _atomic_save(final, out / "model.pt")
     if ddp.owned:
         dist.barrier()
         dist.destroy_process_group()
