@@ -163,3 +163,14 @@ def test_a_complete_tree_stays_complete_whichever_way_snakemake_starts(workdir, 
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "Nothing to be done" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("target,seq", [("results/eval/dgvahals.html", "dgvahals"),
+                                        ("results/eval/T400K_scaled/wa.html", "wa")])
+def test_a_lower_case_page_target_names_the_whole_sequence(workdir, target, seq):
+    """issue 19: the {cond} segment no longer swallows the sequence's letters ('s' is not upper case), and a
+    page under a temperature condition gets the same message instead of a bare MissingRuleException."""
+    proc = run(workdir, "-n", target, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "invalid target" in out and repr(seq) in out and "upper case" in out, out[-1500:]
+    assert "MissingRuleException" not in out

@@ -105,6 +105,10 @@ def valid_target(seq):
         raise WorkflowError(f"invalid target: {e}") from None
 
 
+_WILDCARD_PATTERNS = {"cond": S.CONDITION_PATTERN, "at_T": S.MD_TEMPERATURE_PATTERN, "batch": r"\d{5}",
+                      "split": "train|val", "model": "[A-Za-z0-9_]+"}  # the constraints below
+
+
 def check_target_case():
     """A requested file whose {seq} is not upper case (results/md/gydp.h5) would fail with 'no rule to
     produce' (the constraint seq=[A-Z]+); name the problem instead. Called once all rules are defined."""
@@ -122,8 +126,11 @@ def check_target_case():
                     if part.startswith("{") and part[1:-1].split(",")[0].strip() == "seq":
                         regex += "(?P=seq)" if seen else "(?P<seq>[A-Za-z]+)"
                         seen = True
+                    elif part.startswith("{"):  # another wildcard: its own constraint, so that {cond} cannot
+                        name = part[1:-1].split(",")[0].strip()  # swallow a lower-case sequence's letters
+                        regex += f"(?:{_WILDCARD_PATTERNS.get(name, '[^/]*')})"
                     else:
-                        regex += "[^/]*" if part.startswith("{") else re.escape(part)  # other wildcards may be empty ({at_T})
+                        regex += re.escape(part)
                 match = seen and re.fullmatch(regex, str(target))
                 if match and match["seq"] != match["seq"].upper():
                     valid_target(match["seq"])
