@@ -132,6 +132,10 @@ def test_the_two_drift_bugs(consumption):
     """Budget reads sampling.drop_top_fraction; SMC reads sampling.batch_size (both were silently defaulted)."""
     assert {("snis", "drop_top_fraction"), ("budget", "drop_top_fraction")} <= consumption["sampling.drop_top_fraction"]
     assert ("self_improve", "improve") in consumption["sampling.drop_top_fraction"]
+    # issue 19: prior std and top-weight drop reach SMC and self-improvement
+    assert {("sample", "prior_std"), ("smc", "prior_std"), ("self_improve", "improve")} \
+        <= consumption["sampling.prior_std"]
+    assert ("smc", "smc") in consumption["sampling.drop_top_fraction"]
     assert {("sample", "batch_size"), ("smc", "batch_size"), ("self_improve", "improve")} \
         <= consumption["sampling.batch_size"]
 

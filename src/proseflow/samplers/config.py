@@ -138,6 +138,7 @@ class SelfImproveConfig:
     sample_batch_size: int = 1024
     com_correction: str = "chi"
     drop_top_fraction: float = 0.002
+    prior_std: float = 1.0  # latent std of every round's proposals (sampling.prior_std)
     keep_round_models: bool = False  # also keep model_round{k}.pt of every round
 
     def __post_init__(self) -> None:
@@ -145,6 +146,8 @@ class SelfImproveConfig:
         for name in ("n_samples", "batch_size", "n_final", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"self_improve.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.prior_std > 0:
+            raise ValueError(f"self_improve.prior_std must be > 0, got {self.prior_std}")
         if self.n_rounds < 0 or self.steps < 0 or self.reg_weight < 0:
             raise ValueError("self_improve.n_rounds, steps and reg_weight must be >= 0")
 

@@ -98,8 +98,9 @@ def _snis_set(model, topology, energy_api, n: int, config: SelfImproveConfig, sc
     from proseflow.samplers.proposals import draw_proposals
     from proseflow.samplers.snis import snis
 
-    p = draw_proposals(model, topology, n, batch_size=config.sample_batch_size, scale_nm=scale_nm,
-                       com_correction=config.com_correction, seed=seed, device=device, progress=progress)
+    p = draw_proposals(model, topology, n, batch_size=config.sample_batch_size, prior_std=config.prior_std,
+                       scale_nm=scale_nm, com_correction=config.com_correction, seed=seed, device=device,
+                       progress=progress)
     e_kT = np.asarray(energy_api.energy_kT(p.positions_nm), dtype=np.float64)
     r = snis(-e_kT, p.log_q, drop_top_fraction=config.drop_top_fraction, rng=seed, valid=p.chirality_ok)
     return p, e_kT, r

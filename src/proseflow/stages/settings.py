@@ -615,6 +615,7 @@ def _self_improve(config):
     sp = config["sampling"]
     improve = {"n_final": sp["n_proposals"], "sample_batch_size": sp["batch_size"],
                "com_correction": sp["com_correction"], "drop_top_fraction": sp["drop_top_fraction"],
+               "prior_std": sp.get("prior_std", 1.0),
                **copy.deepcopy(dict(config["self_improve"]))}
     return SelfImproveSettings(improve=improve, temperature_K=_temperature(config, None),
                                energy_backend=sp["energy_backend"], seed=sp["seed"])
