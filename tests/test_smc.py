@@ -301,7 +301,8 @@ def stiffest_bond_kT_per_flow_unit2(temperature_K=300.0, scale_nm=0.35):
 def test_ula_at_the_paper_step_is_stable_on_the_stiffest_bond():
     """E = K r^2 / 2 with K of the force field's stiffest bond (~2.7e4 kT per flow unit^2 at 300 K):
     Euler-Maruyama is stable for h K < 2. The paper's h = 1e-7 (h K ~ 3e-3) keeps the Boltzmann variance 1/K over 2000
-    steps; a step of 3 / K (e.g. the old default 1e-3) blows up and every particle dies."""
+    steps; a step of 3 / K (e.g. the old default 1e-3) blows up: the particles run off until their moves overflow
+    (a non-finite move is not taken), nowhere near the Boltzmann variance."""
     K = stiffest_bond_kT_per_flow_unit2()
     assert 5e3 < K < 1e5  # amber14 bonds to hydrogen: ~3e5 kJ/mol/nm^2
 
@@ -316,8 +317,10 @@ def test_ula_at_the_paper_step_is_stable_on_the_stiffest_bond():
     res = smc(x0, lq0, bond, bond, paper, rng)
     assert np.isfinite(res.x).all() and res.n_distinct == 2000
     assert np.var(res.x) * K == pytest.approx(1.0, abs=0.1)
-    with pytest.raises(RuntimeError, match="vanished"):
-        smc(x0, lq0, bond, bond, SMCConfig(kernel="ula", n_levels=2000, step_size=3 / K), rng)
+    blown = smc(x0, lq0, bond, bond, SMCConfig(kernel="ula", n_levels=2000, step_size=3 / K), rng)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = float(np.var(blown.x)) * K
+    assert not v < 1e3 and blown.acceptance[-1] < 0.5  # unstable: far from 1, and the last moves overflow
 
 
 # --- adaptive mode (issue 20) -------------------------------------------------------------------------

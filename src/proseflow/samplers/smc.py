@@ -38,8 +38,11 @@ copies that never moved count once) and the distinct initial proposals they desc
 
 Energies are dimensionless (kT) and forces are -grad E in kT per coordinate unit. Every call of the
 target's ``energy_and_forces`` on a batch of b particles counts as b energy evaluations.
-Particles whose energies or forces are non-finite get log weight -inf (MALA simply rejects such
-proposals); a ``RuntimeError`` is raised if every weight vanishes.
+Particles whose energies or forces are non-finite at the start get log weight -inf; a Langevin move into a
+non-finite energy (outside the target's support, e.g. a chirality no mirror fixes, or an overflow) is not
+taken: MALA rejects it, and ULA, which has no accept/reject step, leaves that particle where it is (its
+``acceptance`` is the fraction of finite moves), so one step into a forbidden region cannot wipe out a
+population; a ``RuntimeError`` is raised if every weight vanishes.
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ def smc(x0, log_q0, energy_q_fn, target_energy_and_forces_fn, config: SMCConfig,
                 accept = ok_y & (np.log(rng.random(b)) < log_alpha)
             elif config.kernel == "ula":
                 accept = ok_y
-                log_w = np.where(ok_y, log_w, -np.inf)  # ULA cannot reject: a non-finite move kills
+                # no accept/reject, but no move into a non-finite energy: that particle stays where it is
             else:
                 raise ValueError(f"unknown kernel {config.kernel!r}")
             n_acc += int(np.sum(accept & alive))
