@@ -455,11 +455,12 @@ def test_compiled_flow_equals_eager_on_mixed_length_batches(affine):
                 z_c, ld_c = flow(x_in, trimmed)
             z_e, ld_e = model.flow(x[:, :n], trimmed)
             assert ld_e.abs().min() > 0.05  # far from the identity
-            assert real_max_err(z_c, z_e, trimmed["mask"]) < 1e-5
+            scale = max(1.0, z_e[trimmed["mask"]].abs().max().item())  # round-off grows with the largest value
+            assert real_max_err(z_c, z_e, trimmed["mask"]) < 1e-6 * scale + 1e-5
             torch.testing.assert_close(ld_c, ld_e, rtol=1e-5, atol=1e-5)
             x_back, ld_rev = model.reverse(torch.cat([z_c, x[:, n:]], dim=1), batch)  # eager inverse of compiled z
-            assert real_max_err(x_back, x, batch["mask"]) < 1e-4
-            torch.testing.assert_close(ld_rev, -ld_c, atol=1e-4, rtol=1e-5)
+            assert real_max_err(x_back, x, batch["mask"]) < 1e-4 * scale  # float32, amplified as in the eager test
+            torch.testing.assert_close(ld_rev, -ld_c, atol=1e-5 * scale, rtol=1e-5)
 
 
 @pytest.mark.skipif(os.environ.get("PROSEFLOW_TEST_COMPILE") != "1", reason="torch.compile takes minutes on 2 cores")
