@@ -32,10 +32,11 @@ import numpy as np
 
 log = logging.getLogger("checkpoint_curve")
 
-COLUMNS = ("step", "prior_std", "val_nll", "heldout_nll", "heldout_nll_nm", "scale_nm", "n_proposals", "ess", "ess_gaussian_com", "n_distinct_resampled",
+COLUMNS = ("step", "prior_std", "val_nll", "heldout_nll", "heldout_nll_nm", "scale_nm", "n_proposals", "ess",
+           "ess_gaussian_com", "n_distinct_resampled",
            "proposal_energy_w2", "proposal_torus_w2", "proposal_tica_w2", "snis_energy_w2", "snis_torus_w2",
            "snis_tica_w2", "proposal_median_energy_kT", "md_mean_energy_kT", "bond_rms_ratio_median",
-           "log_weight_var", "top1pct_weight_share", "states_visited_snis", "states_visited_proposal",
+           "angle_rms_ratio", "log_weight_var", "top1pct_weight_share", "states_visited_snis", "states_visited_proposal",
            "sample_s", "eval_s", "snapshot")
 
 

@@ -107,8 +107,9 @@ def test_md_curve_equals_sampler_metrics_on_prefix(system):
 
 
 def test_md_w2_shrinks_with_budget(system):
+    """The longest budget is half the trajectory, not the reference itself (whose W2 would be 0 by construction)."""
     rows = budget.md_budget_curve(system["md"], system["topology"], system["tica"], system["ref"],
-                                  [300, 3000, N_FRAMES * 100], n_metric=N_FRAMES)
+                                  [300, 3000, N_FRAMES * 50], n_metric=N_FRAMES)
     for m in ("energy_w2", "torus_w2", "tica_w2"):
         w = [r[m] for r in rows]
         assert np.all(np.isfinite(w)), m
