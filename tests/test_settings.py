@@ -35,6 +35,7 @@ def every_settings(config) -> dict[str, S.StageSettings]:
         "md/reference_at_T": S.build("md", config, split="reference", name="AA_400K", temperature_K=400.0),
         "md/train": S.build("md", config, split="train", batch=0),
         "md/val": S.build("md", config, split="val", batch=0),
+        "reference_file": S.build("reference_file", config, name="AA"),
         "dataset": S.build("dataset", config),
         "tica": S.build("tica", config),
         "sample": S.build("sample", config),

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import mdtraj
+import numpy as np
 import pytest
 import yaml
 
@@ -174,3 +175,63 @@ def test_a_lower_case_page_target_names_the_whole_sequence(workdir, target, seq)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "invalid target" in out and repr(seq) in out and "upper case" in out, out[-1500:]
     assert "MissingRuleException" not in out
+
+
+def _shipped_aa(workdir, **extra):
+    """A config evaluating AA with the shipped model and reference MD (models/aa), small budgets."""
+    aa = REPO / "models" / "aa"
+    cfg = {"sequences": {"test": ["AA"]},
+           "md": {"reference_files": {"AA": str(aa / "reference_md.h5")}},
+           "models": {"aa": {"preset": "small", "file": str(aa / "model.pt"), "systems": ["AA"],
+                             "settings": {"sampling": {"n_proposals": 96, "batch_size": 96},
+                                          "eval": {"n_metric": 60, "reference_frames": 400, "tica_lag_ps": 10.0,
+                                                   "kmeans_k": 3}}}},
+           "samplers": ["snis"], **extra}
+    (workdir / "shipped.yaml").write_text(yaml.safe_dump(cfg))
+    return ("tiny.yaml", "shipped.yaml")
+
+
+def test_a_shipped_model_and_reference_are_used_as_is(workdir):
+    """models.<name>.file + systems and md.reference_files: the dry run copies the model and the reference MD
+    instead of training or simulating for AA; AA's page is the shipped model's, with its own sampling settings
+    (96 proposals where the shared ones say 1000), says it is shipped and that AA was in its training set."""
+    import json
+
+    configs = _shipped_aa(workdir)
+    dry = run(workdir, "-n", "results/eval/AA.html", configs=configs)
+    out = dry.stdout + dry.stderr
+    assert "import_model" in out and "adopt_reference" in out
+    assert "simulate_reference" not in out and "train_model" not in out
+    run(workdir, "results/eval/AA.html", configs=configs)
+    result = json.loads((workdir / "results/eval/AA.json").read_text())
+    meta = result["metadata"]
+    assert result["model"] == "aa" and meta["model_source"].startswith("shipped from")
+    assert meta["in_training_set"] is True  # the shipped model's own training set (PROVENANCE.json), not this run's
+    assert len(np.load(workdir / "results/samples/aa/AA/proposals.npz")["log_q"]) == 96
+    assert meta["tica_lag_frames"] == 20  # 10 ps at the shipped file's 0.5 ps spacing, not the config's MD spacing
+    assert "shipped from" in (workdir / "results/eval/AA.html").read_text()
+    copied = mdtraj.load(str(workdir / "results/md/AA.h5"))
+    assert copied.n_frames == 10000 and copied.n_atoms == 23
+
+
+def test_a_reference_file_of_another_system_is_refused(workdir):
+    """A reference MD file must be the system's: AA's trajectory given for WA fails naming both."""
+    aa = REPO / "models" / "aa" / "reference_md.h5"
+    (workdir / "wrong.yaml").write_text(yaml.safe_dump({"md": {"reference_files": {"WA": str(aa)}}}))
+    proc = run(workdir, "results/md/WA.h5", check=False, configs=("tiny.yaml", "wrong.yaml"))
+    log = (workdir / "logs/md/WA.adopt.log").read_text()
+    assert proc.returncode != 0 and "'AA', not 'WA'" in log
+    assert not (workdir / "results/md/WA.h5").exists()
+
+
+@pytest.mark.parametrize("fragment,message", [
+    ({"systems": ["GG"]}, "models.aa.systems: 'GG' is not an evaluated system"),
+    ({"settings": {"sampling": {"n_proposal": 10}}}, "did you mean"),
+])
+def test_a_bad_shipped_model_setting_fails_the_dry_run(workdir, fragment, message):
+    configs = _shipped_aa(workdir)
+    cfg = yaml.safe_load((workdir / "shipped.yaml").read_text())
+    cfg["models"]["aa"].update(fragment)
+    (workdir / "shipped.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run(workdir, "-n", check=False, configs=configs)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr

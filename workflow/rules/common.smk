@@ -16,6 +16,14 @@ try:
 except S.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, "../schemas/config.schema.yaml")
+for _name, _spec in config["models"].items():  # a variant's own settings: the same three passes, merged
+    if _spec.get("settings"):
+        _merged = S.model_overlay(config, _name)
+        try:
+            S.check_keys(_merged, S.yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()))
+        except S.ConfigError as e:
+            raise WorkflowError(f"invalid configuration: models.{_name}.settings: {e}") from None
+        validate(_merged, "../schemas/config.schema.yaml")
 try:
     S.check_config(config)
 except S.ConfigError as e:
@@ -85,6 +93,7 @@ VARIANTS = PLAN.variants
 # a regex for the {model} wildcard of the trained and of the imported variants ("(?!)" matches nothing)
 TRAINED_MODELS = "|".join(m for m in config["models"] if m not in PLAN.imported) or "(?!)"
 IMPORTED_MODELS = "|".join(PLAN.imported) or "(?!)"
+REFERENCE_FILES = "|".join(PLAN.reference_files) or "(?!)"  # systems whose reference MD is a file used as is
 EVAL_SYSTEMS = PLAN.eval_systems
 
 
@@ -161,9 +170,15 @@ def md_batches(split):
 
 
 
+def eval_model(wildcards):
+    """The variant of results/eval/<seq>: the one whose `systems` name it (a shipped model), else sampling.model."""
+    return PLAN.eval_model_of(wildcards.seq)
+
+
 def sampler_files(seq, cond=""):
     """The evaluated sample sets of a system: every configured sampler, or SNIS under a temperature condition."""
-    return [f"results/samples/{EVAL_MODEL}/{seq}/{cond}{name}.npz" for name in (["snis"] if cond else PLAN.samplers)]
+    model = PLAN.eval_model_of(seq)
+    return [f"results/samples/{model}/{seq}/{cond}{name}.npz" for name in (["snis"] if cond else PLAN.samplers)]
 
 
 def export_targets():

@@ -7,8 +7,8 @@ rule evaluate_system:
         tica="results/tica/{seq}.npz",
         structure="results/structures/{seq}.pdb",
         samplers=lambda w: sampler_files(valid_target(w.seq), w.cond),
-        proposals=f"results/samples/{EVAL_MODEL}/{{seq}}/{{cond}}proposals.npz",
-        model=f"results/models/{EVAL_MODEL}/model.pt",
+        proposals=lambda w: f"results/samples/{eval_model(w)}/{w.seq}/{w.cond}proposals.npz",
+        model=lambda w: f"results/models/{eval_model(w)}/model.pt",
         train="results/sequences/train.csv",
     output:
         json="results/eval/{cond}{seq}.json",
@@ -16,7 +16,7 @@ rule evaluate_system:
                     labels={"system": "{seq}", "condition": "{cond}"}),
     params:
         launch=PROSEFLOW,
-        settings=settings("evaluate", temperature_K=target_temperature,
+        settings=settings("evaluate", model=eval_model, temperature_K=target_temperature,
                           summary_href=lambda w: "../summary.html" if w.cond else "summary.html"),
         files=files,
     threads: 1
@@ -57,7 +57,7 @@ rule summarise:
     """Summary page and the paper's tables over the test set (and extrapolation targets, variants)."""
     input:
         evals=[*expand("results/eval/{seq}.json", seq=EVAL_SYSTEMS),
-               *expand("results/eval/models/{model}/{seq}.json", model=VARIANTS, seq=TEST)],
+               *[f"results/eval/models/{m}/{s}.json" for m, s in PLAN.variant_evals()]],
     output:
         html=report("results/eval/summary.html", caption="../report/summary.rst", category="Summary"),
         table2="results/tables/table2.csv",

@@ -8,7 +8,7 @@ rule budget_curve:
     """W2 metrics of truncated reference MD and of SNIS on the first B proposals, at equal budgets."""
     input:
         md="results/md/{seq}.h5",
-        snis=f"results/samples/{EVAL_MODEL}/{{seq}}/snis.npz",
+        snis=lambda w: f"results/samples/{eval_model(w)}/{w.seq}/snis.npz",
         structure="results/structures/{seq}.pdb",
         tica="results/tica/{seq}.npz",
     output:
@@ -16,7 +16,7 @@ rule budget_curve:
         maps="results/budget/{seq}.maps.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("budget"),
+        settings=settings("budget", model=eval_model),
         files=files,
     log:
         "logs/budget/{seq}.log",

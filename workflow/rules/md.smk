@@ -40,3 +40,28 @@ rule simulate_batch:
         "../../envs/md.yaml"
     shell:
         "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"
+
+
+rule adopt_reference:
+    """A reference MD file used as is (md.reference_files; e.g. the AA study's reference shipped beside the AA
+    model): checked against the system's structure and the temperature, then copied."""
+    input:
+        file=lambda w: config["md"]["reference_files"][w.seq],
+        structure="results/structures/{seq}.pdb",
+    output:
+        h5="results/md/{seq}.h5",
+    wildcard_constraints:
+        seq=REFERENCE_FILES,
+    params:
+        launch=PROSEFLOW,
+        settings=settings("reference_file", name=lambda w: w.seq),
+        files=files,
+    log:
+        "logs/md/{seq}.adopt.log",
+    conda:
+        "../../envs/md.yaml"
+    shell:
+        "{params.launch} run reference_file --settings {params.settings:q} {params.files} > {log} 2>&1"
+
+
+ruleorder: adopt_reference > simulate_reference

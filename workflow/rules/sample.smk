@@ -6,7 +6,7 @@ rule fit_tica:
         tica="results/tica/{seq}.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("tica"),
+        settings=settings("tica", seq=lambda w: w.seq),
         files=files,
     log:
         "logs/tica/{seq}.log",
@@ -26,7 +26,7 @@ rule sample_proposals:
         proposals="results/samples/{model}/{seq}/{cond}proposals.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("sample", temperature_K=target_temperature, prior=prior),
+        settings=settings("sample", temperature_K=target_temperature, prior=prior, model=lambda w: w.model),
         files=files,
     threads: 2
     resources:
@@ -49,7 +49,7 @@ rule reweight_snis:
         snis="results/samples/{model}/{seq}/{cond}snis.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("snis", temperature_K=target_temperature),
+        settings=settings("snis", temperature_K=target_temperature, model=lambda w: w.model),
         files=files,
     threads: 2
     log:
@@ -72,7 +72,7 @@ rule sample_smc:
         kernel="|".join(S.SMC_KERNELS),
     params:
         launch=PROSEFLOW,
-        settings=settings("smc", kernel=lambda w: w.kernel),
+        settings=settings("smc", kernel=lambda w: w.kernel, model=lambda w: w.model),
         files=files,
     threads: 2
     resources:
@@ -96,7 +96,7 @@ rule self_improve:
         rounds="results/self_improve/{model}/{seq}/rounds.json",
     params:
         launch=PROSEFLOW,
-        settings=settings("self_improve"),
+        settings=settings("self_improve", model=lambda w: w.model),
         files=files,
     threads: 2
     resources:

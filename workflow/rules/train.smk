@@ -26,11 +26,17 @@ rule train_model:
         "{params.launch} run train --settings {params.settings:q} {params.files} > {log} 2>&1"
 
 
+def model_source(wildcards):
+    spec = config["models"][wildcards.model]
+    return {"file": spec["file"]} if spec.get("file") else {"weights": spec["weights"]}
+
+
 rule import_model:
-    """A variant with `weights` (the authors' released Prose checkpoint): imported into a proseflow model file
-    (arch prose_released, every key and shape checked; proseflow.flow.released), not trained."""
+    """A variant not trained here: `weights` (the authors' released Prose checkpoint) imported into a proseflow
+    model file (arch prose_released, every key and shape checked; proseflow.flow.released), or `file` (a proseflow
+    model file, e.g. the shipped AA model) checked and used as is; provenance.json beside it either way."""
     input:
-        weights=lambda w: config["models"][w.model]["weights"],
+        unpack(model_source),
     output:
         model="results/models/{model}/model.pt",
     wildcard_constraints:

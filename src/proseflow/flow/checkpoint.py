@@ -11,6 +11,7 @@ A model file is a ``torch.save`` dict: ``model`` (the state dict of :class:`Pros
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -68,3 +69,31 @@ def model_scale_nm(model: ProseFlow) -> float:
     if "scale_nm" not in meta:
         raise ValueError("this model carries no scale_nm: load it with proseflow.flow.checkpoint.load_model")
     return float(meta["scale_nm"])
+
+
+def adopt_model(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A proseflow model file used as is (``models.<name>.file``, e.g. the AA model shipped in ``models/aa``):
+    loaded once to check it is one (architecture, weights, coordinate scale), then copied byte for byte to
+    ``out`` with ``provenance.json`` beside it (the file, its sha256, and ``PROVENANCE.json`` next to the source
+    when there is one: how and where it was trained). Returns ``out``."""
+    import hashlib
+    import json
+    import shutil
+
+    from proseflow.artefacts import save_json
+
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"model file {str(src)!r} does not exist")
+    try:
+        model = load_model(src)
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{src} is not a proseflow model file: {e}") from None
+    record = {"source": "shipped", "file": str(src), "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+              "arch": model.config.arch, "scale_nm": model_scale_nm(model)}
+    notes = src.with_name("PROVENANCE.json")
+    if notes.is_file():
+        record["trained"] = json.loads(notes.read_text())
+    save_json(Path(out).with_name("provenance.json"), record)
+    atomic_write(out, lambda tmp: shutil.copyfile(src, tmp))  # last: its presence means the copy finished
+    return Path(out)

@@ -153,3 +153,49 @@ def mdtraj_topology(path: str | os.PathLike):
     with mdtraj.formats.HDF5TrajectoryFile(str(path)) as f:
         return f.topology
 
+
+
+def frame_interval_ps(path: str | os.PathLike) -> float:
+    """The spacing of a trajectory file's frames (ps): its protocol's ``save_interval_ps``, else its time axis."""
+    p = protocol(path)
+    if "save_interval_ps" in p:
+        return float(p["save_interval_ps"])
+    with open_checked(path) as f:
+        t = f["time"][:2]
+    if len(t) < 2:
+        raise ValueError(f"{path}: fewer than two frames, no frame interval")
+    return float(t[1] - t[0])
+
+
+def adopt_reference(path: str | os.PathLike, out: str | os.PathLike, sequence: str, atom_names: list[str],
+                    temperature_K: float) -> Path:
+    """A reference MD file used as is (``md.reference_files``; e.g. the AA study's reference shipped in
+    ``models/aa``): checked to be this system (same atoms in the same order as its structure) at this
+    temperature, then copied to ``out`` with its source and sha256 added to the protocol. Returns ``out``."""
+    import hashlib
+    import shutil
+
+    from proseflow.artefacts import atomic_write
+
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"reference MD file {str(src)!r} (md.reference_files.{sequence}) does not exist")
+    p = protocol(src)
+    if p.get("system") not in (None, sequence):
+        raise ValueError(f"{src} is reference MD of {p['system']!r}, not {sequence!r}")
+    if abs(float(p.get("temperature_K", float("nan"))) - float(temperature_K)) > 1e-6:
+        raise ValueError(f"{src} was simulated at {p.get('temperature_K')} K; this evaluation is at {temperature_K} K")
+    names = [a.name for a in mdtraj_topology(src).atoms]
+    if names != list(atom_names):
+        raise ValueError(f"{src}: its {len(names)} atoms {names[:6]}... are not the structure's {len(atom_names)} "
+                         f"atoms {list(atom_names)[:6]}... in the same order")
+    n = n_frames(src)
+    if n < 2:
+        raise ValueError(f"{src}: {n} frame(s), not a trajectory")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(src, tmp)
+        update_protocol(tmp, adopted_from=str(src), adopted_sha256=digest)
+
+    return atomic_write(out, write, suffix=".h5")

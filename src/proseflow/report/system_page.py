@@ -153,9 +153,13 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
     parts.append(f"<nav>{nav}</nav>")
     if "in_training_set" in meta:
         parts.append(f"<p class='small'>In training set: <b>{format_value(bool(meta['in_training_set']))}</b></p>")
-    if str(meta.get("model_source", "")).startswith("imported"):
-        parts.append(f"<p class='small'>Model <b>{esc(str(meta.get('model', '')))}</b>: {esc(meta['model_source'])}"
+    source = str(meta.get("model_source", ""))
+    if source.startswith("imported"):
+        parts.append(f"<p class='small'>Model <b>{esc(str(meta.get('model', '')))}</b>: {esc(source)}"
                      " (the authors' released Prose form, proseflow.flow.released)</p>")
+    elif source.startswith("shipped"):
+        parts.append(f"<p class='small'>Model <b>{esc(str(meta.get('model', '')))}</b>: {esc(source)}"
+                     " (a proseflow model file used as is; its provenance.json says how it was trained)</p>")
 
     # metrics
     parts.append('<h2 id="metrics">Metrics</h2>')

@@ -164,11 +164,30 @@ def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
 
 
 def run_import(s: S.ImportSettings, inputs: Files, outputs: Files) -> None:
-    """The authors' released Prose weights -> a proseflow model file (arch prose_released, provenance recorded)."""
+    """A model not trained here -> a proseflow model file with provenance.json beside it: the authors' released
+    Prose weights (``weights``; arch prose_released) or a proseflow model file used as is (``file``)."""
+    if s.source == "proseflow":
+        from proseflow.flow.checkpoint import adopt_model
+
+        out = adopt_model(inputs.one("file"), outputs.one("model"))
+        log.info("model file %s -> %s (model %s, used as is)", inputs.one("file"), out, s.model)
+        return
     from proseflow.flow.released import import_weights
 
     out = import_weights(inputs.one("weights"), outputs.one("model"), head_dim=s.head_dim, max_atoms=s.max_atoms)
     log.info("imported %s -> %s (model %s)", inputs.one("weights"), out, s.model)
+
+
+def run_reference_file(s: S.ReferenceFileSettings, inputs: Files, outputs: Files) -> None:
+    """A reference MD file used as is (``md.reference_files``): checked against the system's structure and the
+    temperature, then copied."""
+    from proseflow.physics.structures import load_pdb
+    from proseflow.physics.trajectory_io import adopt_reference
+
+    topology, _ = load_pdb(inputs.one("structure"))
+    out = adopt_reference(inputs.one("file"), outputs.one("h5"), s.name, [a.name for a in topology.atoms()],
+                          s.temperature_K)
+    log.info("reference MD of %s: %s used as is -> %s", s.name, inputs.one("file"), out)
 
 
 # ------------------------------------------------------------------------------- sampler stages
@@ -306,14 +325,19 @@ def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
     per_replica = trajectory_io.n_frames(md) // n_segments
     if per_replica % s.stride:
         raise ValueError(f"TICA stride {s.stride} does not divide the {per_replica} frames of each replica")
+    frames = s.lag_ps / (trajectory_io.frame_interval_ps(md) * s.stride)
+    if frames < 1 - 1e-6 or abs(frames - round(frames)) > 1e-6:
+        raise ValueError(f"eval.tica_lag_ps {s.lag_ps} is not a whole number (>= 1) of the {md}'s strided frames "
+                         f"({trajectory_io.frame_interval_ps(md)} ps x stride {s.stride})")
+    lag = int(round(frames))
     data = trajectory_io.read(md, stride=s.stride)
     topology = trajectory_io.mdtraj_topology(md)
-    model = fit_tica(data["positions_nm"], lag=s.lag_frames, dim=s.dim, koopman=True, topology=topology,
+    model = fit_tica(data["positions_nm"], lag=lag, dim=s.dim, koopman=True, topology=topology,
                      n_segments=n_segments)
     out = outputs.one("tica")
     model.save(out)  # atomic (proseflow.artefacts)
-    log.info("TICA of %s: %d frames (stride %d), lag %d frames -> %s", md, len(data["positions_nm"]), s.stride,
-             s.lag_frames, out)
+    log.info("TICA of %s: %d frames (stride %d), lag %d frames (%g ps) -> %s", md, len(data["positions_nm"]),
+             s.stride, lag, s.lag_ps, out)
 
 
 def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
@@ -385,9 +409,16 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
     model_file = inputs.optional("model") or ""
     provenance = Path(model_file).with_name("provenance.json") if model_file else None
-    if provenance is not None and provenance.is_file():  # imported (proseflow.flow.released)
+    if provenance is not None and provenance.is_file():  # imported or shipped (proseflow.flow.checkpoint.adopt_model)
         p = json.loads(provenance.read_text())
-        model_source = f"imported from {p['file']} (sha256 {p['sha256'][:12]}...), not trained here"
+        how = "shipped" if p.get("source") == "shipped" else "imported"
+        model_source = f"{how} from {p['file']} (sha256 {p['sha256'][:12]}...), not trained in this run"
+        trained = p.get("trained") or {}
+        if trained:
+            model_source += "; trained " + ", ".join(f"{k} {trained[k]}" for k in ("config", "commit", "steps")
+                                                     if k in trained)
+        if trained.get("systems") is not None:  # the shipped model's own training set, not this run's
+            train = set(trained["systems"])
     else:
         model_source = "trained here" if model_file else ""
     metadata = {"sequence": seq, "model": s.model, "checkpoint": model_file, "model_source": model_source,
@@ -523,6 +554,7 @@ STAGES: dict[str, tuple[str, Callable]] = {
     "dataset": ("dataset", run_dataset),
     "train": ("train", run_train),
     "import": ("import", run_import),
+    "reference_file": ("reference_file", run_reference_file),
     "sample": ("sample", run_sample),
     "snis": ("snis", run_snis),
     "smc": ("smc", run_smc),

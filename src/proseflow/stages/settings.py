@@ -229,6 +229,72 @@ def tica_lag_frames(config: Mapping) -> int:
     return int(round(frames))
 
 
+# Sections a model variant may set for itself (``models.<name>.settings``): its sampling, SMC, self-improvement
+# and evaluation run with these values over the shared ones (a shipped single-system model samples 1e4
+# proposals where the demo's 150-step flows sample 500).
+MODEL_SETTINGS_SECTIONS = ("sampling", "smc", "self_improve", "eval")
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return copy.deepcopy(over)
+
+
+def model_overlay(config: Mapping, model: str | None) -> Mapping:
+    """The config as ``model``'s sampling, SMC, self-improvement and evaluation jobs see it: the variant's
+    ``settings`` merged over the shared sections (the config itself for None or a variant without them)."""
+    own = (config.get("models", {}).get(model) or {}).get("settings") if model is not None else None
+    if not own:
+        return config
+    return {**config, **{k: _merge(config.get(k, {}), v) for k, v in own.items()}}
+
+
+def shipped_models(config: Mapping) -> list[str]:
+    """The variants with ``file``: a proseflow model file used as is (checked and copied), never trained."""
+    return [m for m, spec in config.get("models", {}).items() if spec.get("file")]
+
+
+def eval_model_of(config: Mapping, seq: str) -> str:
+    """The variant evaluated on ``seq`` in results/eval/: the one whose ``systems`` name it, else sampling.model."""
+    for name, spec in config.get("models", {}).items():
+        if seq in (spec.get("systems") or []):
+            return name
+    return config["sampling"]["model"]
+
+
+def reference_files(config: Mapping) -> dict:
+    """System -> a reference MD file used as is (``md.reference_files``) instead of simulated."""
+    return dict(config.get("md", {}).get("reference_files") or {})
+
+
+def _check_models(config: Mapping) -> None:
+    models = config["models"]
+    evaluated = set(plan_systems(config))
+    claimed: dict = {}
+    for name, spec in models.items():
+        if spec.get("file") and spec.get("weights"):
+            raise ConfigError(f"models.{name}: give `file` (a proseflow model file) or `weights` (the authors' "
+                              "released checkpoint), not both")
+        for seq in spec.get("systems") or []:
+            if seq not in evaluated:
+                raise ConfigError(f"models.{name}.systems: {seq!r} is not an evaluated system (sequences.test or "
+                                  f"extrapolation_targets: {sorted(evaluated)})")
+            if seq in claimed:
+                raise ConfigError(f"models.{name}.systems: {seq!r} is already evaluated with model {claimed[seq]!r}")
+            claimed[seq] = name
+        if spec.get("systems") and name == config["sampling"]["model"]:
+            raise ConfigError(f"models.{name}: sampling.model is evaluated on every system; `systems` is for "
+                              "another variant")
+    for seq, path in reference_files(config).items():
+        try:
+            validate_sequence(seq, min_length=1, max_length=config["sequences"]["max_target_length"])
+        except SequenceError as e:
+            raise ConfigError(f"md.reference_files: {e}") from None
+        if not str(path).strip():
+            raise ConfigError(f"md.reference_files.{seq}: empty path")
+
+
 def check_config(config: Mapping) -> None:
     """Semantic checks the schema cannot express. Raises :class:`ConfigError` naming the bad value."""
     sq = config["sequences"]
@@ -259,6 +325,8 @@ def check_config(config: Mapping) -> None:
             p.n_frames, p.steps_per_frame, p.burn_in_steps  # noqa: B018 - raise on inconsistent times
         except ValueError as e:
             raise ConfigError(f"md.{kind}: {e}") from None
+    if "models" in config and "sampling" in config:
+        _check_models(config)
     if "eval" in config:
         tica_lag_frames(config)
     if "models" in config and "smc" in config and "self_improve" in config:
@@ -353,14 +421,24 @@ class ImportSettings(StageSettings):
 
     stage: ClassVar[str] = "import"
     model: str  # condition: the variant
+    source: str = "released"  # "released" (models.<name>.weights) or "proseflow" (models.<name>.file, as is)
     head_dim: int = 64  # not in the weights: models.<name>.overrides.head_dim, else the released 64
     max_atoms: int = 256  # the position tables' length: models.<name>.overrides.max_atoms, else 256
 
 
 @dataclass
+class ReferenceFileSettings(StageSettings):
+    """A reference MD file used as is (``md.reference_files``) instead of simulated."""
+
+    stage: ClassVar[str] = "reference_file"
+    name: str  # condition: the system
+    temperature_K: float  # md.temperature_K: the file must have been simulated at it
+
+
+@dataclass
 class TicaSettings(StageSettings):
     stage: ClassVar[str] = "tica"
-    lag_frames: int
+    lag_ps: float  # eval.tica_lag_ps; in frames of the reference file's own spacing (a whole number, checked)
     stride: int
     dim: int = 2
 
@@ -459,7 +537,7 @@ class ReportSettings(StageSettings):
 SETTINGS: dict[str, type[StageSettings]] = {
     cls.stage: cls
     for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, ImportSettings,
-                TicaSettings,
+                ReferenceFileSettings, TicaSettings,
                 SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, ExportSettings, EvaluateSettings,
                 BudgetSettings,
                 TemperatureSettings, ReportSettings)
@@ -468,6 +546,7 @@ SETTINGS: dict[str, type[StageSettings]] = {
 # Fields a rule sets from its wildcards (the job's conditions), not from a config key.
 CONDITIONS = {
     ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"), ("import", "model"),
+    ("reference_file", "name"),
     ("smc", "kernel"), ("evaluate", "model"), ("evaluate", "summary_href"), ("report", "links"),
     ("sample", "prior_std"),
 }
@@ -475,6 +554,7 @@ CONDITIONS = {
 # Fields that no config key sets: their one default is the dataclass field's (device: CUDA when present).
 DOCUMENTED_DEFAULTS = {
     ("tica", "dim"): "two TICA components (the paper's maps)",
+    ("import", "source"): "released (models.<name>.weights), or proseflow when the variant gives `file` instead",
     ("import", "head_dim"): "the released Prose's 64, unless an imported variant's overrides.head_dim says otherwise",
     ("import", "max_atoms"): "256 position-table rows, unless an imported variant's overrides.max_atoms says otherwise",
     ("sample", "device"): "auto: CUDA when present",
@@ -569,23 +649,34 @@ def _train(config, model):
 
 
 def imported_models(config: Mapping) -> list[str]:
-    """The variants with ``weights``: imported from the authors' released checkpoint, never trained."""
-    return [m for m, spec in config.get("models", {}).items() if spec.get("weights")]
+    """The variants never trained here: ``weights`` (the authors' released checkpoint, imported) or ``file`` (a
+    proseflow model file, checked and copied)."""
+    return [m for m, spec in config.get("models", {}).items() if spec.get("weights") or spec.get("file")]
 
 
 def _import(config, model):
     spec = config["models"].get(model)
-    if spec is None or not spec.get("weights"):
-        raise ConfigError(f"model {model!r} has no `weights` under `models` (imported: {imported_models(config)})")
+    if spec is None or not (spec.get("weights") or spec.get("file")):
+        raise ConfigError(f"model {model!r} has neither `weights` nor `file` under `models` "
+                          f"(imported: {imported_models(config)})")
+    if spec.get("file"):
+        return ImportSettings(model=model, source="proseflow")
     over = spec.get("overrides") or {}
     return ImportSettings(model=model, **{k: int(over[k]) for k in ("head_dim", "max_atoms") if k in over})
 
 
-def _tica(config):
-    return TicaSettings(lag_frames=tica_lag_frames(config), stride=config["eval"]["tica_stride"])
+def _reference_file(config, name):
+    return ReferenceFileSettings(name=name, temperature_K=_temperature(config, None))
 
 
-def _sample(config, temperature_K=None, prior="plain"):
+def _tica(config, seq=None):
+    if seq is not None:
+        config = model_overlay(config, eval_model_of(config, seq))
+    return TicaSettings(lag_ps=float(config["eval"]["tica_lag_ps"]), stride=config["eval"]["tica_stride"])
+
+
+def _sample(config, temperature_K=None, prior="plain", model=None):
+    config = model_overlay(config, model)
     sp = config["sampling"]
     return SampleSettings(n_proposals=sp["n_proposals"], batch_size=sp["batch_size"],
                           com_correction=sp["com_correction"], seed=sp["seed"],
@@ -594,13 +685,15 @@ def _sample(config, temperature_K=None, prior="plain"):
                               _temperature(config, temperature_K), config["md"]["temperature_K"], prior))
 
 
-def _snis(config, temperature_K=None):
+def _snis(config, temperature_K=None, model=None):
+    config = model_overlay(config, model)
     sp = config["sampling"]
     return SnisSettings(temperature_K=_temperature(config, temperature_K), energy_backend=sp["energy_backend"],
                         drop_top_fraction=sp["drop_top_fraction"], seed=sp["seed"])
 
 
-def _smc(config, kernel):
+def _smc(config, kernel, model=None):
+    config = model_overlay(config, model)
     if kernel not in SMC_KERNELS:
         raise ConfigError(f"SMC kernel must be one of {', '.join(SMC_KERNELS)}, got {kernel!r}")
     sp = config["sampling"]
@@ -611,7 +704,8 @@ def _smc(config, kernel):
                        batch_size=sp["batch_size"], seed=sp["seed"], prior_std=sp.get("prior_std", 1.0))
 
 
-def _self_improve(config):
+def _self_improve(config, model=None):
+    config = model_overlay(config, model)
     sp = config["sampling"]
     improve = {"n_final": sp["n_proposals"], "sample_batch_size": sp["batch_size"],
                "com_correction": sp["com_correction"], "drop_top_fraction": sp["drop_top_fraction"],
@@ -626,6 +720,7 @@ def _export(config):
 
 
 def _evaluate(config, model=None, temperature_K=None, summary_href=None):
+    config = model_overlay(config, model)
     ev = config["eval"]
     return EvaluateSettings(model=config["sampling"]["model"] if model is None else model,
                             temperature_K=_temperature(config, temperature_K), reference_frames=ev["reference_frames"],
@@ -633,7 +728,8 @@ def _evaluate(config, model=None, temperature_K=None, summary_href=None):
                             **({} if summary_href is None else {"summary_href": summary_href}))
 
 
-def _budget(config):
+def _budget(config, model=None):
+    config = model_overlay(config, model)
     ev, bu = config["eval"], config["budget"]
     return BudgetSettings(budgets=[float(b) for b in bu["budgets"]], map_budget=float(bu["map_budget"]),
                           temperature_K=_temperature(config, None), reference_frames=ev["reference_frames"],
@@ -653,7 +749,7 @@ def _report(config, links=None):
 
 
 _BUILDERS = {"sequences": _sequences, "structure": _structure, "md": _md, "dataset": _dataset, "train": _train,
-             "import": _import,
+             "import": _import, "reference_file": _reference_file,
              "tica": _tica, "sample": _sample, "snis": _snis, "smc": _smc, "self_improve": _self_improve,
              "export": _export,
              "evaluate": _evaluate, "budget": _budget, "temperature": _temperature_report, "report": _report}
@@ -680,7 +776,20 @@ class Plan:
     temperature_cases: list  # (system, temperature in K, prior)
     n_train_batches: int
     n_val_batches: int
-    imported: list = field(default_factory=list)  # variants imported from released weights (no MD, no training)
+    imported: list = field(default_factory=list)  # variants imported or shipped as files (no MD, no training)
+    eval_models: dict = field(default_factory=dict)  # system -> the variant evaluated on it in results/eval/
+    reference_files: dict = field(default_factory=dict)  # system -> a reference MD file used as is
+
+    def eval_model_of(self, seq: str) -> str:
+        """The variant of results/eval/<seq>: the one whose ``systems`` name it, else sampling.model."""
+        return self.eval_models.get(seq, self.eval_model)
+
+    def variant_evals(self) -> list[tuple[str, str]]:
+        """(variant, system) pairs evaluated with SNIS for Table 3: every other variant on every test system,
+        and sampling.model on the systems another variant owns (beside it)."""
+        pairs = [(m, s) for s in self.test for m in self.variants if m != self.eval_model_of(s)]
+        pairs += [(self.eval_model, s) for s in self.test if self.eval_model_of(s) != self.eval_model]
+        return pairs
 
     @property
     def trains(self) -> bool:
@@ -688,7 +797,8 @@ class Plan:
         return any(m not in self.imported for m in self.train_models)
 
 
-def plan(config: Mapping) -> Plan:
+def plan_systems(config: Mapping) -> list[str]:
+    """The evaluated systems: the test set, then the extrapolation targets not in it."""
     test = sequence_set(config, "test")
     extra = []
     for s in config.get("extrapolation_targets", []):
@@ -696,13 +806,22 @@ def plan(config: Mapping) -> Plan:
             extra.append(validate_sequence(s, min_length=1, max_length=config["sequences"]["max_target_length"]))
         except SequenceError as e:
             raise ConfigError(f"extrapolation_targets: {e}") from None
+    return [*test, *(s for s in extra if s not in test)]
+
+
+def plan(config: Mapping) -> Plan:
+    test = sequence_set(config, "test")
     eval_model = config["sampling"]["model"]
+    own = {m for m, spec in config["models"].items() if spec.get("systems")}  # evaluated on their systems only
+    systems = plan_systems(config)
     return Plan(train_models=list(config["train_models"]), eval_model=eval_model,
-                variants=[m for m in config["train_models"] if m != eval_model], val=sequence_set(config, "val"),
-                test=test, eval_systems=[*test, *(s for s in extra if s not in test)],
+                variants=[m for m in config["train_models"] if m != eval_model and m not in own],
+                val=sequence_set(config, "val"), test=test, eval_systems=systems,
                 samplers=["snis", *(s for s in config["samplers"] if s != "snis")],
                 temperature_cases=temperature_cases(config), n_train_batches=n_batches(config, "train"),
-                n_val_batches=n_batches(config, "val"), imported=imported_models(config))
+                n_val_batches=n_batches(config, "val"), imported=imported_models(config),
+                eval_models={s: eval_model_of(config, s) for s in systems},
+                reference_files=reference_files(config))
 
 
 # A temperature-transfer job is a main job under a condition: a path segment naming the target temperature
@@ -742,7 +861,7 @@ def parse_md_suffix(suffix: str) -> float | None:
     return float(m.group(1))
 
 
-__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "shipped_models", "model_overlay", "eval_model_of", "reference_files", "plan_systems", "MODEL_SETTINGS_SECTIONS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]
