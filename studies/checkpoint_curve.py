@@ -87,25 +87,6 @@ def heldout_nll(model, topology, positions_nm: np.ndarray, seed: int = 0) -> flo
         return float(model.nll_per_dim(xa, batch).mean())
 
 
-def noise_floor(md_path: Path, topology, tica_model, temperature_K: float, n_metric: int) -> dict:
-    """Each W2 between two independent halves of the reference MD (``n_metric / 2`` frames each)."""
-    from proseflow.evaluation.evaluate import project
-    from proseflow.evaluation.metrics import energy_w2, tica_w2, torus_w2
-    from proseflow.physics import trajectory_io
-    from proseflow.physics.system import kT_kJ_per_mol
-
-    data = trajectory_io.read(md_path)
-    total = len(data["positions_nm"])
-    half = total // 2  # replicas are stored one after another: halves are independent runs if R is even
-    n = min(n_metric // 2, half)
-    idx = [np.linspace(a, a + half - 1, n).round().astype(int) for a in (0, half)]
-    e = data["energy_kJ_per_mol"].astype(np.float64) / kT_kJ_per_mol(temperature_K)
-    a, b = (project(data["positions_nm"][i], e[i], topology, tica_model) for i in idx)
-    return {"n_per_half": int(n), "replicas": trajectory_io.segments(md_path),
-            "energy_w2": float(energy_w2(a.energy_kT, b.energy_kT)), "torus_w2": float(torus_w2(a.phi_psi, b.phi_psi)),
-            "tica_w2": float(tica_w2(a.tica, b.tica))}
-
-
 def evaluate_snapshot(path: Path, topology, tica_model, ref, temperature_K: float, n_proposals: int,
                       n_metric: int, prior_std: float, seed: int, md_positions: np.ndarray) -> dict:
     import torch
@@ -229,7 +210,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from proseflow.evaluation.evaluate import reference, reference_indices
+    from proseflow.evaluation.evaluate import noise_floor, reference, reference_indices
     from proseflow.evaluation.tica import TicaModel, fit_tica
     from proseflow.physics import trajectory_io
     from proseflow.physics.structures import load_pdb

@@ -228,3 +228,26 @@ def test_budget_page_and_csv(tmp_path):
     csv = budget.write_budget_csv(tmp_path / "budget.csv", curves)
     df = pd.read_csv(csv)
     assert len(df) == 14 and list(df.columns[:4]) == ["sequence", "sampler", "budget", "status"]
+
+
+def test_noise_floor_is_zero_for_identical_halves_and_the_shift_for_shifted_energies(system, tmp_path):
+    """The reference's noise floor (proseflow.evaluation.evaluate.noise_floor) compares its two halves: a file
+    whose second half repeats the first gives W2 0 on every metric; adding c kT to the second half's energies
+    gives an energy W2 of exactly c (1-D W2 of a shifted distribution) and leaves the other two at 0."""
+    from proseflow.evaluation.evaluate import noise_floor
+
+    data = trajectory_io.read(system["md"])
+    half = N_FRAMES // 2
+    pos = np.concatenate([data["positions_nm"][:half]] * 2)
+    kT = kT_kJ_per_mol(T_K)
+    for shift_kT in (0.0, 3.0):
+        e = np.concatenate([data["energy_kJ_per_mol"][:half], data["energy_kJ_per_mol"][:half] + shift_kT * kT])
+        path = tmp_path / f"halves_{shift_kT}.h5"
+        trajectory_io.create(path, system["topology"], PROTOCOL)
+        trajectory_io.append(path, pos, 0.1 * np.arange(1, N_FRAMES + 1), e)
+        floor = noise_floor(path, system["topology"], system["tica"], T_K, n_metric=N_FRAMES)
+        assert floor["n_per_half"] == half
+        assert floor["energy_w2"] == pytest.approx(shift_kT, abs=1e-3)
+        assert floor["torus_w2"] == pytest.approx(0.0, abs=1e-6) and floor["tica_w2"] == pytest.approx(0.0, abs=1e-6)
+    real = noise_floor(system["md"], system["topology"], system["tica"], T_K, n_metric=N_FRAMES)
+    assert real["energy_w2"] > 0.1 and real["torus_w2"] > 0  # two different halves of a random walk differ

@@ -209,7 +209,9 @@ def test_a_shipped_model_and_reference_are_used_as_is(workdir):
     assert meta["in_training_set"] is True  # the shipped model's own training set (PROVENANCE.json), not this run's
     assert len(np.load(workdir / "results/samples/aa/AA/proposals.npz")["log_q"]) == 96
     assert meta["tica_lag_frames"] == 20  # 10 ps at the shipped file's 0.5 ps spacing, not the config's MD spacing
-    assert "shipped from" in (workdir / "results/eval/AA.html").read_text()
+    page = (workdir / "results/eval/AA.html").read_text()
+    assert "shipped from" in page and "Noise floor of the reference" in page
+    assert result["noise_floor"]["replicas"] == 10 and result["noise_floor"]["energy_w2"] > 0
     copied = mdtraj.load(str(workdir / "results/md/AA.h5"))
     assert copied.n_frames == 10000 and copied.n_atoms == 23
 

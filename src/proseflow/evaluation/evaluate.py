@@ -66,6 +66,23 @@ def reference(md_path, topology, tica_model, temperature_K: float, n_frames: int
     return project(positions_nm, e_kT, topology, tica_model)
 
 
+def noise_floor(md_path, topology, tica_model, temperature_K: float, n_metric: int) -> dict:
+    """Each W2 between two independent halves of the reference MD at ``n_metric / 2`` frames each (replicas
+    0..R/2-1 vs R/2..R-1 when R is even, else the first vs the second half): a sampler's W2 at or below it
+    cannot be told from the reference's own sampling noise."""
+    from proseflow.evaluation.metrics import energy_w2, tica_w2, torus_w2
+
+    data = trajectory_io.read(md_path)
+    half = len(data["positions_nm"]) // 2  # replicas are stored one after another
+    n = min(n_metric // 2, half)
+    idx = [np.linspace(a, a + half - 1, n).round().astype(int) for a in (0, half)]
+    e = data["energy_kJ_per_mol"].astype(np.float64) / kT_kJ_per_mol(temperature_K)
+    a, b = (project(data["positions_nm"][i], e[i], topology, tica_model) for i in idx)
+    return {"n_per_half": int(n), "replicas": trajectory_io.segments(md_path),
+            "energy_w2": float(energy_w2(a.energy_kT, b.energy_kT)), "torus_w2": float(torus_w2(a.phi_psi, b.phi_psi)),
+            "tica_w2": float(tica_w2(a.tica, b.tica))}
+
+
 def resample_for_metrics(log_weights: np.ndarray | None, n_total: int, n_metric: int, seed: int) -> np.ndarray:
     """Indices of ``n_metric`` equally weighted samples representing the (weighted) set."""
     rng = np.random.default_rng(seed)

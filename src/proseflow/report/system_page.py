@@ -171,6 +171,14 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
                      "W2 and JSD against the MD reference; energies in kT, dihedrals in radians.</p>")
     else:
         parts.append("<p>No metrics.</p>")
+    floor = system.get("noise_floor")
+    if floor:
+        parts.append(
+            "<p class='small'><b>Noise floor of the reference</b> (its two halves against each other, "
+            f"{int(floor['n_per_half'])} frames each, {int(floor['replicas'])} replica(s)): "
+            f"E-W2 {floor['energy_w2']:.3g} kT, T-W2 {floor['torus_w2']:.3g} rad, "
+            f"TICA-W2 {floor['tica_w2']:.3g}. A W2 at or below these cannot be told from the reference's own "
+            "sampling noise: a longer reference MD would resolve it.</p>")
 
     # energies
     fig, outside = _energy_figure(ref["energy_kT"], samplers, log_energy_density)

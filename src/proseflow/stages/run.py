@@ -348,6 +348,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
 
     from proseflow.artefacts import save_json
     from proseflow.evaluation.evaluate import (
+        noise_floor,
         project,
         reference,
         reference_frames,
@@ -428,10 +429,11 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                 "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
     viewer, states = _system_viewer(s, seq, topology, md, frames[0], ref, snis, sets)
+    floor = noise_floor(md, topology, tica_model, s.temperature_K, s.n_metric)  # what the reference can resolve
     out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
-           "diagnostics": diagnostics, "states": states}
+           "diagnostics": diagnostics, "states": states, "noise_floor": floor}
     write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
-                                              "diagnostics": diagnostics, "viewer": viewer,
+                                              "diagnostics": diagnostics, "viewer": viewer, "noise_floor": floor,
                                               "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
                                                             "tica": ref.tica},
                                               "samplers": sets}, summary_href=s.summary_href)
