@@ -201,7 +201,7 @@ def parse_rules() -> dict[str, dict]:
             rules[h.group(1)] = {
                 "file": smk,
                 "conda": (smk.parent / conda.group(1)).resolve() if conda else None,
-                "subcommands": re.findall(r"\}\s+run\s+(\w+)\s", body),
+                "subcommands": re.findall(r"\bstage\(\"(\w+)\"", body),
                 "scripts": [(smk.parent / s).resolve()
                             for s in re.findall(r"^\s+script:\s*\n?\s*[\"']([^\"']+)[\"']", body, re.M)],
                 "runs_code": bool(re.search(r"^\s+(shell|script|run|notebook|wrapper):", body, re.M)),
@@ -235,17 +235,22 @@ def subcommand_imports(name: str) -> set[str]:
     func = subcommand_functions()[name]
     tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
     third, own = imports_of(tree)
-    # the entry point's and stages/run.py's module-level imports run too, and helpers of stages it calls (_device)
-    for module in (cli, stages):
+    # the entry point's, stages/run.py's and the stage module's module-level imports run too, and the helpers
+    # the runner calls (_device, _system_viewer)
+    from proseflow.stages import _files
+
+    home = inspect.getmodule(func)
+    for module in (cli, stages, home):
         t, o = _module_level_imports(module)
         third |= t
         own |= o
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    for node in ast.parse(inspect.getsource(stages)).body:
-        if isinstance(node, ast.FunctionDef) and node.name in called and node.name.startswith("_"):
-            t, o = imports_of(node)
-            third |= t
-            own |= o
+    for module in (home, _files):
+        for node in ast.parse(inspect.getsource(module)).body:
+            if isinstance(node, ast.FunctionDef) and node.name in called and node.name.startswith("_"):
+                t, o = imports_of(node)
+                third |= t
+                own |= o
     return closure(third, own)
 
 

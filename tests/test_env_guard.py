@@ -123,7 +123,7 @@ GUARD = textwrap.dedent('''
             called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
             nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
             if "_device" in called:  # the helper resolving device "auto" imports torch
-                nodes += [n for n in ast.walk(ast.parse(inspect.getsource(stages._device)))
+                nodes += [n for n in ast.walk(ast.parse(inspect.getsource(inspect.getmodule(runner)._device)))
                           if isinstance(n, (ast.Import, ast.ImportFrom))]
             for node in nodes:
                 exec(compile(ast.Module([node], []), f"<{stage} imports>", "exec"), {})
@@ -187,6 +187,6 @@ def test_each_stage_imports_under_its_env_guard(env):
 def test_import_guard_runs_the_real_function_source():
     """The guard script executes the stage's own import statements: the md stage imports proseflow.physics.md."""
     from proseflow.stages import run as stages
-    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(stages.run_md)))
+    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(stages.STAGES["md"][1])))
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "proseflow.physics.md" in modules

@@ -61,15 +61,21 @@ def launcher(wildcards, resources):
     return PROSEFLOW
 
 
-def settings(stage, **conditions):
-    """A params function: the JSON of ``stage``'s settings (proseflow.stages.settings), built from the config and
-    this job's conditions (a value, or a function of the wildcards)."""
+def stage(name, /, **conditions):
+    """A params function: what follows `run` on the command line of a job of stage ``name``: the stage, the JSON of
+    its settings (proseflow.stages.settings, built from the config and this job's conditions: a value, or a function
+    of the wildcards) and the rule's named files. A rule names its stage once; its shell is RUN (or RUN_THREADED)."""
+    S.REGISTRY[name]  # noqa: B018 - an unknown stage fails when the workflow is parsed
 
-    def params(wildcards):
+    def job(wildcards, input, output):
         values = {k: v(wildcards) if callable(v) else v for k, v in conditions.items()}
-        return S.build(stage, config, **values).to_json()
+        return f"{name} --settings {shlex.quote(S.build(name, config, **values).to_json())} {files(wildcards, input, output)}"
 
-    return params
+    return job
+
+
+RUN = "{params.launch} run {params.job} > {log} 2>&1"
+RUN_THREADED = "{params.launch} run {params.job} --threads {threads} > {log} 2>&1"  # stages that take the job's threads
 
 
 def files(wildcards, input, output):
@@ -173,6 +179,12 @@ def md_batches(split):
 def eval_model(wildcards):
     """The variant of results/eval/<seq>: the one whose `systems` name it (a shipped model), else sampling.model."""
     return PLAN.eval_model_of(wildcards.seq)
+
+
+def model_source(wildcards):
+    """The input of a variant not trained here: its model file (`file`) or the authors' weights (`weights`)."""
+    spec = config["models"][wildcards.model]
+    return {"file": spec["file"]} if spec.get("file") else {"weights": spec["weights"]}
 
 
 def sampler_files(seq, cond=""):

@@ -6,11 +6,10 @@ rule build_dataset:
         store=directory("results/dataset/{split}/batch{batch}.zarr"),
     params:
         launch=PROSEFLOW,
-        settings=settings("dataset"),
-        files=files,
+        job=stage("dataset"),
     log:
         "logs/dataset/{split}/batch{batch}.log",
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run dataset --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

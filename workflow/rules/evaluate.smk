@@ -16,16 +16,15 @@ rule evaluate_system:
                     labels={"system": "{seq}", "condition": "{cond}"}),
     params:
         launch=PROSEFLOW,
-        settings=settings("evaluate", model=eval_model, temperature_K=target_temperature,
-                          summary_href=lambda w: "../summary.html" if w.cond else "summary.html"),
-        files=files,
+        job=stage("evaluate", model=eval_model, temperature_K=target_temperature,
+                  summary_href=lambda w: "../summary.html" if w.cond else "summary.html"),
     threads: 1
     log:
         "logs/eval/{cond}{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run evaluate --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule evaluate_variant:
@@ -43,14 +42,13 @@ rule evaluate_variant:
         html="results/eval/models/{model}/{seq}.html",
     params:
         launch=PROSEFLOW,
-        settings=settings("evaluate", model=lambda w: w.model, summary_href="../../summary.html"),
-        files=files,
+        job=stage("evaluate", model=lambda w: w.model, summary_href="../../summary.html"),
     log:
         "logs/eval/models/{model}/{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run evaluate --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule summarise:
@@ -63,14 +61,13 @@ rule summarise:
         table2="results/tables/table2.csv",
     params:
         launch=PROSEFLOW,
-        settings=settings("report", links={
+        job=stage("report", links={
             "MD vs flow at equal budget": "budget.html",
             **({"Temperature transfer": "temperature.html"} if temperature_cases() else {}),
         }),
-        files=files,
     log:
         "logs/eval/summary.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run report --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

@@ -16,14 +16,13 @@ rule budget_curve:
         maps="results/budget/{seq}.maps.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("budget", model=eval_model),
-        files=files,
+        job=stage("budget", model=eval_model),
     log:
         "logs/budget/{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run budget --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule budget_report:
@@ -36,14 +35,13 @@ rule budget_report:
         csv="results/tables/budget.csv",
     params:
         launch=PROSEFLOW,
-        settings=settings("report"),
-        files=files,
+        job=stage("budget_report"),
     log:
         "logs/budget/report.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run budget_report --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule temperature_report:
@@ -55,11 +53,10 @@ rule temperature_report:
         csv="results/tables/temperature.csv",
     params:
         launch=PROSEFLOW,
-        settings=settings("temperature"),
-        files=files,
+        job=stage("temperature"),
     log:
         "logs/temperature/report.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run temperature --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

@@ -7,9 +7,8 @@ rule simulate_reference:
         h5="results/md/{seq}{at_T}.h5",
     params:
         launch=PROSEFLOW,
-        settings=settings("md", split="reference", name=lambda w: f"{w.seq}{w.at_T}",
-                          temperature_K=md_temperature),
-        files=files,
+        job=stage("md", split="reference", name=lambda w: f"{w.seq}{w.at_T}",
+                  temperature_K=md_temperature),
     threads: 2
     resources:
         runtime=lambda w, attempt: 24 * 60 * attempt,
@@ -18,7 +17,7 @@ rule simulate_reference:
     conda:
         "../../envs/md.yaml"
     shell:
-        "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"
+        RUN_THREADED
 
 
 rule simulate_batch:
@@ -29,8 +28,7 @@ rule simulate_batch:
         batch=directory("results/md/{split}/batch{batch}"),
     params:
         launch=PROSEFLOW,
-        settings=settings("md", split=lambda w: w.split, batch=lambda w: int(w.batch)),
-        files=files,
+        job=stage("md", split=lambda w: w.split, batch=lambda w: int(w.batch)),
     threads: 2
     resources:
         runtime=lambda w, attempt: 24 * 60 * attempt,
@@ -39,7 +37,7 @@ rule simulate_batch:
     conda:
         "../../envs/md.yaml"
     shell:
-        "{params.launch} run md --settings {params.settings:q} {params.files} --threads {threads} > {log} 2>&1"
+        RUN_THREADED
 
 
 rule adopt_reference:
@@ -54,14 +52,13 @@ rule adopt_reference:
         seq=REFERENCE_FILES,
     params:
         launch=PROSEFLOW,
-        settings=settings("reference_file", name=lambda w: w.seq),
-        files=files,
+        job=stage("reference_file", name=lambda w: w.seq),
     log:
         "logs/md/{seq}.adopt.log",
     conda:
         "../../envs/md.yaml"
     shell:
-        "{params.launch} run reference_file --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 ruleorder: adopt_reference > simulate_reference

@@ -6,14 +6,13 @@ rule fit_tica:
         tica="results/tica/{seq}.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("tica", seq=lambda w: w.seq),
-        files=files,
+        job=stage("tica", seq=lambda w: w.seq),
     log:
         "logs/tica/{seq}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run tica --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule sample_proposals:
@@ -26,8 +25,7 @@ rule sample_proposals:
         proposals="results/samples/{model}/{seq}/{cond}proposals.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("sample", temperature_K=target_temperature, prior=prior, model=lambda w: w.model),
-        files=files,
+        job=stage("sample", temperature_K=target_temperature, prior=prior, model=lambda w: w.model),
     threads: 2
     resources:
         gpu=1,
@@ -36,7 +34,7 @@ rule sample_proposals:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run sample --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule reweight_snis:
@@ -49,15 +47,14 @@ rule reweight_snis:
         snis="results/samples/{model}/{seq}/{cond}snis.npz",
     params:
         launch=PROSEFLOW,
-        settings=settings("snis", temperature_K=target_temperature, model=lambda w: w.model),
-        files=files,
+        job=stage("snis", temperature_K=target_temperature, model=lambda w: w.model),
     threads: 2
     log:
         "logs/samples/{model}/{seq}/{cond}snis.log",
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run snis --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule sample_smc:
@@ -72,8 +69,7 @@ rule sample_smc:
         kernel="|".join(S.SMC_KERNELS),
     params:
         launch=PROSEFLOW,
-        settings=settings("smc", kernel=lambda w: w.kernel, model=lambda w: w.model),
-        files=files,
+        job=stage("smc", kernel=lambda w: w.kernel, model=lambda w: w.model),
     threads: 2
     resources:
         gpu=1,
@@ -82,7 +78,7 @@ rule sample_smc:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run smc --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule self_improve:
@@ -96,8 +92,7 @@ rule self_improve:
         rounds="results/self_improve/{model}/{seq}/rounds.json",
     params:
         launch=PROSEFLOW,
-        settings=settings("self_improve", model=lambda w: w.model),
-        files=files,
+        job=stage("self_improve", model=lambda w: w.model),
     threads: 2
     resources:
         gpu=1,
@@ -106,7 +101,7 @@ rule self_improve:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run self_improve --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN
 
 
 rule export_samples:
@@ -123,11 +118,10 @@ rule export_samples:
         sampler="|".join(S.SAMPLERS),
     params:
         launch=PROSEFLOW,
-        settings=settings("export"),
-        files=files,
+        job=stage("export"),
     log:
         "logs/samples/{model}/{seq}/{cond}{sampler}.export.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{params.launch} run export --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

@@ -6,11 +6,10 @@ rule enumerate_sequences:
         test="results/sequences/test.csv",
     params:
         launch=PROSEFLOW,
-        settings=settings("sequences"),
-        files=files,
+        job=stage("sequences"),
     log:
         "logs/sequences.log",
     conda:
         "../../envs/md.yaml"
     shell:
-        "{params.launch} run sequences --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

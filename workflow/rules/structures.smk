@@ -4,11 +4,10 @@ rule build_structure:
         pdb="results/structures/{seq}.pdb",
     params:
         launch=PROSEFLOW,
-        settings=settings("structure", sequence=lambda w: valid_target(w.seq)),
-        files=files,
+        job=stage("structure", sequence=lambda w: valid_target(w.seq)),
     log:
         "logs/structures/{seq}.log",
     conda:
         "../../envs/md.yaml"
     shell:
-        "{params.launch} run structure --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

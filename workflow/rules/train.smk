@@ -12,8 +12,7 @@ rule train_model:
         model=TRAINED_MODELS,
     params:
         launch=launcher,
-        settings=settings("train", model=lambda w: w.model),
-        files=files,
+        job=stage("train", model=lambda w: w.model),
     threads: 2
     resources:
         gpu=1,
@@ -23,12 +22,7 @@ rule train_model:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run train --settings {params.settings:q} {params.files} > {log} 2>&1"
-
-
-def model_source(wildcards):
-    spec = config["models"][wildcards.model]
-    return {"file": spec["file"]} if spec.get("file") else {"weights": spec["weights"]}
+        RUN
 
 
 rule import_model:
@@ -43,11 +37,10 @@ rule import_model:
         model=IMPORTED_MODELS,
     params:
         launch=PROSEFLOW,
-        settings=settings("import", model=lambda w: w.model),
-        files=files,
+        job=stage("import", model=lambda w: w.model),
     log:
         "logs/train/{model}.import.log",
     conda:
         "../../envs/flow.yaml"
     shell:
-        "{params.launch} run import --settings {params.settings:q} {params.files} > {log} 2>&1"
+        RUN

@@ -1,11 +1,14 @@
-"""Settings: the validated configuration, and one typed settings value per pipeline stage.
+"""Settings: the validated configuration, and the registry of the pipeline's stages.
 
-This is the only module the workflow (``workflow/rules/common.smk``) imports, so it imports nothing beyond
-the standard library and PyYAML (numpy only where a sequence set is generated). Every stage's settings are
-built here from the config, once; each setting has exactly one default, on its dataclass field, and only
-fields that the config does not hold have one (listed in :data:`DOCUMENTED_DEFAULTS`). A rule hands its
-stage the JSON of its settings (``python -m proseflow run <stage> --settings JSON``); the stage rebuilds
-the dataclass with :func:`from_json` and calls the library.
+The workflow (``workflow/rules/common.smk``) imports this module, so it and the stage modules it loads import
+nothing beyond the standard library and PyYAML at module level (numpy only where a sequence set is generated).
+Each stage is declared once, in a module of this package (``physics``, ``training``, ``sampling``,
+``evaluation``; a new module registers its own): its settings dataclass, the builder of those settings from the
+config and its runner, registered with :func:`register`. Every stage's settings are built from the config
+once; each setting has exactly one default, on its dataclass field, and only fields that the config does not
+hold have one (a stage's ``defaults``, collected in :data:`DOCUMENTED_DEFAULTS`). A rule hands its stage the
+JSON of its settings (``python -m proseflow run <stage> --settings JSON``); the stage rebuilds the dataclass
+with :func:`from_json` and calls the library.
 
 Conditions are what a rule's wildcards say and the config does not: the model variant, the system, a
 target temperature and prior, the SMC kernel, the MD split.
@@ -18,7 +21,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,7 +113,7 @@ def typed_configs(config: Mapping) -> dict:
     out: dict = {"train": {}, "smc": {}}
     try:
         for name in config.get("models", {}):
-            settings = _train(config, name)
+            settings = build("train", config, model=name)
             cfg = typed.build(TrainConfig, settings.config, f"models.{name}")
             try:
                 FlowConfig.preset(cfg.model_preset, **cfg.model)
@@ -125,7 +128,7 @@ def typed_configs(config: Mapping) -> dict:
             if name not in SAMPLERS:
                 raise ConfigError(f"samplers: unknown sampler {name!r}{typed.did_you_mean(name, SAMPLERS)} "
                                   f"(known: {', '.join(SAMPLERS)})")
-        out["self_improve"] = typed.build(SelfImproveConfig, _self_improve(config).improve, "self_improve")
+        out["self_improve"] = typed.build(SelfImproveConfig, build("self_improve", config).improve, "self_improve")
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     return out
@@ -165,7 +168,7 @@ def train_counts(config: Mapping) -> dict[int, int]:
 
 def overlap_allowed(config: Mapping) -> bool:
     """A single-system study: training, validation and test sets may share sequences."""
-    return bool(_sequences(config).allow_train_test_overlap)
+    return bool(build("sequences", config).allow_train_test_overlap)
 
 
 def explicit_train(config: Mapping) -> list[str] | None:
@@ -364,214 +367,76 @@ class StageSettings:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-@dataclass
-class SequencesSettings(StageSettings):
-    """The ``sequences`` section: train/val/test sets."""
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, declared once: ``python -m proseflow run <name>`` rebuilds ``settings`` from JSON and
+    calls ``run(settings, inputs, outputs)``; the workflow builds the settings with ``build(config, **conditions)``.
+    ``conditions``: settings fields a rule sets from its wildcards, not from a config key; ``defaults``: fields no
+    config key sets, each with why its dataclass default is the one (both checked by tests/test_settings.py);
+    ``threaded``: the runner takes the job's thread count."""
 
-    stage: ClassVar[str] = "sequences"
-    seed: int
-    min_length: int
-    max_length: int
-    max_target_length: int
-    train_counts: dict
-    val: Any  # list of sequences or {generate: {length: count}}
-    test: Any
-    train: list | None = None  # explicit training list (replaces the draw from train_counts)
-    allow_train_test_overlap: bool = False
-
-
-@dataclass
-class StructureSettings(StageSettings):
-    stage: ClassVar[str] = "structure"
-    sequence: str  # condition: the system
-    max_target_length: int
+    name: str
+    settings: type
+    build: Callable
+    run: Callable
+    conditions: tuple = ()
+    defaults: dict = field(default_factory=dict)
+    threaded: bool = False
 
 
-@dataclass
-class MDSettings(StageSettings):
-    """One MD job: reference MD of one system, or a batch of training/validation systems."""
-
-    stage: ClassVar[str] = "md"
-    split: str  # condition: reference, train or val
-    protocol: dict  # MDProtocol fields
-    name: str | None = None  # condition: the system of a reference run (its per-job seed)
-    systems_per_job: int | None = None  # train/val batches only
-    batch: int | None = None  # condition: the batch index of a train/val job
+REGISTRY: dict[str, Stage] = {}  # name -> stage: filled by the stage modules of this package (register)
 
 
-@dataclass
-class DatasetSettings(StageSettings):
-    stage: ClassVar[str] = "dataset"
-    frame_interval_ps: float
+def register(*stages: Stage) -> None:
+    """Add stages to :data:`REGISTRY` (each module of ``proseflow.stages`` registers its own at import)."""
+    for st in stages:
+        if st.name in REGISTRY:
+            raise ValueError(f"stage {st.name!r} is registered twice")
+        if not (isinstance(st.settings, type) and issubclass(st.settings, StageSettings)):
+            raise TypeError(f"stage {st.name!r}: settings must be a StageSettings dataclass, got {st.settings!r}")
+        REGISTRY[st.name] = st
 
 
-@dataclass
-class TrainSettings(StageSettings):
-    """TrainConfig fields of one model variant: the shared recipe (with the variant's own ``train`` values over it)
-    plus the variant's preset and overrides."""
-
-    stage: ClassVar[str] = "train"
-    model: str  # condition: the variant
-    config: dict  # TrainConfig(**config); fields the config file does not set keep TrainConfig's defaults
 
 
-@dataclass
-class ImportSettings(StageSettings):
-    """A model variant imported from the authors' released weights (``models.<name>.weights``) instead of trained."""
-
-    stage: ClassVar[str] = "import"
-    model: str  # condition: the variant
-    source: str = "released"  # "released" (models.<name>.weights) or "proseflow" (models.<name>.file, as is)
-    head_dim: int = 64  # not in the weights: models.<name>.overrides.head_dim, else the released 64
-    max_atoms: int = 256  # the position tables' length: models.<name>.overrides.max_atoms, else 256
 
 
-@dataclass
-class ReferenceFileSettings(StageSettings):
-    """A reference MD file used as is (``md.reference_files``) instead of simulated."""
-
-    stage: ClassVar[str] = "reference_file"
-    name: str  # condition: the system
-    temperature_K: float  # md.temperature_K: the file must have been simulated at it
 
 
-@dataclass
-class TicaSettings(StageSettings):
-    stage: ClassVar[str] = "tica"
-    lag_ps: float  # eval.tica_lag_ps; in frames of the reference file's own spacing (a whole number, checked)
-    stride: int
-    dim: int = 2
 
 
-@dataclass
-class SampleSettings(StageSettings):
-    """Proposals x ~ q with exact log q."""
-
-    stage: ClassVar[str] = "sample"
-    n_proposals: int
-    batch_size: int
-    com_correction: str
-    seed: int
-    prior_std: float = 1.0  # sampling.prior_std x the condition's factor (scaled prior: sqrt(T / T_train))
-    device: str = "auto"
 
 
-@dataclass
-class SnisSettings(StageSettings):
-    stage: ClassVar[str] = "snis"
-    temperature_K: float  # the config's MD temperature or a target temperature (condition)
-    energy_backend: str
-    drop_top_fraction: float
-    seed: int
 
 
-@dataclass
-class SmcSettings(StageSettings):
-    stage: ClassVar[str] = "smc"
-    kernel: str  # condition: ula or mala
-    n_particles: int
-    smc: dict  # SMCConfig overrides of the kernel (smc.ula / smc.mala)
-    temperature_K: float
-    energy_backend: str
-    batch_size: int
-    seed: int
-    prior_std: float = 1.0  # sampling.prior_std: the latent std of the flow samples SMC starts from
-    device: str = "auto"
 
 
-@dataclass
-class SelfImproveSettings(StageSettings):
-    stage: ClassVar[str] = "self_improve"
-    improve: dict  # SelfImproveConfig fields
-    temperature_K: float
-    energy_backend: str
-    seed: int
-    device: str = "auto"
 
 
-@dataclass
-class ExportSettings(StageSettings):
-    """A sample set written as a trajectory (proseflow.samplers.export): nothing to set, the files say it all."""
-
-    stage: ClassVar[str] = "export"
 
 
-@dataclass
-class EvaluateSettings(StageSettings):
-    stage: ClassVar[str] = "evaluate"
-    model: str  # condition: the evaluated variant
-    temperature_K: float
-    reference_frames: int
-    n_metric: int
-    kmeans_k: int
-    seed: int
-    summary_href: str = "summary.html"  # condition: the summary page relative to this system's page
 
 
-@dataclass
-class BudgetSettings(StageSettings):
-    stage: ClassVar[str] = "budget"
-    budgets: list
-    map_budget: float
-    temperature_K: float
-    reference_frames: int
-    n_metric: int
-    kmeans_k: int
-    drop_top_fraction: float
-    seed: int
 
 
-@dataclass
-class TemperatureSettings(StageSettings):
-    stage: ClassVar[str] = "temperature"
-    priors: list  # condition: the prior mode of each evaluation file, in input order
-    sampler: str = "snis"
 
 
-@dataclass
-class ReportSettings(StageSettings):
-    stage: ClassVar[str] = "report"
-    links: dict = field(default_factory=dict)  # label -> href of the other pages
 
 
-SETTINGS: dict[str, type[StageSettings]] = {
-    cls.stage: cls
-    for cls in (SequencesSettings, StructureSettings, MDSettings, DatasetSettings, TrainSettings, ImportSettings,
-                ReferenceFileSettings, TicaSettings,
-                SampleSettings, SnisSettings, SmcSettings, SelfImproveSettings, ExportSettings, EvaluateSettings,
-                BudgetSettings,
-                TemperatureSettings, ReportSettings)
-}
 
-# Fields a rule sets from its wildcards (the job's conditions), not from a config key.
-CONDITIONS = {
-    ("structure", "sequence"), ("md", "split"), ("md", "name"), ("md", "batch"), ("train", "model"), ("import", "model"),
-    ("reference_file", "name"),
-    ("smc", "kernel"), ("evaluate", "model"), ("evaluate", "summary_href"), ("report", "links"),
-    ("sample", "prior_std"),
-}
 
-# Fields that no config key sets: their one default is the dataclass field's (device: CUDA when present).
-DOCUMENTED_DEFAULTS = {
-    ("tica", "dim"): "two TICA components (the paper's maps)",
-    ("import", "source"): "released (models.<name>.weights), or proseflow when the variant gives `file` instead",
-    ("import", "head_dim"): "the released Prose's 64, unless an imported variant's overrides.head_dim says otherwise",
-    ("import", "max_atoms"): "256 position-table rows, unless an imported variant's overrides.max_atoms says otherwise",
-    ("sample", "device"): "auto: CUDA when present",
-    ("smc", "device"): "auto: CUDA when present",
-    ("self_improve", "device"): "auto: CUDA when present",
-    ("temperature", "sampler"): "the temperature study reweights with SNIS",
-    ("sequences", "train"): "optional key sequences.train; without it the training set is drawn from train_counts",
-    ("sequences", "allow_train_test_overlap"): "optional key; without it train, val and test must be disjoint",
-}
+
+
+
+
 
 
 def from_dict(stage: str, data: Mapping) -> StageSettings:
     """Settings of ``stage`` from their dict; unknown or missing fields are named."""
     try:
-        cls = SETTINGS[stage]
+        cls = REGISTRY[stage].settings
     except KeyError:
-        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(SETTINGS))})") from None
+        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(REGISTRY))})") from None
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -600,52 +465,20 @@ def _temperature(config: Mapping, temperature_K: float | None) -> float:
 def build(stage: str, config: Mapping, **conditions) -> StageSettings:
     """The settings of ``stage`` from the (validated) config and the rule's conditions."""
     try:
-        builder = _BUILDERS[stage]
+        builder = REGISTRY[stage].build
     except KeyError:
-        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(_BUILDERS))})") from None
+        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(sorted(REGISTRY))})") from None
     return builder(config, **conditions)
 
 
-def _sequences(config):
-    sq = config["sequences"]
-    return SequencesSettings(
-        seed=sq["seed"], min_length=sq["min_length"], max_length=sq["max_length"],
-        max_target_length=sq["max_target_length"], train_counts={str(k): v for k, v in sq["train_counts"].items()},
-        val=copy.deepcopy(sq["val"]), test=copy.deepcopy(sq["test"]),
-        **{k: copy.deepcopy(sq[k]) for k in ("train", "allow_train_test_overlap") if k in sq},  # optional keys
-    )
 
 
-def _structure(config, sequence):
-    return StructureSettings(sequence=sequence, max_target_length=config["sequences"]["max_target_length"])
 
 
-def _md(config, split, name=None, batch=None, temperature_K=None):
-    if split not in ("reference", "train", "val"):
-        raise ConfigError(f"MD split must be reference, train or val, got {split!r}")
-    protocol = dataclasses.asdict(md_protocol(config, split, temperature_K))
-    if split == "reference":
-        return MDSettings(split=split, protocol=protocol, name=name)
-    return MDSettings(split=split, protocol=protocol, systems_per_job=config["md"][split]["systems_per_job"],
-                      batch=None if batch is None else int(batch))
 
 
-def _dataset(config):
-    return DatasetSettings(frame_interval_ps=config["dataset"]["frame_interval_ps"])
 
 
-def _train(config, model):
-    if model not in config["models"]:
-        raise ConfigError(f"model {model!r} is not defined under `models` (defined: {sorted(config['models'])})")
-    spec = config["models"][model]
-    own = dict(spec.get("train") or {})  # the variant's own training settings over the shared recipe
-    try:
-        typed.check_fields(TrainConfig, own, f"models.{model}.train", exclude=("model_preset", "model"))
-    except typed.ConfigTypeError as e:
-        raise ConfigError(f"{e} (the architecture goes under models.{model}.overrides)") from None
-    return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), **copy.deepcopy(own),
-                                              "model_preset": spec["preset"],
-                                              "model": copy.deepcopy(dict(spec.get("overrides", {})))})
 
 
 def imported_models(config: Mapping) -> list[str]:
@@ -654,105 +487,28 @@ def imported_models(config: Mapping) -> list[str]:
     return [m for m, spec in config.get("models", {}).items() if spec.get("weights") or spec.get("file")]
 
 
-def _import(config, model):
-    spec = config["models"].get(model)
-    if spec is None or not (spec.get("weights") or spec.get("file")):
-        raise ConfigError(f"model {model!r} has neither `weights` nor `file` under `models` "
-                          f"(imported: {imported_models(config)})")
-    if spec.get("file"):
-        return ImportSettings(model=model, source="proseflow")
-    over = spec.get("overrides") or {}
-    return ImportSettings(model=model, **{k: int(over[k]) for k in ("head_dim", "max_atoms") if k in over})
 
 
-def _reference_file(config, name):
-    return ReferenceFileSettings(name=name, temperature_K=_temperature(config, None))
 
 
-def _tica(config, seq=None):
-    if seq is not None:
-        config = model_overlay(config, eval_model_of(config, seq))
-    return TicaSettings(lag_ps=float(config["eval"]["tica_lag_ps"]), stride=config["eval"]["tica_stride"])
 
 
-def _sample(config, temperature_K=None, prior="plain", model=None):
-    config = model_overlay(config, model)
-    sp = config["sampling"]
-    return SampleSettings(n_proposals=sp["n_proposals"], batch_size=sp["batch_size"],
-                          com_correction=sp["com_correction"], seed=sp["seed"],
-                          # sampling.prior_std (a reduced prior temperature, exact IS) times the condition's factor
-                          prior_std=sp.get("prior_std", 1.0) * prior_std_for(
-                              _temperature(config, temperature_K), config["md"]["temperature_K"], prior))
 
 
-def _snis(config, temperature_K=None, model=None):
-    config = model_overlay(config, model)
-    sp = config["sampling"]
-    return SnisSettings(temperature_K=_temperature(config, temperature_K), energy_backend=sp["energy_backend"],
-                        drop_top_fraction=sp["drop_top_fraction"], seed=sp["seed"])
 
 
-def _smc(config, kernel, model=None):
-    config = model_overlay(config, model)
-    if kernel not in SMC_KERNELS:
-        raise ConfigError(f"SMC kernel must be one of {', '.join(SMC_KERNELS)}, got {kernel!r}")
-    sp = config["sampling"]
-    # sampling.drop_top_fraction reaches SMC's filter too, unless smc.<kernel> sets its own
-    smc = {"drop_top_fraction": sp["drop_top_fraction"], **copy.deepcopy(dict(config["smc"].get(kernel, {})))}
-    return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"], smc=smc,
-                       temperature_K=_temperature(config, None), energy_backend=sp["energy_backend"],
-                       batch_size=sp["batch_size"], seed=sp["seed"], prior_std=sp.get("prior_std", 1.0))
 
 
-def _self_improve(config, model=None):
-    config = model_overlay(config, model)
-    sp = config["sampling"]
-    improve = {"n_final": sp["n_proposals"], "sample_batch_size": sp["batch_size"],
-               "com_correction": sp["com_correction"], "drop_top_fraction": sp["drop_top_fraction"],
-               "prior_std": sp.get("prior_std", 1.0),
-               **copy.deepcopy(dict(config["self_improve"]))}
-    return SelfImproveSettings(improve=improve, temperature_K=_temperature(config, None),
-                               energy_backend=sp["energy_backend"], seed=sp["seed"])
 
 
-def _export(config):
-    return ExportSettings()
 
 
-def _evaluate(config, model=None, temperature_K=None, summary_href=None):
-    config = model_overlay(config, model)
-    ev = config["eval"]
-    return EvaluateSettings(model=config["sampling"]["model"] if model is None else model,
-                            temperature_K=_temperature(config, temperature_K), reference_frames=ev["reference_frames"],
-                            n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"], seed=config["sampling"]["seed"],
-                            **({} if summary_href is None else {"summary_href": summary_href}))
 
 
-def _budget(config, model=None):
-    config = model_overlay(config, model)
-    ev, bu = config["eval"], config["budget"]
-    return BudgetSettings(budgets=[float(b) for b in bu["budgets"]], map_budget=float(bu["map_budget"]),
-                          temperature_K=_temperature(config, None), reference_frames=ev["reference_frames"],
-                          n_metric=ev["n_metric"], kmeans_k=ev["kmeans_k"],
-                          drop_top_fraction=config["sampling"]["drop_top_fraction"], seed=config["sampling"]["seed"])
 
 
-def _temperature_report(config, priors=None):
-    priors = [p for *_, p in temperature_cases(config)] if priors is None else list(priors)
-    for p in priors:
-        prior_std_for(1.0, 1.0, p)  # names an unknown prior mode
-    return TemperatureSettings(priors=priors)
 
 
-def _report(config, links=None):
-    return ReportSettings(links=dict(links or {}))
-
-
-_BUILDERS = {"sequences": _sequences, "structure": _structure, "md": _md, "dataset": _dataset, "train": _train,
-             "import": _import, "reference_file": _reference_file,
-             "tica": _tica, "sample": _sample, "snis": _snis, "smc": _smc, "self_improve": _self_improve,
-             "export": _export,
-             "evaluate": _evaluate, "budget": _budget, "temperature": _temperature_report, "report": _report}
 
 
 # ------------------------------------------------------------------------- what the workflow runs
@@ -861,7 +617,28 @@ def parse_md_suffix(suffix: str) -> float | None:
     return float(m.group(1))
 
 
-__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "shipped_models", "model_overlay", "eval_model_of", "reference_files", "plan_systems", "MODEL_SETTINGS_SECTIONS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Plan", "plan", "build", "from_dict", "from_json",
+# ------------------------------------------------------------------------------ the stage modules
+def _load_stage_modules() -> None:
+    """Import every module of this package except settings, run and private ones: each registers its stages.
+    A new stage (or family) is one module here; nothing else lists it."""
+    import importlib
+    import pkgutil
+
+    package = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda m: m.name):
+        if info.name not in ("settings", "run") and not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+_load_stage_modules()
+# derived from the registry (settings classes by their stage name, for from_json and the tests)
+SETTINGS: dict[str, type[StageSettings]] = {st.settings.stage: st.settings for st in REGISTRY.values()}
+CONDITIONS = {(st.settings.stage, c) for st in REGISTRY.values() for c in st.conditions}
+DOCUMENTED_DEFAULTS = {(st.settings.stage, f): why for st in REGISTRY.values() for f, why in st.defaults.items()}
+globals().update({cls.__name__: cls for cls in SETTINGS.values()})  # S.SampleSettings etc., as before
+
+
+__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "shipped_models", "model_overlay", "eval_model_of", "reference_files", "plan_systems", "MODEL_SETTINGS_SECTIONS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Stage", "StageSettings", "REGISTRY", "register", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]
