@@ -78,7 +78,7 @@ def test_energy_finetuning_lowers_the_energy_of_samples(peptide):
     before = median_u()
     rows = finetune_energy(model, top, energy, pos[None].astype(np.float32),
                            EnergyKLConfig(steps=20, batch_size=16, data_batch_size=8, lr=3e-3, nll_weight=0.0,
-                                          energy_soft_kT=1e12, log_every=10), progress=False)
+                                          energy_soft_kT=1e12, log_every=10), scale_nm=0.35, progress=False)
     after = median_u()
     assert len(rows) == 2 and np.isfinite(rows[-1]["kl_per_dim"])
     # bond energies of the untrained flow (~1e6 kT) fall by orders of magnitude (measured: ~8e5 -> ~3e3)

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -88,7 +88,7 @@ def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
 
 
 def _md_cmd(structure, out, protocol):
-    settings = MDSettings(split="reference", protocol=asdict(protocol), name="KW")
+    settings = MDSettings(split="reference", protocol=protocol, name="KW")
     return [sys.executable, "-m", "proseflow", "run", "md", "--settings", settings.to_json(),
             "--input", "structure", str(structure), "--output", "h5", str(out), "--threads", "1"]
 

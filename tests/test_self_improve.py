@@ -103,7 +103,8 @@ def test_one_round_through_the_entry_point_real_energy(ag, tmp_path):
     write_pdb(pdb, topology, positions)
     improve = {"n_rounds": 1, "n_samples": 32, "steps": 3, "batch_size": 16, "lr": 1e-3, "n_final": 16,
                "sample_batch_size": 32}
-    settings = SelfImproveSettings(improve=improve, temperature_K=300.0, energy_backend="openmm", seed=1,
+    settings = SelfImproveSettings(improve=SelfImproveConfig(**improve), temperature_K=300.0, energy_backend="openmm",
+                                   seed=1,
                                    device="cpu")
     rc = main(["run", "self_improve", "--settings", settings.to_json(), "--input", "model", str(model_path),
                "--input", "structure", str(pdb), "--output", "samples", str(tmp_path / "si.npz"),

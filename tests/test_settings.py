@@ -71,16 +71,22 @@ def leaves(node, path=()):
 
 def perturbed(value, path, attempt=0):
     """A different value for the key (a second attempt where the first makes the config invalid)."""
+    by_key = {"compile": True, "device": "cpu", "length_buckets": 4, "n_max": 64}  # an "auto" whose other values are not a platform name
+    if path and path[-1] in by_key:
+        return by_key[path[-1]]
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
         return value + 1 if attempt == 0 else value - 1
     if isinstance(value, float):
         return value * 2 if attempt == 0 else value / 2
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return [value[0] / 2, *value[1:]]  # a fixed-length tuple of numbers (train.betas)
     if isinstance(value, list):
         return value[:-1] if value else ["AA"]
     if isinstance(value, str):
-        return {"chi": "gaussian", "torch": "openmm", "auto": "CPU", "paper": "small"}.get(value, value + "x")
+        return {"chi": "gaussian", "torch": "openmm", "auto": "CPU", "paper": "small", "last": "best",
+                "diagonal": "triangular", "exp": "linear"}.get(value, value + "x")
     if value is None:
         return ["AA"]
     raise AssertionError(f"no perturbation for {path}={value!r}")
@@ -171,17 +177,19 @@ def test_settings_build_the_library_configs(config):
     from proseflow.samplers.smc import SMCConfig
 
     for name, s in every_settings(config).items():
-        if isinstance(s, S.TrainSettings):
-            assert TrainConfig(**s.config).model_preset == config["models"][s.model]["preset"], name
+        if isinstance(s, S.TrainSettings):  # settings hold the config types themselves, never dicts
+            assert isinstance(s.config, TrainConfig) and s.config.model_preset == config["models"][s.model]["preset"]
         elif isinstance(s, S.SmcSettings):
-            cfg = SMCConfig.for_kernel(s.kernel, **s.smc)
+            cfg = s.smc
+            assert isinstance(cfg, SMCConfig)
             assert all(getattr(cfg, k) == v for k, v in config["smc"][s.kernel].items()), name
             assert cfg.adaptive == (s.kernel == "amala") and cfg.drop_top_fraction == \
                 config["smc"][s.kernel].get("drop_top_fraction", config["sampling"]["drop_top_fraction"])
         elif isinstance(s, S.SelfImproveSettings):
-            assert SelfImproveConfig(**s.improve).drop_top_fraction == config["sampling"]["drop_top_fraction"]
+            assert isinstance(s.improve, SelfImproveConfig)
+            assert s.improve.drop_top_fraction == config["sampling"]["drop_top_fraction"]
         elif isinstance(s, S.MDSettings):
-            assert S.MDProtocol(**s.protocol).n_frames >= 1
+            assert isinstance(s.protocol, S.MDProtocol) and s.protocol.n_frames >= 1
 
 
 def test_a_variant_overrides_the_shared_training_recipe():
@@ -191,8 +199,9 @@ def test_a_variant_overrides_the_shared_training_recipe():
     config["models"]["wide"] = {"preset": "tiny", "overrides": {"channels": 64},
                                 "train": {"batch_size": 7, "lr": 3e-3}}
     wide, base = S.build("train", config, model="wide").config, S.build("train", config, model="prose").config
-    assert (wide["batch_size"], wide["lr"], wide["model"]) == (7, 3e-3, {"channels": 64})
-    assert (base["batch_size"], base["lr"]) == (DEMO["train"]["batch_size"], DEMO["train"]["lr"])
+    assert (wide.batch_size, wide.lr, wide.model) == (7, 3e-3, {"channels": 64})
+    assert (base.batch_size, base.lr) == (DEMO["train"]["batch_size"], DEMO["train"]["lr"])
+    wide, base = dataclasses.asdict(wide), dataclasses.asdict(base)
     assert {k: v for k, v in wide.items() if k not in ("batch_size", "lr", "model", "model_preset")} == \
         {k: v for k, v in base.items() if k not in ("batch_size", "lr", "model", "model_preset")}
     config["models"]["wide"]["train"] = {"btach_size": 7}
@@ -206,7 +215,7 @@ def test_scaled_prior_and_target_temperature_are_conditions():
     assert plain.prior_std == 1.0 and scaled.prior_std == pytest.approx(2.0)
     assert S.build("snis", DEMO, temperature_K=400.0).temperature_K == 400.0
     md = S.build("md", DEMO, split="reference", name="WA_400K", temperature_K=400.0)
-    assert md.protocol["temperature_K"] == 400.0 and md.protocol["length_ps"] == DEMO["md"]["reference"]["length_ps"]
+    assert md.protocol.temperature_K == 400.0 and md.protocol.length_ps == DEMO["md"]["reference"]["length_ps"]
 
 
 def test_temperature_conditions_are_path_segments():

@@ -32,14 +32,15 @@ from proseflow.evaluation.evaluate import Projection, project, resample_for_metr
 from proseflow.evaluation.registry import DISTRIBUTION, W2
 from proseflow.physics import trajectory_io
 from proseflow.physics.system import kT_kJ_per_mol
+from proseflow.samplers.config import PAPER_DROP_TOP_FRACTION
 from proseflow.samplers.sample_set import SampleSet, SampleSetError
 from proseflow.samplers.snis import kish_ess, snis
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("md", "flow")
-ROW_KEYS = ("sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", "energy_w2", "torus_w2",
-            "tica_w2", "tica_jsd", "torus_jsd", "mean_energy_kT", "n_energy_evals", "n_nonfinite")
+ROW_KEYS = ("sequence", "sampler", "budget", "status", "n_samples", "wall_time_s", "ess", *DISTRIBUTION,
+            "n_energy_evals", "n_nonfinite")
 
 
 # ---------------------------------------------------------------- budgets
@@ -167,7 +168,7 @@ class _SnisFile:
 
 
 def flow_budget_curve(snis_npz_path, topology, tica_model, ref: Projection, budgets, n_metric: int = 10_000,
-                      seed: int = 0, drop_top_fraction: float = 0.002, *, sequence: str | None = None,
+                      seed: int = 0, drop_top_fraction: float = PAPER_DROP_TOP_FRACTION, *, sequence: str | None = None,
                       kmeans_k: int = 20) -> list[dict]:
     """Metrics (and SNIS ESS) of the first B proposals of a SNIS file, re-weighted on their own, per budget B."""
     flow = _SnisFile(snis_npz_path)
@@ -199,7 +200,7 @@ class MapSets:
 
 
 def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float, n_metric: int = 10_000,
-                     seed: int = 0, drop_top_fraction: float = 0.002,
+                     seed: int = 0, drop_top_fraction: float = PAPER_DROP_TOP_FRACTION,
                      temperature_K: float | None = None) -> tuple[np.ndarray, np.ndarray, None]:
     """(MD TICA [n, 2], flow TICA [n, 2], None) at ``budget`` evaluations (Figure 4): the equally weighted sets
     the metrics score (the MD prefix; the flow's SNIS set resampled). A budget beyond what was run uses all of it."""
@@ -209,7 +210,7 @@ def budget_tica_maps(md_path, snis_npz_path, topology, tica_model, budget: float
 
 
 def budget_map_sets(md_path, snis_npz_path, topology, tica_model, budget: float, n_metric: int = 10_000,
-                    seed: int = 0, drop_top_fraction: float = 0.002, temperature_K: float | None = None) -> MapSets:
+                    seed: int = 0, drop_top_fraction: float = PAPER_DROP_TOP_FRACTION, temperature_K: float | None = None) -> MapSets:
     """``budget_tica_maps``' sets with the MD frame and proposal index of each member (the 3D viewer's)."""
     b = int(round(float(budget)))
     md = _MDFile(md_path, temperature_K)

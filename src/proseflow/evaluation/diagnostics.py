@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from proseflow.samplers.config import PAPER_DROP_TOP_FRACTION
 from proseflow.samplers.resampling import finite_stat, kish_ess, normalise_log_weights
 from proseflow.samplers.snis import snis
 
@@ -179,7 +180,7 @@ def switch_com_correction(log_q: np.ndarray, centroid_flow: np.ndarray, source: 
 
 
 def weight_spread(energy_kT: np.ndarray, log_q: np.ndarray, *, centroid_flow: np.ndarray | None = None,
-                  com_correction: str = "chi", drop_top_fraction: float = 0.002, top_fraction: float = TOP_FRACTION
+                  com_correction: str = "chi", drop_top_fraction: float = PAPER_DROP_TOP_FRACTION, top_fraction: float = TOP_FRACTION
                   ) -> dict:
     """Spread of the SNIS log weights log w = -E/kT - log q (before dropping the largest).
 
@@ -209,7 +210,7 @@ def weight_spread(energy_kT: np.ndarray, log_q: np.ndarray, *, centroid_flow: np
 def diagnose(topology, temperature_K: float, md_positions_nm: np.ndarray, proposal_positions_nm: np.ndarray,
              proposal_energy_kT: np.ndarray, log_q: np.ndarray, snis_log_weights: np.ndarray | None, *,
              centroid_flow: np.ndarray | None = None, com_correction: str = "chi",
-             drop_top_fraction: float = 0.002) -> dict:
+             drop_top_fraction: float = PAPER_DROP_TOP_FRACTION) -> dict:
     """All three views for one system: ``{energy_terms, bond_deviation, weights}``."""
     md_terms = term_energies_kT(topology, md_positions_nm, temperature_K)
     prop_terms = term_energies_kT(topology, proposal_positions_nm, temperature_K)

@@ -24,7 +24,7 @@ from proseflow.samplers.prior import PRIOR_MODES, prior_std_for  # noqa: F401 - 
 
 log = logging.getLogger(__name__)
 
-ROW_KEYS = ("sequence", "temperature_K", "prior", "ess", "energy_w2", "torus_w2", "tica_w2")
+ROW_KEYS = ("sequence", "temperature_K", "prior", *TABLE2)
 
 
 def temperature_frame(rows) -> pd.DataFrame:

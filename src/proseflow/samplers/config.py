@@ -15,6 +15,7 @@ PAPER_STEP_SIZE = {"ula": 1e-5 * 0.01, "mala": 5e-4}  # normalised flow coordina
 # theirs from these. ula / mala: the paper's fixed schedules; amala: adaptive MALA (SMCConfig.adaptive_mala).
 SMC_KERNELS = ("ula", "mala", "amala")
 SAMPLERS = ("snis", *(f"smc_{k}" for k in SMC_KERNELS), "self_improve")
+PAPER_DROP_TOP_FRACTION = 0.002  # the paper drops the top 0.2% of the importance weights (SNIS, SMC, self-improvement)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class SMCConfig:
         """Paper settings: ULA 100 levels at h = 1e-7 (eps 1e-5 x dt 0.01); MALA 50 levels from h = 5e-4,
         adapted x/÷1.1 toward 0.55-0.6 acceptance; one step per level, resampling at every level; the top
         0.2% of the weights and the proposals above 100 kT dropped first. Step sizes in normalised flow
-        coordinates squared (nm / 0.35)."""
+        coordinates squared ((nm / scale_nm)^2: the model file's coordinate scale)."""
         base = {
             "kernel": kernel,
             "n_levels": 100 if kernel == "ula" else 50,
@@ -70,7 +71,7 @@ class SMCConfig:
             "ess_threshold": 1.0,
             "step_size": PAPER_STEP_SIZE[kernel],
             "adapt_rule": "band",
-            "drop_top_fraction": 0.002,
+            "drop_top_fraction": PAPER_DROP_TOP_FRACTION,
             "max_target_energy": 100.0,
         }
         return cls(**{**base, **overrides})
@@ -91,7 +92,7 @@ class SMCConfig:
         paper's filters before SMC (top 0.2% of the weights, proposals above 100 kT)."""
         base = {"kernel": "mala", "adaptive": True, "target_cess": 0.95, "n_mcmc_steps": 5,
                 "step_size": PAPER_STEP_SIZE["mala"], "adapt_rule": "exp", "target_accept": 0.6,
-                "ess_threshold": 0.5, "drop_top_fraction": 0.002, "max_target_energy": 100.0}
+                "ess_threshold": 0.5, "drop_top_fraction": PAPER_DROP_TOP_FRACTION, "max_target_energy": 100.0}
         return cls(**{**base, **overrides})
 
     def check_schedule(self) -> list[float]:
@@ -137,7 +138,7 @@ class SelfImproveConfig:
     com_augment: bool = True
     sample_batch_size: int = 1024
     com_correction: str = "chi"
-    drop_top_fraction: float = 0.002
+    drop_top_fraction: float = PAPER_DROP_TOP_FRACTION
     prior_std: float = 1.0  # latent std of every round's proposals (sampling.prior_std)
     keep_round_models: bool = False  # also keep model_round{k}.pt of every round
 

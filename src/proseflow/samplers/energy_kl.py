@@ -80,13 +80,19 @@ def reverse_kl_terms(model, batch: dict, energy, scale_nm: float, com_correction
 
 
 def finetune_energy(model, topology, energy, md_positions_nm: np.ndarray, config: EnergyKLConfig,
-                    scale_nm: float = 0.35, device="cpu", progress: bool = True) -> list[dict]:
+                    scale_nm: float | None = None, device="cpu", progress: bool = True) -> list[dict]:
     """Fine-tune ``model`` in place; returns the log (one row per ``log_every`` steps).
 
     ``md_positions_nm``: frames labelled as the model's training frames were (read them from its store).
+    ``scale_nm``: the model's coordinate scale (default: the model file's, ``checkpoint.model_scale_nm``).
     """
     import torch
     from tqdm.auto import tqdm
+
+    if scale_nm is None:
+        from proseflow.flow.checkpoint import model_scale_nm
+
+        scale_nm = model_scale_nm(model)
 
     from proseflow.flow.preprocess import preprocess_train
     from proseflow.samplers.proposals import side_chains_of, system_batch

@@ -28,7 +28,7 @@ from proseflow.physics.chirality import chiral_centres, fix_chirality, handednes
 log = logging.getLogger(__name__)
 
 # SMC runs in the flow's coordinates, so its step sizes h are in these units (h_nm2 = h * scale_nm**2)
-STEP_SIZE_UNITS = "normalised flow coordinates squared ((nm / scale_nm)^2, scale_nm = 0.35)"
+STEP_SIZE_UNITS = "normalised flow coordinates squared ((nm / scale_nm)^2, scale_nm: the model file's scale)"
 
 
 def side_chains_of(model) -> str:
@@ -175,7 +175,7 @@ def flow_to_nm(x: np.ndarray, scale_nm: float = SCALE_NM) -> np.ndarray:
 
 
 def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: int = 0, scale_nm: float = SCALE_NM,
-            batch_size: int = 1024, device="cpu", prior_std: float = 1.0, **smc_overrides):
+            batch_size: int = 1024, device="cpu", prior_std: float = 1.0, config=None, **smc_overrides):
     """SMC from the flow (PAPER.md section 4) in the flow's extended coordinates; returns (result, positions_nm,
     energy_kT, n_fixed, n_unfixable, ok). The initial particles are flow samples with latent std ``prior_std``
     (the proposal the path starts from). Final particles are equally weighted; the force field is achiral, so
@@ -193,7 +193,10 @@ def run_smc(model, topology, energy_api, n_particles: int, kernel: str, seed: in
             xs.append(x.double().cpu().numpy())
             log_qs.append(log_q.double().cpu().numpy())  # the flow density over all 3N coordinates
     x0, log_q0 = np.concatenate(xs), np.concatenate(log_qs)
-    config = SMCConfig.for_kernel(kernel, **smc_overrides)
+    if config is None:  # the kernel's settings (SMCConfig.for_kernel) with the overrides over them
+        config = SMCConfig.for_kernel(kernel, **smc_overrides)
+    elif smc_overrides:
+        raise ValueError(f"give an SMCConfig or overrides, not both (got {sorted(smc_overrides)})")
     result = smc(x0, log_q0, FlowExtendedEnergy(model, topology, device, prior_std=prior_std),
                  TargetExtendedEnergy(energy_api, scale_nm, topology), config, np.random.default_rng(seed))
     n = x0.shape[1]

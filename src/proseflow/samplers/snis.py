@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from proseflow.samplers.config import PAPER_DROP_TOP_FRACTION
 from proseflow.samplers.resampling import kish_ess, multinomial_resample, normalise_log_weights
 
 
@@ -41,7 +42,7 @@ class SnisResult:
         return int(len(np.unique(self.indices)))
 
 
-def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float = 0.002,
+def snis(log_p_unnorm: np.ndarray, log_q: np.ndarray, drop_top_fraction: float = PAPER_DROP_TOP_FRACTION,
          rng: np.random.Generator | int | None = None, n_resample: int | None = None,
          valid: np.ndarray | None = None) -> SnisResult:
     """SNIS weights of proposals x_i ~ q for the target p ∝ exp(log_p_unnorm).

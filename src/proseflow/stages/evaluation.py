@@ -154,7 +154,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
         reference_frames,
         sampler_metrics,
     )
-    from proseflow.evaluation.registry import SAMPLER_COUNTS
+    from proseflow.evaluation.registry import SAMPLER_COUNTS, TABLE2
     from proseflow.evaluation.tica import TicaModel
     from proseflow.physics.structures import load_pdb
     from proseflow.report.system_page import write_system_report
@@ -239,7 +239,7 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
                                               "samplers": sets}, summary_href=s.summary_href)
     save_json(outputs.one("json"), out)  # strict JSON, written last: it marks completion
     log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items()
-                                            if m in ("ess", "energy_w2", "torus_w2", "tica_w2")}
+                                            if m in TABLE2}
                                         for k, d in metrics.items()}))
 
 

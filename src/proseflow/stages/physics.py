@@ -10,7 +10,6 @@ runner (which imports the library inside the function, so a stage loads only wha
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from proseflow.physics.protocol import MDProtocol
 from proseflow.stages import settings as S
 from proseflow.stages._files import Files
 from proseflow.stages.settings import ConfigError, Stage, StageSettings, _temperature, md_protocol, register
@@ -57,7 +57,7 @@ class MDSettings(StageSettings):
 
     stage: ClassVar[str] = "md"
     split: str  # condition: reference, train or val
-    protocol: dict  # MDProtocol fields
+    protocol: MDProtocol  # the MD protocol of this job (proseflow.physics.protocol)
     name: str | None = None  # condition: the system of a reference run (its per-job seed)
     systems_per_job: int | None = None  # train/val batches only
     batch: int | None = None  # condition: the batch index of a train/val job
@@ -96,7 +96,7 @@ def _structure(config, sequence):
 def _md(config, split, name=None, batch=None, temperature_K=None):
     if split not in ("reference", "train", "val"):
         raise ConfigError(f"MD split must be reference, train or val, got {split!r}")
-    protocol = dataclasses.asdict(md_protocol(config, split, temperature_K))
+    protocol = md_protocol(config, split, temperature_K)
     if split == "reference":
         return MDSettings(split=split, protocol=protocol, name=name)
     return MDSettings(split=split, protocol=protocol, systems_per_job=config["md"][split]["systems_per_job"],
@@ -149,7 +149,7 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
 
     from proseflow.physics.md import MDSystem, simulate, stable_seed
 
-    protocol = S.MDProtocol(**s.protocol)
+    protocol = s.protocol
     if s.split == "reference":
         from proseflow.physics.structures import load_pdb
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from proseflow.samplers.config import SMC_KERNELS
+from proseflow import typed
+from proseflow.samplers.config import SMC_KERNELS, SelfImproveConfig, SMCConfig
 from proseflow.samplers.prior import prior_std_for
 from proseflow.stages import settings as S
 from proseflow.stages._files import Files
@@ -52,7 +53,7 @@ class SmcSettings(StageSettings):
     stage: ClassVar[str] = "smc"
     kernel: str  # condition: ula or mala
     n_particles: int
-    smc: dict  # SMCConfig overrides of the kernel (smc.ula / smc.mala)
+    smc: SMCConfig  # the kernel's SMCConfig: its defaults (SMCConfig.for_kernel) with smc.<kernel> over them
     temperature_K: float
     energy_backend: str
     batch_size: int
@@ -64,7 +65,7 @@ class SmcSettings(StageSettings):
 @dataclass
 class SelfImproveSettings(StageSettings):
     stage: ClassVar[str] = "self_improve"
-    improve: dict  # SelfImproveConfig fields
+    improve: SelfImproveConfig  # sampling's values (proposals, batch, COM correction, drop, prior) and self_improve
     temperature_K: float
     energy_backend: str
     seed: int
@@ -103,6 +104,10 @@ def _smc(config, kernel, model=None):
     sp = config["sampling"]
     # sampling.drop_top_fraction reaches SMC's filter too, unless smc.<kernel> sets its own
     smc = {"drop_top_fraction": sp["drop_top_fraction"], **copy.deepcopy(dict(config["smc"].get(kernel, {})))}
+    try:
+        smc = SMCConfig.for_kernel(kernel, **smc)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"smc.{kernel}: {e}") from None
     return SmcSettings(kernel=kernel, n_particles=config["smc"]["n_particles"], smc=smc,
                        temperature_K=_temperature(config, None), energy_backend=sp["energy_backend"],
                        batch_size=sp["batch_size"], seed=sp["seed"], prior_std=sp.get("prior_std", 1.0))
@@ -115,7 +120,7 @@ def _self_improve(config, model=None):
                "com_correction": sp["com_correction"], "drop_top_fraction": sp["drop_top_fraction"],
                "prior_std": sp.get("prior_std", 1.0),
                **copy.deepcopy(dict(config["self_improve"]))}
-    return SelfImproveSettings(improve=improve, temperature_K=_temperature(config, None),
+    return SelfImproveSettings(improve=typed.build(SelfImproveConfig, improve, "self_improve"), temperature_K=_temperature(config, None),
                                energy_backend=sp["energy_backend"], seed=sp["seed"])
 
 
@@ -199,7 +204,7 @@ def run_smc(s: S.SmcSettings, inputs: Files, outputs: Files) -> None:
     energy = make_energy(topology, s.temperature_K, backend=s.energy_backend)
     result, positions, e_kT, n_fixed, n_unfixable, ok = sampling.run_smc(
         model, topology, energy, s.n_particles, s.kernel, seed=s.seed, scale_nm=model_scale_nm(model),
-        batch_size=s.batch_size, device=device, prior_std=s.prior_std, **s.smc)
+        batch_size=s.batch_size, device=device, prior_std=s.prior_std, config=s.smc)
     SampleSet(positions_nm=positions, energy_kT=e_kT, log_weights=result.log_weights,
               ess=result.final_ess_pre_resampling, n_distinct=result.n_distinct,
               n_energy_evals=result.n_energy_evals, temperature_K=s.temperature_K, wall_time_s=time.time() - t0,
@@ -226,10 +231,10 @@ def run_self_improve(s: S.SelfImproveSettings, inputs: Files, outputs: Files) ->
     from proseflow.physics.energy import make_energy
     from proseflow.physics.structures import load_pdb
     from proseflow.samplers.sample_set import SampleSet
-    from proseflow.samplers.self_improve import SelfImproveConfig, self_improve
+    from proseflow.samplers.self_improve import self_improve
 
     device = _device(s.device)
-    config = SelfImproveConfig(**s.improve)
+    config = s.improve
     model_path = inputs.one("model")
     model = load_model(model_path, device)
     topology, _ = load_pdb(inputs.one("structure"))

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,22 +114,21 @@ def typed_configs(config: Mapping) -> dict:
     out: dict = {"train": {}, "smc": {}}
     try:
         for name in config.get("models", {}):
-            settings = build("train", config, model=name)
-            cfg = typed.build(TrainConfig, settings.config, f"models.{name}")
+            cfg = build("train", config, model=name).config
             try:
                 FlowConfig.preset(cfg.model_preset, **cfg.model)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"models.{name}.overrides: {e}") from None
             out["train"][name] = cfg
         for kernel in SMC_KERNELS:
-            cfg = SMCConfig.for_kernel(kernel, **config["smc"].get(kernel, {}))
+            cfg = build("smc", config, kernel=kernel).smc
             cfg.check_schedule()
             out["smc"][kernel] = cfg
         for name in config.get("samplers", []):
             if name not in SAMPLERS:
                 raise ConfigError(f"samplers: unknown sampler {name!r}{typed.did_you_mean(name, SAMPLERS)} "
                                   f"(known: {', '.join(SAMPLERS)})")
-        out["self_improve"] = typed.build(SelfImproveConfig, build("self_improve", config).improve, "self_improve")
+        out["self_improve"] = build("self_improve", config).improve
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     return out
@@ -431,6 +431,13 @@ def register(*stages: Stage) -> None:
 
 
 
+def _from_fields(cls: type, data: Mapping):
+    """A config dataclass from its JSON fields (a tuple field came back as a list)."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: tuple(v) if isinstance(v, list) and typing.get_origin(hints.get(k)) is tuple else v
+                  for k, v in data.items()})
+
+
 def from_dict(stage: str, data: Mapping) -> StageSettings:
     """Settings of ``stage`` from their dict; unknown or missing fields are named."""
     try:
@@ -441,9 +448,12 @@ def from_dict(stage: str, data: Mapping) -> StageSettings:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{stage} settings: unknown field(s) {unknown} (known: {sorted(names)})")
+    hints = typing.get_type_hints(cls)
+    data = {k: _from_fields(hints[k], v) if dataclasses.is_dataclass(hints.get(k)) and isinstance(v, Mapping) else v
+            for k, v in data.items()}  # a config type (TrainConfig, SMCConfig, ...) travels as its fields
     try:
         return cls(**data)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"{stage} settings: {e}") from None
 
 

@@ -39,7 +39,7 @@ class TrainSettings(StageSettings):
 
     stage: ClassVar[str] = "train"
     model: str  # condition: the variant
-    config: dict  # TrainConfig(**config); fields the config file does not set keep TrainConfig's defaults
+    config: TrainConfig  # the shared recipe, the variant's own `train` values over it, its preset and overrides
 
 
 @dataclass
@@ -63,9 +63,9 @@ def _train(config, model):
         typed.check_fields(TrainConfig, own, f"models.{model}.train", exclude=("model_preset", "model"))
     except typed.ConfigTypeError as e:
         raise ConfigError(f"{e} (the architecture goes under models.{model}.overrides)") from None
-    return TrainSettings(model=model, config={**copy.deepcopy(dict(config["train"])), **copy.deepcopy(own),
-                                              "model_preset": spec["preset"],
-                                              "model": copy.deepcopy(dict(spec.get("overrides", {})))})
+    values = {**copy.deepcopy(dict(config["train"])), **copy.deepcopy(own), "model_preset": spec["preset"],
+              "model": copy.deepcopy(dict(spec.get("overrides", {})))}
+    return TrainSettings(model=model, config=typed.build(TrainConfig, values, f"models.{model}"))
 
 
 def _import(config, model):
@@ -81,9 +81,9 @@ def _import(config, model):
 
 # ------------------------------------------------------------------------------------------ runners
 def run_train(s: S.TrainSettings, inputs: Files, outputs: Files) -> None:
-    from proseflow.flow.train import TrainConfig, train
+    from proseflow.flow.train import train
 
-    config = TrainConfig(**s.config)
+    config = s.config
     out_dir = Path(outputs.one("model")).parent
     summary = train(config, inputs.many("train"), inputs.many("val", default=[]) or None, out_dir)
     log.info("training finished: %s", json.dumps(summary, default=str))
