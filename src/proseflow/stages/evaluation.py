@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from proseflow.samplers.prior import prior_std_for
 from proseflow.stages import settings as S
@@ -142,105 +142,142 @@ def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
 
 def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     """Metrics of every sampler of one system against its reference MD; JSON + self-contained HTML page."""
-    import platform
-
-    import numpy as np
-
     from proseflow.artefacts import save_json
-    from proseflow.evaluation.evaluate import (
-        noise_floor,
-        project,
-        reference,
-        reference_frames,
-        sampler_metrics,
-    )
-    from proseflow.evaluation.registry import SAMPLER_COUNTS, TABLE2
+    from proseflow.evaluation.evaluate import noise_floor
+    from proseflow.evaluation.registry import TABLE2
+    from proseflow.report.system_page import write_system_report
+
+    ref = _reference(s, inputs)
+    metrics, sets, snis, walls = _sampler_metrics(s, ref, inputs.many("samplers"))
+    diagnostics = _proposal_facts(s, ref, metrics, snis, inputs.optional("proposals"))
+    metadata = _run_metadata(s, ref, inputs.optional("model") or "", inputs.optional("train"), walls)
+    viewer, states = _system_viewer(s, ref.seq, ref.topology, ref.md, ref.frames[0], ref.projection, snis, sets)
+    floor = noise_floor(ref.md, ref.topology, ref.tica, s.temperature_K, s.n_metric)  # what the reference resolves
+    p = ref.projection
+    write_system_report(outputs.one("html"), {"sequence": ref.seq, "metrics": metrics, "metadata": metadata,
+                                              "diagnostics": diagnostics, "viewer": viewer, "noise_floor": floor,
+                                              "reference": {"energy_kT": p.energy_kT, "phi_psi": p.phi_psi,
+                                                            "tica": p.tica},
+                                              "samplers": sets}, summary_href=s.summary_href)
+    save_json(outputs.one("json"), {"sequence": ref.seq, "length": len(ref.seq), "model": s.model, "metrics": metrics,
+                                    "metadata": metadata, "diagnostics": diagnostics, "states": states,
+                                    "noise_floor": floor})  # strict JSON, written last: it marks completion
+    log.info("%s: %s", ref.seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in TABLE2}
+                                            for k, d in metrics.items()}))
+
+
+@dataclass
+class _Reference:
+    """One system's reference: its sequence, topology, TICA model, the frames used and their projection."""
+
+    seq: str
+    md: str
+    topology: Any
+    tica: Any
+    frames: Any  # (positions, frame indices) of the reference frames (evaluation.evaluate.reference_frames)
+    projection: Any  # evaluation.evaluate.Projection of those frames
+
+
+def _reference(s: S.EvaluateSettings, inputs: Files) -> _Reference:
+    from proseflow.evaluation.evaluate import reference, reference_frames
     from proseflow.evaluation.tica import TicaModel
     from proseflow.physics.structures import load_pdb
-    from proseflow.report.system_page import write_system_report
-    from proseflow.samplers.resampling import count_distinct
-    from proseflow.samplers.sample_set import SampleSet
 
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
     tica_model = TicaModel.load(inputs.one("tica"))
     frames = reference_frames(md, s.reference_frames)  # read once: metrics, diagnostics, viewer
-    ref = reference(md, topology, tica_model, s.temperature_K, s.reference_frames, frames=frames)
-    metrics, sets, meta_rows, snis = {}, {}, {}, None
-    for path in inputs.many("samplers"):
+    projection = reference(md, topology, tica_model, s.temperature_K, s.reference_frames, frames=frames)
+    # results/structures/{seq}.pdb names the system (the MD may be at another temperature)
+    return _Reference(Path(structure).stem, md, topology, tica_model, frames, projection)
+
+
+def _sampler_metrics(s: S.EvaluateSettings, ref: _Reference, paths: list) -> tuple[dict, dict, Any, dict]:
+    """Each sample set's metrics (and the raw proposal's, from the SNIS set without its weights), the projected
+    sets for the page's figures, the SNIS set itself (diagnostics, viewer) and each set's wall time."""
+    from proseflow.evaluation.evaluate import project, sampler_metrics
+    from proseflow.evaluation.registry import SAMPLER_COUNTS
+    from proseflow.samplers.resampling import count_distinct
+    from proseflow.samplers.sample_set import SampleSet
+
+    metrics, sets, walls, snis = {}, {}, {}, None
+    for path in paths:
         name = Path(path).stem
         d = SampleSet.load(path)
-        proj = project(d.positions_nm, d.energy_kT, topology, tica_model)
+        proj = project(d.positions_nm, d.energy_kT, ref.topology, ref.tica)
         if name == "snis":  # the raw proposal is the SNIS set without its weights
-            snis = d  # also read by the diagnostics and the viewer below
-            metrics["proposal"] = sampler_metrics(ref, proj, None, s.n_metric, s.seed, d.n_energy_evals, s.kmeans_k)
+            snis = d
+            metrics["proposal"] = sampler_metrics(ref.projection, proj, None, s.n_metric, s.seed, d.n_energy_evals,
+                                                  s.kmeans_k)
             metrics["proposal"]["n_distinct"] = count_distinct(d.positions_nm)
             sets["proposal"] = {"energy_kT": proj.energy_kT, "weights": None, "phi_psi": proj.phi_psi,
                                 "tica": proj.tica}
-        metrics[name] = sampler_metrics(ref, proj, d.log_weights, s.n_metric, s.seed, d.n_energy_evals, s.kmeans_k)
-        metrics[name]["ess"] = d.ess  # the sampler's own ESS (SMC: before its final resampling ...
+        m = sampler_metrics(ref.projection, proj, d.log_weights, s.n_metric, s.seed, d.n_energy_evals, s.kmeans_k)
+        m["ess"] = d.ess  # the sampler's own ESS (SMC: before its final resampling ...
         if d.get("n_distinct_ancestors") is not None:  # ... capped by the share of distinct ancestors
-            metrics[name]["ess"] = min(d.ess, int(d.get("n_distinct_ancestors")) / len(d))
+            m["ess"] = min(d.ess, int(d.get("n_distinct_ancestors")) / len(d))
         # distinct configurations next to the ESS, so a collapsed population shows (proseflow.samplers.smc doc)
-        metrics[name]["n_distinct"] = d.n_distinct
+        m["n_distinct"] = d.n_distinct
         for key in SAMPLER_COUNTS:
             if d.get(key) is not None:
-                metrics[name][key] = float(d.get(key)) if key == "min_ess" else int(d.get(key))
+                m[key] = float(d.get(key)) if key == "min_ess" else int(d.get(key))
+        metrics[name] = m
         sets[name] = {"energy_kT": proj.energy_kT, "log_weights": d.log_weights, "phi_psi": proj.phi_psi,
                       "tica": proj.tica}
-        meta_rows[f"{name}_wall_time_s"] = round(d.wall_time_s, 1)
-    proposals = inputs.optional("proposals")
-    diagnostics = None
-    if proposals:
-        prop = np.load(proposals)
-        n = len(prop["log_q"])
-        for key in metrics:
-            metrics[key]["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
-            metrics[key]["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
-        if snis is not None:  # why the weights look the way they do (proseflow.evaluation.diagnostics)
-            from proseflow.evaluation.diagnostics import diagnose
+        walls[f"{name}_wall_time_s"] = round(d.wall_time_s, 1)
+    return metrics, sets, snis, walls
 
-            diagnostics = diagnose(
-                topology, s.temperature_K, frames[1], snis.positions_nm, snis.energy_kT, snis.get("log_q"),
-                snis.log_weights, centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
-                com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
-                drop_top_fraction=float(snis.get("drop_top_fraction")))
-    train_csv = inputs.optional("train")
-    train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
-    seq = Path(structure).stem  # results/structures/{seq}.pdb (the MD may be at another temperature)
-    model_file = inputs.optional("model") or ""
+
+def _proposal_facts(s: S.EvaluateSettings, ref: _Reference, metrics: dict, snis, proposals: str | None):
+    """The proposals' chirality rates (into every sampler's metrics) and why the weights look the way they do
+    (proseflow.evaluation.diagnostics, from the SNIS set); None without proposals or SNIS."""
+    import numpy as np
+
+    if not proposals:
+        return None
+    prop = np.load(proposals)
+    n = len(prop["log_q"])
+    for m in metrics.values():
+        m["chirality_fixed_rate"] = float(prop["n_chirality_fixed"]) / n
+        m["chirality_unfixable_rate"] = float(prop["n_chirality_unfixable"]) / n
+    if snis is None:
+        return None
+    from proseflow.evaluation.diagnostics import diagnose
+
+    return diagnose(ref.topology, s.temperature_K, ref.frames[1], snis.positions_nm, snis.energy_kT,
+                    snis.get("log_q"), snis.log_weights,
+                    centroid_flow=prop["centroid_flow"] if "centroid_flow" in prop else None,
+                    com_correction=str(prop["com_correction"]) if "com_correction" in prop else "chi",
+                    drop_top_fraction=float(snis.get("drop_top_fraction")))
+
+
+def _model_source(model_file: str, train: set) -> tuple[str, set]:
+    """Where the model came from (trained here, imported or shipped: its provenance.json) and the systems it was
+    trained on (a shipped model's own list, else this run's training set)."""
     provenance = Path(model_file).with_name("provenance.json") if model_file else None
-    if provenance is not None and provenance.is_file():  # imported or shipped (proseflow.flow.checkpoint.adopt_model)
-        p = json.loads(provenance.read_text())
-        how = "shipped" if p.get("source") == "shipped" else "imported"
-        model_source = f"{how} from {p['file']} (sha256 {p['sha256'][:12]}...), not trained in this run"
-        trained = p.get("trained") or {}
-        if trained:
-            model_source += "; trained " + ", ".join(f"{k} {trained[k]}" for k in ("config", "commit", "steps")
-                                                     if k in trained)
-        if trained.get("systems") is not None:  # the shipped model's own training set, not this run's
-            train = set(trained["systems"])
-    else:
-        model_source = "trained here" if model_file else ""
-    metadata = {"sequence": seq, "model": s.model, "checkpoint": model_file, "model_source": model_source,
-                "temperature_K": s.temperature_K, "reference_md": md,
-                "reference_frames_used": len(ref.energy_kT), "in_training_set": seq in train,
-                "tica_koopman_weighted": bool(tica_model.koopman), "tica_lag_frames": tica_model.lag_frames,
-                "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
-                "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **meta_rows}
-    viewer, states = _system_viewer(s, seq, topology, md, frames[0], ref, snis, sets)
-    floor = noise_floor(md, topology, tica_model, s.temperature_K, s.n_metric)  # what the reference can resolve
-    out = {"sequence": seq, "length": len(seq), "model": s.model, "metrics": metrics, "metadata": metadata,
-           "diagnostics": diagnostics, "states": states, "noise_floor": floor}
-    write_system_report(outputs.one("html"), {"sequence": seq, "metrics": metrics, "metadata": metadata,
-                                              "diagnostics": diagnostics, "viewer": viewer, "noise_floor": floor,
-                                              "reference": {"energy_kT": ref.energy_kT, "phi_psi": ref.phi_psi,
-                                                            "tica": ref.tica},
-                                              "samplers": sets}, summary_href=s.summary_href)
-    save_json(outputs.one("json"), out)  # strict JSON, written last: it marks completion
-    log.info("%s: %s", seq, json.dumps({k: {m: round(v, 4) for m, v in d.items()
-                                            if m in TABLE2}
-                                        for k, d in metrics.items()}))
+    if provenance is None or not provenance.is_file():
+        return ("trained here" if model_file else ""), train
+    p = json.loads(provenance.read_text())  # proseflow.flow.checkpoint.adopt_model or flow.released
+    how = "shipped" if p.get("source") == "shipped" else "imported"
+    source = f"{how} from {p['file']} (sha256 {p['sha256'][:12]}...), not trained in this run"
+    trained = p.get("trained") or {}
+    if trained:
+        source += "; trained " + ", ".join(f"{k} {trained[k]}" for k in ("config", "commit", "steps") if k in trained)
+    return source, set(trained["systems"]) if trained.get("systems") is not None else train
+
+
+def _run_metadata(s: S.EvaluateSettings, ref: _Reference, model_file: str, train_csv: str | None,
+                  walls: dict) -> dict:
+    import platform
+
+    train = {line.split(",")[0] for line in Path(train_csv).read_text().split()[1:]} if train_csv else set()
+    source, train = _model_source(model_file, train)
+    return {"sequence": ref.seq, "model": s.model, "checkpoint": model_file, "model_source": source,
+            "temperature_K": s.temperature_K, "reference_md": ref.md,
+            "reference_frames_used": len(ref.projection.energy_kT), "in_training_set": ref.seq in train,
+            "tica_koopman_weighted": bool(ref.tica.koopman), "tica_lag_frames": ref.tica.lag_frames,
+            "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **walls}
 
 
 def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_indices, ref, snis,
