@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 include src/proseflow/report/3dmol.pin
 JSLIB := $(VENV)/share/proseflow/3dmol-$(THREEDMOL_VERSION).tgz
 
-.PHONY: demo test test-compile verify install test-slurm test-report bench clean lint
+.PHONY: demo test test-compile verify plan install test-slurm test-report bench clean lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ test-compile: $(STAMP)
 # Read and check every artefact under results/ (checksums, shapes, completeness); non-zero exit if any is bad.
 verify: $(STAMP)
 	$(BIN)/python -m proseflow verify results
+
+# The bill of a config before it runs (nothing is run): `make plan CONFIG=configs/demo.yaml`; rates of this
+# machine from benchmarks/throughputs/cpu_2core.json unless THROUGHPUTS names another (`proseflow plan --measure`).
+THROUGHPUTS ?= benchmarks/throughputs/cpu_2core.json
+plan: $(STAMP)
+	$(BIN)/python -m proseflow plan $(if $(CONFIG),--configfile $(CONFIG)) --throughputs $(THROUGHPUTS)
 
 # The report pages checked as a person would see them: rendered in headless Chromium (Debian's package).
 # ... and their 3D viewers, which need 3Dmol.js: npm (Debian's package) is installed too if missing.

@@ -2,6 +2,7 @@
 
     proseflow run <stage> --settings JSON --input NAME PATH [PATH ...] ... --output NAME PATH ...
     proseflow verify [results/]
+    proseflow plan [--configfile PRESET ...] [--throughputs FILE] [--measure OUT]
     proseflow import-weights FILE --out results/models/<name>/model.pt [--head-dim 64]
 
 ``run`` runs one pipeline stage (:mod:`proseflow.stages.run`) with its settings (:mod:`proseflow.stages.settings`); this is
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # the bill of a config before it runs (proseflow.plan); never starts a job
+        from proseflow.plan import main as plan_main
+
+        return plan_main(argv[1:])
     if argv[:1] == ["verify"]:  # a user-facing command with its own parser and exit status: proseflow.verify
         from proseflow.verify import main as verify_main
 

@@ -1,0 +1,421 @@
+"""The bill before the run: ``python -m proseflow plan`` prices the DAG a config defines, never starting a job.
+
+Per stage: the number of jobs, the work (MD copy-steps, frames stored, training steps x batch x atoms,
+proposals, SMC energy and flow evaluations), the bytes written and the time on the hardware a throughputs
+file describes; then the totals, with the stage that dominates named. The throughputs are measured
+(``plan --measure`` probes this machine; ``benchmarks/throughputs/*.json`` hold others, e.g. the paper's H100
+rate), and every figure says whether it is measured at that size or extrapolated. The cost model:
+
+- **MD** costs ``atoms x copy-steps / md_atom_steps_per_s`` (batched copies fill the cores; measured on two
+  system sizes, their mean used). Copy-steps per system: (burn-in + length) / timestep x replicas.
+- **Training** costs ``s_per_step x (batch x padded atoms) / (probe batch x probe atoms)`` for the variant's
+  preset (linear in tokens: below ~200 atoms the per-token layers dominate attention on CPU); batches pad to
+  the longest system drawn, so padded atoms are the longest length's expected size. A compiled run adds its
+  compile time as its own line.
+- **Sampling**: ``proposals x atoms / flow_atom_samples_per_s[preset]`` for the flow, ``evaluations x atoms /
+  energy_atom_evals_per_s`` for energies (SNIS: one per proposal; SMC: particles x evaluations per particle,
+  each with a flow evaluation costed as a sample; self-improvement: rounds x samples, plus its final set).
+- **Evaluation and reports**: ``eval_s_per_job`` per job (measured on the demo).
+- **Bytes**: MD frames x atoms x 12 bytes (float32 xyz) + 8 per frame; Zarr stores x ``store_bytes_per_atom_frame``
+  (measured compression); sample sets x atoms x 12 x proposals; model files x parameters x 4 (x3 for the
+  training checkpoint's optimiser state).
+
+Sequence sets drawn at random (``train_counts``) are priced by their expected size (mean atoms per residue of
+the 20 standard residues); named sets (val, test, targets) exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proseflow.stages import settings as S
+
+# atoms of each residue inside a zwitterionic peptide (amber14, HIE); a peptide has 3 more (NH3+ and OXT)
+RESIDUE_ATOMS = {"A": 10, "C": 11, "D": 12, "E": 15, "F": 20, "G": 7, "H": 17, "I": 19, "K": 22, "L": 19, "M": 17,
+                 "N": 14, "P": 14, "Q": 17, "R": 24, "S": 11, "T": 14, "V": 16, "W": 24, "Y": 21}
+TERMINI_ATOMS = 3
+MEAN_RESIDUE_ATOMS = sum(RESIDUE_ATOMS.values()) / len(RESIDUE_ATOMS)
+SD_RESIDUE_ATOMS = math.sqrt(sum((a - MEAN_RESIDUE_ATOMS) ** 2 for a in RESIDUE_ATOMS.values()) / len(RESIDUE_ATOMS))
+FLOAT32_XYZ = 12  # bytes per atom and frame, uncompressed
+PER_FRAME = 8  # time and energy, float32 each
+
+
+class ThroughputsError(ValueError):
+    """A throughputs file that cannot price a plan: the file and the key are named."""
+
+
+def atoms_of(seq: str) -> int:
+    return sum(RESIDUE_ATOMS[a] for a in seq) + TERMINI_ATOMS
+
+
+def expected_atoms(length: int) -> float:
+    return MEAN_RESIDUE_ATOMS * length + TERMINI_ATOMS
+
+
+def expected_longest(length: int) -> float:
+    """The longest system a large batch of ``length``-residue peptides holds (about 2.5 SD above the mean)."""
+    return expected_atoms(length) + 2.5 * SD_RESIDUE_ATOMS * math.sqrt(length)
+
+
+@dataclass
+class Throughputs:
+    """Rates of one machine; ``measured``: which keys were measured there (the rest came from elsewhere)."""
+
+    hardware: str
+    md_atom_steps_per_s: float
+    train: dict  # preset -> {"batch", "atoms", "s_per_step", optional "compile_s"}
+    flow_atom_samples_per_s: dict  # preset -> atoms x samples per second (with exact log q)
+    energy_atom_evals_per_s: float  # energies and forces
+    store_bytes_per_atom_frame: float
+    eval_s_per_job: float
+    measured: list = field(default_factory=list)  # keys measured on this hardware (plan --measure)
+    quoted: list = field(default_factory=list)  # keys quoted from a publication (the paper's 260 it/h)
+    notes: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Throughputs:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ThroughputsError(f"{path}: cannot read a throughputs file: {e}") from None
+        if not isinstance(data, dict):
+            raise ThroughputsError(f"{path}: expected a JSON object of rates")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                         and f.name not in data)
+        if unknown or missing:
+            raise ThroughputsError(f"{path}: " + "; ".join(
+                ([f"unknown key(s) {unknown}"] if unknown else []) + ([f"missing key(s) {missing}"] if missing else [])))
+        t = cls(**data)
+        t.check(str(path))
+        return t
+
+    def check(self, where: str = "throughputs") -> None:
+        def positive(name, value):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+                raise ThroughputsError(f"{where}: {name} must be a positive number, got {value!r}")
+
+        for name in ("md_atom_steps_per_s", "energy_atom_evals_per_s", "store_bytes_per_atom_frame", "eval_s_per_job"):
+            positive(name, getattr(self, name))
+        for preset, rate in self.flow_atom_samples_per_s.items():
+            positive(f"flow_atom_samples_per_s.{preset}", rate)
+        for preset, probe in self.train.items():
+            for k in ("batch", "atoms", "s_per_step"):
+                if k not in probe:
+                    raise ThroughputsError(f"{where}: train.{preset} has no {k!r}")
+                positive(f"train.{preset}.{k}", probe[k])
+            if "compile_s" in probe:
+                positive(f"train.{preset}.compile_s", probe["compile_s"])
+
+    def basis(self, key: str) -> str:
+        return "measured" if key in self.measured else "quoted" if key in self.quoted else "extrapolated"
+
+
+@dataclass
+class Row:
+    stage: str
+    jobs: int
+    work: str
+    seconds: float
+    bytes: float
+    basis: str
+
+
+def _md_rows(config: Mapping, t: Throughputs) -> list[Row]:
+    plan = S.plan(config)
+    rows = []
+    for split in ("train", "val"):
+        if not plan.trains:
+            continue
+        p = S.md_protocol(config, split)
+        steps = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs * p.replicas
+        frames = p.n_frames * p.replicas
+        if split == "train" and S.explicit_train(config) is None:
+            counts = S.train_counts(config)
+            n = sum(counts.values())
+            atoms = sum(c * expected_atoms(length) for length, c in counts.items())
+        else:
+            seqs = S.explicit_train(config) if split == "train" else plan.val
+            n, atoms = len(seqs), sum(atoms_of(s) for s in seqs)
+        jobs = S.n_batches(config, split)
+        rows.append(Row(f"md_{split}", jobs, f"{n} systems x {steps:,.0f} copy-steps", atoms * steps / t.md_atom_steps_per_s,
+                        frames * (atoms * FLOAT32_XYZ + n * PER_FRAME), t.basis("md_atom_steps_per_s")))
+        if split == "train":
+            every = max(1, round(config["dataset"]["frame_interval_ps"] / p.save_interval_ps))
+            rows.append(Row("dataset", jobs, f"{n} systems x {frames // every:,} frames",
+                            0.0, frames / every * atoms * t.store_bytes_per_atom_frame, t.basis("store_bytes_per_atom_frame")))
+    p = S.md_protocol(config, "reference")
+    steps = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs * p.replicas
+    frames = p.n_frames * p.replicas
+    refs = [s for s in plan.eval_systems if s not in plan.reference_files]  # the others' MD is a file
+    refs += sorted({f"{s}@{T:g}K" for s, T, _p in plan.temperature_cases
+                    if T != config["md"]["temperature_K"]})  # one MD per system and other temperature
+    atoms = sum(atoms_of(s.split("@")[0]) for s in refs)
+    rows.append(Row("md_reference", len(refs), f"{len(refs)} systems x {steps:,.0f} copy-steps",
+                    atoms * steps / t.md_atom_steps_per_s, frames * (atoms * FLOAT32_XYZ + len(refs) * PER_FRAME),
+                    t.basis("md_atom_steps_per_s")))
+    return rows
+
+
+def _train_probe(t: Throughputs, preset: str) -> tuple[dict, str]:
+    if preset in t.train:
+        return t.train[preset], t.basis("train")
+    raise ThroughputsError(f"no training rate for preset {preset!r} in the throughputs file (has: {sorted(t.train)}): "
+                           "measure it with `proseflow plan --measure --presets " + preset + "`")
+
+
+def _flow_rate(t: Throughputs, preset: str) -> float:
+    if preset not in t.flow_atom_samples_per_s:
+        raise ThroughputsError(f"no sampling rate for preset {preset!r} in the throughputs file "
+                               f"(has: {sorted(t.flow_atom_samples_per_s)})")
+    return t.flow_atom_samples_per_s[preset]
+
+
+def _train_rows(config: Mapping, t: Throughputs) -> list[Row]:
+    plan = S.plan(config)
+    rows = []
+    lengths = [int(k) for k, c in S.train_counts(config).items() if c] if S.explicit_train(config) is None else \
+        [len(s) for s in S.explicit_train(config)]
+    longest = expected_longest(max(lengths)) if lengths else 0.0
+    for model in plan.train_models:
+        if model in plan.imported:
+            continue
+        cfg = S.build("train", config, model=model).config
+        probe, basis = _train_probe(t, cfg.model_preset)
+        padded = longest if cfg.length_buckets is None else sum(expected_atoms(n) for n in lengths) / len(lengths)
+        tokens = cfg.batch_size * padded
+        seconds = cfg.max_steps * probe["s_per_step"] * tokens / (probe["batch"] * probe["atoms"])
+        params = _parameters(cfg.model_preset, cfg.model)
+        rows.append(Row(f"train ({model})", 1, f"{cfg.max_steps:,} steps x batch {cfg.batch_size} x {padded:.0f} atoms",
+                        seconds, params * 4 * 4, basis if probe["atoms"] == round(padded) and probe["batch"] ==
+                        cfg.batch_size else f"{basis}, scaled"))
+        if cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= 1000):
+            rows.append(Row(f"train ({model}) compile", 0, "torch.compile of the step", probe.get("compile_s", 150.0),
+                            0.0, basis if "compile_s" in probe else "extrapolated"))
+    return rows
+
+
+def _parameters(preset: str, overrides: Mapping) -> int:
+    """Parameters of a preset: channels^2 x blocks x layers x ~12 (attention + SwiGLU MLP + conditioning)."""
+    from proseflow.flow.config import FlowConfig
+
+    c = FlowConfig.preset(preset, **dict(overrides))
+    return int(12 * c.channels**2 * c.n_blocks * c.n_layers + 2 * c.channels * c.n_blocks * 64)
+
+
+def _sampling_rows(config: Mapping, t: Throughputs) -> list[Row]:
+    plan = S.plan(config)
+    rows = []
+    jobs: dict[str, list] = {}  # stage -> [(jobs, atoms x evaluations, flow atoms x samples, bytes, work)]
+    cases = [(plan.eval_model_of(s), s, plan.samplers) for s in plan.eval_systems]
+    cases += [(m, s, ["snis"]) for m, s in plan.variant_evals()]
+    cases += [(plan.eval_model_of(s), s, ["snis"]) for s, _T, _p in plan.temperature_cases]
+    for model, seq, samplers in cases:
+        atoms = atoms_of(seq)
+        preset = config["models"][model]["preset"]
+        flow = _flow_rate(t, preset)
+        sp = S.build("sample", config, model=model)
+        n = sp.n_proposals
+        jobs.setdefault("sample", []).append((0.0, n * atoms / flow, n * atoms * FLOAT32_XYZ, n))
+        jobs.setdefault("snis", []).append((n * atoms / t.energy_atom_evals_per_s, 0.0, n * atoms * FLOAT32_XYZ, n))
+        for name in samplers:
+            if name.startswith("smc_"):
+                s = S.build("smc", config, kernel=name[4:], model=model)
+                per = (1 + s.smc.max_levels * s.smc.n_mcmc_steps) if s.smc.adaptive else s.smc.n_levels * s.smc.n_mcmc_steps
+                evals = s.n_particles * per
+                jobs.setdefault(name, []).append((evals * atoms / t.energy_atom_evals_per_s,
+                                                  (s.n_particles + evals) * atoms / flow,
+                                                  s.n_particles * atoms * FLOAT32_XYZ, evals))
+            elif name == "self_improve":
+                si = S.build("self_improve", config, model=model).improve
+                draws = si.n_rounds * si.n_samples + si.n_final
+                jobs.setdefault(name, []).append((draws * atoms / t.energy_atom_evals_per_s,
+                                                  (draws + 3 * si.n_rounds * si.steps * si.batch_size) * atoms / flow,
+                                                  si.n_final * atoms * FLOAT32_XYZ, draws))
+    for stage, items in jobs.items():
+        energy_s = sum(i[0] for i in items)
+        flow_s = sum(i[1] for i in items)
+        evals = sum(i[3] for i in items)
+        unit = "proposals" if stage == "sample" else "energy evaluations"
+        rows.append(Row(stage, len(items), f"{evals:,.0f} {unit}", energy_s + flow_s, sum(i[2] for i in items),
+                        t.basis("energy_atom_evals_per_s" if stage != "sample" else "flow_atom_samples_per_s")))
+    n_eval = len(plan.eval_systems) + len(plan.variant_evals()) + len(plan.temperature_cases)
+    n_eval += len(plan.eval_systems)  # TICA, one per system
+    n_eval += len(plan.eval_systems) + 2 + (1 if plan.temperature_cases else 0)  # budget curves, pages
+    rows.append(Row("evaluate, tica, budget, reports", n_eval, f"{n_eval} jobs", n_eval * t.eval_s_per_job, 0.0,
+                    t.basis("eval_s_per_job")))
+    return rows
+
+
+def make_plan(config: Mapping, t: Throughputs) -> dict:
+    """The bill of ``config`` on the hardware of ``t``: one row per stage, the totals, the dominant stage."""
+    rows = _md_rows(config, t) + _train_rows(config, t) + _sampling_rows(config, t)
+    total_s = sum(r.seconds for r in rows)
+    top = max(rows, key=lambda r: r.seconds)
+    return {"hardware": t.hardware, "rows": [dataclasses.asdict(r) for r in rows], "total_s": total_s,
+            "total_bytes": sum(r.bytes for r in rows), "dominant": top.stage,
+            "dominant_share": top.seconds / total_s if total_s else 0.0}
+
+
+def _human_s(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:,.1f} {unit}"
+    return f"{s:.0f} s"
+
+
+def _human_b(b: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:,.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def format_plan(p: dict) -> str:
+    lines = [f"plan on {p['hardware']} (nothing was run; 'extrapolated': a rate not measured at that size)", "",
+             f"{'stage':<34} {'jobs':>6} {'time':>11} {'bytes':>10}  {'basis':<12} work"]
+    for r in p["rows"]:
+        lines.append(f"{r['stage']:<34} {r['jobs']:>6} {_human_s(r['seconds']):>11} {_human_b(r['bytes']):>10}  "
+                     f"{r['basis']:<12} {r['work']}")
+    lines += ["", f"total: {_human_s(p['total_s'])} ({p['total_s'] / 3600:,.1f} h), {_human_b(p['total_bytes'])}; "
+                  f"dominated by {p['dominant']} ({100 * p['dominant_share']:.0f}% of the time)"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- measuring
+def measure(presets: tuple[str, ...] = ("tiny", "small"), threads: int | None = None, quick: bool = False) -> Throughputs:
+    """Short probes on this machine (a minute or two): batched MD of a dipeptide and a tetrapeptide, training
+    steps and sampling of each preset at one shape, energies and forces, and a Zarr store's bytes per atom-frame.
+    ``eval_s_per_job`` is not probed (it is the demo's measured mean; see benchmarks/README.md)."""
+    import os
+    import platform
+    import tempfile
+    import time
+
+    import numpy as np
+    import openmm
+    import torch
+    from openmm import unit
+
+    from proseflow.data.dataset import write_store
+    from proseflow.flow.config import FlowConfig
+    from proseflow.flow.model import ProseFlow
+    from proseflow.physics.energy import make_energy
+    from proseflow.physics.md import combine_copies
+    from proseflow.physics.structures import build_peptide
+    from proseflow.physics.system import create_system
+    from proseflow.samplers.proposals import system_batch
+
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    rates, notes = [], []
+    for seq, copies in (("AA", 8), ("GYDP", 4)):  # MD: atoms x copy-steps per second, batched copies
+        top, pos = build_peptide(seq)
+        ctop, cpos, _ = combine_copies([top] * copies, [pos] * copies, cutoff_nm=2.0)
+        integrator = openmm.LangevinMiddleIntegrator(310 * unit.kelvin, 0.3 / unit.picosecond, 1 * unit.femtosecond)
+        ctx = openmm.Context(create_system(ctop), integrator, openmm.Platform.getPlatformByName("CPU"),
+                             {"Threads": str(threads)})
+        ctx.setPositions(cpos)
+        openmm.LocalEnergyMinimizer.minimize(ctx, maxIterations=100)
+        integrator.step(100)
+        n = 300 if quick else 2000
+        t0 = time.perf_counter()
+        integrator.step(n)
+        rate = ctop.getNumAtoms() * n / (time.perf_counter() - t0)
+        rates.append(rate)
+        notes.append(f"MD {seq} x {copies} copies: {rate / ctop.getNumAtoms() * copies:,.0f} copy-steps/s")
+    md_rate = float(np.mean(rates))
+
+    top, _ = build_peptide("GYDPETGTWG")  # 10 residues, 157 atoms: a batch of the paper's longest systems
+    n_atoms = top.getNumAtoms()
+    train, flow = {}, {}
+    for preset in presets:
+        model = ProseFlow(FlowConfig.preset(preset))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch_size = 16
+        batch = system_batch(top, batch_size)
+        x = torch.randn(batch_size, batch["mask"].shape[1], 3) * batch["mask"][..., None]
+        times = []
+        for i in range(2 + (2 if quick else 5)):
+            t0 = time.perf_counter()
+            loss = -model.log_prob(x, batch).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        train[preset] = {"batch": batch_size, "atoms": n_atoms, "s_per_step": float(np.median(times))}
+        model.eval()
+        n_samples = 64
+        with torch.no_grad():
+            model.sample(system_batch(top, 4))
+            t0 = time.perf_counter()
+            model.sample(system_batch(top, n_samples))
+        flow[preset] = n_samples * n_atoms / (time.perf_counter() - t0)
+
+    energy = make_energy(top, 310.0, backend="torch")
+    _, pos = build_peptide("GYDPETGTWG")
+    frames = np.repeat(pos[None], 256, axis=0) + np.random.default_rng(0).normal(0, 0.005, (256, *pos.shape))
+    energy.energy_and_forces_kT(frames[:8])
+    t0 = time.perf_counter()
+    energy.energy_and_forces_kT(frames)
+    energy_rate = 256 * n_atoms / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp:  # the store's compression on an MD-like random walk
+        top4, pos4 = build_peptide("GYDP")
+        walk = np.cumsum(np.random.default_rng(1).normal(0, 0.002, (2000, *pos4.shape)), axis=0) * 0.1 + pos4
+        store = write_store(Path(tmp) / "probe.zarr", [("GYDP", walk.astype(np.float32))], 1,
+                            topologies={"GYDP": top4})
+        size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        store_bytes = size / (2000 * top4.getNumAtoms())
+    measured = ["md_atom_steps_per_s", "train", "flow_atom_samples_per_s", "energy_atom_evals_per_s",
+                "store_bytes_per_atom_frame"]
+    return Throughputs(hardware=f"{platform.node()} ({platform.processor() or platform.machine()}, {threads} threads, "
+                                f"{'CUDA' if torch.cuda.is_available() else 'CPU'})",
+                       md_atom_steps_per_s=md_rate, train=train, flow_atom_samples_per_s=flow,
+                       energy_atom_evals_per_s=energy_rate, store_bytes_per_atom_frame=store_bytes,
+                       eval_s_per_job=20.0, measured=measured,
+                       notes="; ".join(notes) + "; eval_s_per_job: the demo's mean evaluation job (not probed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="proseflow plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configfile", nargs="+", default=[], help="presets over config.yaml, as Snakemake takes them")
+    ap.add_argument("--base", default="config.yaml", help="the base config (default: config.yaml)")
+    ap.add_argument("--throughputs", default="benchmarks/throughputs/cpu_2core.json",
+                    help="rates of the hardware to price on (JSON; --measure writes one)")
+    ap.add_argument("--measure", metavar="OUT", help="probe this machine and write its throughputs file to OUT")
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"], help="model presets to probe with --measure")
+    ap.add_argument("--quick", action="store_true", help="shorter probes")
+    ap.add_argument("--json", metavar="OUT", help="also write the plan as JSON")
+    args = ap.parse_args(argv)
+    if args.measure:
+        t = measure(tuple(args.presets), quick=args.quick)
+        Path(args.measure).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.measure).write_text(json.dumps(dataclasses.asdict(t), indent=1) + "\n")
+        print(f"throughputs of {t.hardware} -> {args.measure}")
+        return 0
+    try:
+        config = S.load_config(args.base, *args.configfile)
+        S.check_config(config)
+        t = Throughputs.load(args.throughputs)
+        p = make_plan(config, t)
+    except (S.ConfigError, ThroughputsError) as e:
+        print(f"proseflow plan: {e}")
+        return 2
+    print(format_plan(p))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"configs": [args.base, *args.configfile], "throughputs": args.throughputs,
+                                               **p}, indent=1) + "\n")
+    return 0

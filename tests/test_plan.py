@@ -1,0 +1,125 @@
+"""`proseflow plan`: the bill of a config from a throughputs file, without running anything."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proseflow import plan as P
+from proseflow.stages import settings as S
+
+ROOT = Path(__file__).resolve().parents[1]
+RATES = {"hardware": "test", "md_atom_steps_per_s": 1.0e5,
+         "train": {p: {"batch": 16, "atoms": 157, "s_per_step": 0.5} for p in ("tiny", "small", "paper", "released")},
+         "flow_atom_samples_per_s": {p: 1.0e4 for p in ("tiny", "small", "paper", "released")},
+         "energy_atom_evals_per_s": 2.0e5, "store_bytes_per_atom_frame": 6.0, "eval_s_per_job": 10.0,
+         "measured": ["md_atom_steps_per_s"]}
+
+
+def rates(tmp_path, **over):
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps({**RATES, **over}))
+    return path
+
+
+@pytest.mark.parametrize("seq", ["AA", "WA", "GYDP", "DGVAHALS", "RKWY"])
+def test_atom_counts_match_the_built_peptides(seq):
+    from proseflow.physics.structures import build_peptide
+
+    assert P.atoms_of(seq) == build_peptide(seq)[0].getNumAtoms()
+
+
+def test_the_arithmetic_on_a_small_config(tmp_path):
+    """Each row is rate x work as the module docstring states it, recomputed here from the config by hand."""
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
+    t = P.Throughputs.load(rates(tmp_path))
+    rows = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}
+    md = config["md"]
+    # reference MD of the test systems the demo simulates (AA's is a shipped file)
+    ref = md["reference"]
+    steps = (md["burn_in_ps"] + ref["length_ps"]) * 1000 / md["timestep_fs"]
+    simulated = ["WA", "DGVAHALS"] + [f"WA@{T}" for T in (400.0,)]  # temperature transfer: WA at 400 K
+    atoms = sum(P.atoms_of(s.split("@")[0]) for s in simulated)
+    assert rows["md_reference"]["jobs"] == 3
+    assert rows["md_reference"]["seconds"] == pytest.approx(atoms * steps / 1.0e5)
+    assert rows["md_reference"]["basis"] == "measured"
+    # training MD: the drawn sets at their expected size
+    tr = md["train"]
+    counts = {int(k): v for k, v in config["sequences"]["train_counts"].items() if v}
+    steps = (md["burn_in_ps"] + tr["length_ps"]) * 1000 / md["timestep_fs"]
+    expected = sum(c * (16.2 * n + 3) for n, c in counts.items())
+    assert rows["md_train"]["seconds"] == pytest.approx(expected * steps / 1.0e5)
+    # training: steps x s/step x tokens / probe tokens, padded to the expected longest system
+    tc = config["train"]
+    padded = P.expected_longest(max(counts))
+    assert rows["train (prose)"]["seconds"] == pytest.approx(tc["max_steps"] * 0.5 * tc["batch_size"] * padded / (16 * 157))
+    assert "train (prose) compile" not in rows  # 150 steps: train.compile auto stays eager
+    # SNIS: one energy per proposal; AA with its own 1e4 proposals, the rest with the demo's
+    n_own, n_shared = 10000, config["sampling"]["n_proposals"]
+    snis = (n_own * P.atoms_of("AA") + n_shared * (P.atoms_of("WA") + P.atoms_of("DGVAHALS"))  # eval model
+            + n_shared * (P.atoms_of("AA") * 2 + P.atoms_of("WA") + P.atoms_of("DGVAHALS"))  # variants (Table 3)
+            + n_shared * P.atoms_of("WA") * 4) / 2.0e5  # temperature transfer: WA at 310 and 400 K, two priors
+    assert rows["snis"]["jobs"] == 3 + 4 + 4 and rows["snis"]["seconds"] == pytest.approx(snis)
+    plan = P.make_plan(config, t)
+    assert plan["total_s"] == pytest.approx(sum(r["seconds"] for r in plan["rows"]))
+    assert plan["dominant"] == max(plan["rows"], key=lambda r: r["seconds"])["stage"]
+
+
+def test_the_paper_config_at_the_papers_rate_costs_the_papers_training():
+    """500k steps at 260 iterations per H100-hour: about 1,900 H100-hours (PAPER.md)."""
+    config = S.load_config(ROOT / "config.yaml")
+    t = P.Throughputs.load(ROOT / "benchmarks" / "throughputs" / "paper_h100.json")
+    row = next(r for r in P.make_plan(config, t)["rows"] if r["stage"] == "train (prose)")
+    assert row["seconds"] / 3600 == pytest.approx(500_000 / 260, rel=0.01) and row["basis"] == "quoted"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_preset_has_a_plan(tmp_path, preset):
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / preset)
+    plan = P.make_plan(config, P.Throughputs.load(rates(tmp_path)))
+    assert plan["total_s"] > 0 and plan["rows"]
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"md_atom_steps_per_s": -1.0}, "md_atom_steps_per_s must be a positive number, got -1.0"),
+    ({"eval_s_per_job": "fast"}, "eval_s_per_job must be a positive number, got 'fast'"),
+    ({"train": {"tiny": {"batch": 16, "atoms": 157}}}, "train.tiny has no 's_per_step'"),
+    ({"md_steps_per_s": 1.0}, "unknown key(s) ['md_steps_per_s']"),
+])
+def test_a_bad_throughputs_file_is_refused_naming_the_key(tmp_path, over, message):
+    path = rates(tmp_path, **over)
+    with pytest.raises(P.ThroughputsError) as e:
+        P.Throughputs.load(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_missing_rate_is_named(tmp_path):
+    data = {k: v for k, v in RATES.items() if k != "energy_atom_evals_per_s"}
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(P.ThroughputsError, match=r"missing key\(s\) \['energy_atom_evals_per_s'\]"):
+        P.Throughputs.load(path)
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
+    no_tiny = P.Throughputs.load(rates(tmp_path, train={"small": RATES["train"]["small"]}))
+    with pytest.raises(P.ThroughputsError, match="no training rate for preset 'tiny'"):
+        P.make_plan(config, no_tiny)
+
+
+def test_the_command_prints_the_bill_and_runs_nothing(tmp_path):
+    for name in ("config.yaml",):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    path = rates(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "proseflow", "plan", "--configfile", "configs/demo.yaml",
+                           "--throughputs", str(path), "--json", "plan.json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dominated by" in proc.stdout and "md_reference" in proc.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "configs", "plan.json", "rates.json"]
+    bad = subprocess.run([sys.executable, "-m", "proseflow", "plan", "--throughputs", str(tmp_path / "none.json")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 2 and "none.json: cannot read a throughputs file" in bad.stdout
