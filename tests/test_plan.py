@@ -123,3 +123,23 @@ def test_the_command_prints_the_bill_and_runs_nothing(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and "none.json: cannot read a throughputs file" in bad.stdout
+
+
+def test_job_times_read_a_snakemake_log():
+    """Per stage, each job's wall time from its start stamp to its "Finished jobid" (jobs side by side overlap)."""
+    log = """[Mon Dec  7 06:21:07 2026]
+localrule sample_smc:
+    output: results/samples/prose/WA/smc_mala.npz
+    jobid: 22
+    wildcards: model=prose, seq=WA, kernel=mala
+    threads: 2
+[Mon Dec  7 06:21:09 2026]
+rule simulate_batch:
+    jobid: 3
+    wildcards: split=val, batch=00000
+[Mon Dec  7 06:21:15 2026]
+Finished jobid: 22 (Rule: sample_smc)
+[Mon Dec  7 06:22:09 2026]
+Finished jobid: 3 (Rule: simulate_batch)
+"""
+    assert P.job_times(log) == {"smc_mala": 8.0, "md_val": 60.0}

@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"], help="model presets to probe with --measure")
     ap.add_argument("--quick", action="store_true", help="shorter probes")
     ap.add_argument("--json", metavar="OUT", help="also write the plan as JSON")
+    ap.add_argument("--compare", metavar="LOG", help="a Snakemake log of a real run of this config: predicted vs measured")
     args = ap.parse_args(argv)
     if args.measure:
         t = measure(tuple(args.presets), quick=args.quick)
@@ -415,7 +416,74 @@ def main(argv: list[str] | None = None) -> int:
         print(f"proseflow plan: {e}")
         return 2
     print(format_plan(p))
+    if args.compare:
+        print("\n" + compare(p, job_times(Path(args.compare).read_text())))
     if args.json:
         Path(args.json).write_text(json.dumps({"configs": [args.base, *args.configfile], "throughputs": args.throughputs,
                                                **p}, indent=1) + "\n")
     return 0
+
+
+# ------------------------------------------------------------------------- checking against a real run
+RULE_STAGES = {"simulate_reference": "md_reference", "build_dataset": "dataset", "sample_proposals": "sample",
+               "reweight_snis": "snis", "self_improve": "self_improve"}
+EVAL_RULES = {"evaluate_system", "evaluate_variant", "fit_tica", "budget_curve", "budget_report", "summarise",
+              "temperature_report", "export_samples", "import_model", "adopt_reference"}
+
+
+def job_times(log_text: str) -> dict[str, float]:
+    """Wall seconds per plan stage from a Snakemake log (each job from its start stamp to its "Finished jobid"):
+    the measured side of :func:`compare`. Jobs that ran side by side on the cores each count their own wall time."""
+    import re
+    from datetime import datetime
+
+    def stamp(line):
+        return datetime.strptime(line.strip("[]\n "), "%a %b %d %H:%M:%S %Y")
+
+    started, stages, out = {}, {}, {}
+    last = None
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if re.fullmatch(r"\[\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}\]", line.strip()):
+            last = stamp(line)
+            continue
+        m = re.match(r"(?:local)?rule (\w+):", line)
+        if m and last is not None:
+            rule, jobid, wildcards = m.group(1), None, {}
+            for follow in lines[i + 1:i + 14]:
+                j = re.match(r"\s+jobid: (\d+)", follow)
+                if j:
+                    jobid = j.group(1)
+                w = re.match(r"\s+wildcards: (.*)", follow)
+                if w:
+                    wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ") if "=" in kv)
+            if jobid is None:
+                continue
+            if rule == "simulate_batch":
+                stage = f"md_{wildcards.get('split', 'train')}"
+            elif rule == "train_model":
+                stage = f"train ({wildcards.get('model')})"
+            elif rule == "sample_smc":
+                stage = f"smc_{wildcards.get('kernel')}"
+            elif rule in EVAL_RULES:
+                stage = "evaluate, tica, budget, reports"
+            else:
+                stage = RULE_STAGES.get(rule)
+            if stage is not None:
+                started[jobid], stages[jobid] = last, stage
+            continue
+        f = re.match(r"Finished jobid: (\d+)", line)
+        if f and f.group(1) in started and last is not None:
+            jobid = f.group(1)
+            out[stages[jobid]] = out.get(stages[jobid], 0.0) + (last - started.pop(jobid)).total_seconds()
+    return out
+
+
+def compare(p: dict, measured: dict[str, float]) -> str:
+    """Predicted against measured wall time per stage (and the ratio)."""
+    lines = [f"{'stage':<34} {'predicted':>10} {'measured':>10} {'ratio':>7}"]
+    for r in p["rows"]:
+        got = measured.get(r["stage"])
+        ratio = f"{r['seconds'] / got:.2f}" if got else "-"
+        lines.append(f"{r['stage']:<34} {r['seconds']:>9.0f}s {'-' if got is None else f'{got:.0f}s':>10} {ratio:>7}")
+    return "\n".join(lines)
