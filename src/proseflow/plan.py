@@ -451,6 +451,8 @@ def job_times(log_text: str) -> dict[str, float]:
         if m and last is not None:
             rule, jobid, wildcards = m.group(1), None, {}
             for follow in lines[i + 1:i + 14]:
+                if not follow.startswith((" ", "\t")):
+                    break  # the job's block ends
                 j = re.match(r"\s+jobid: (\d+)", follow)
                 if j:
                     jobid = j.group(1)
