@@ -396,6 +396,202 @@ def _model_file(ema: EMA, cfg: FlowConfig, config: TrainConfig, step: int, scale
     return model_file(ema.model, scale_nm, flow_config=cfg.to_dict(), train_config=config.to_dict(), step=step)
 
 
+class _Run:
+    """One training run, set up (model, EMA, optimiser, schedule, loaders; resumed from ``checkpoint.pt`` when one
+    is there) and then driven by :func:`train` one step at a time. Only rank 0 writes files."""
+
+    def __init__(self, config: TrainConfig, train_stores, val_stores, out: Path):
+        self.t_start = time.time()
+        self.config, self.out = config, out
+        self.train_stores, self.val_stores = train_stores, val_stores
+        out.mkdir(parents=True, exist_ok=True)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.ddp, self.device = _setup_distributed(config)
+        if config.batch_size % self.ddp.world_size:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size {self.ddp.world_size}")
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        self.cfg = cfg = flow_config(config)
+        self.model = ProseFlow(cfg).to(self.device)
+        if config.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        else:
+            set_fp32_numerics()
+        self.ema = EMA(self.model, config.ema_decay)
+        self.loss_fn = _NLL(self.model)
+        if self.ddp.world_size > 1:
+            self.loss_fn = nn.parallel.DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay, **_fast_adamw(self.device))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.loader = FrameLoader(
+            train_stores, config.batch_size, config.seed, n_max=config.n_max, split=config.train_split,
+            rank=self.ddp.rank, world_size=self.ddp.world_size, length_buckets=config.length_buckets,
+        )  # fmt: skip
+        if self.loader.n_max > cfg.max_atoms:
+            raise ValueError(f"systems of {self.loader.n_max} atoms exceed FlowConfig.max_atoms={cfg.max_atoms}")
+        self.scale_nm = resolve_scale_nm(config, train_stores)
+        self.val_loader = None
+        if val_stores and self.ddp.main:
+            self.val_loader = FrameLoader(val_stores, config.val_batch_size, VAL_SEED, split=config.val_split)
+            if self.val_loader.n_max > cfg.max_atoms:
+                raise ValueError(f"validation systems of {self.val_loader.n_max} atoms exceed max_atoms={cfg.max_atoms}")
+        self.step, self.ckpt_path, self.best = 0, out / "checkpoint.pt", BestSnapshot()
+        self.val_nll, self.compile_s, self.compiling = None, None, False
+        local = self.loader.local_batch_size
+        self.rows = slice(self.ddp.rank * local, (self.ddp.rank + 1) * local)
+        self._resume()
+        self.csv_log = _CSVLog(out / "train_log.csv", self.step) if self.ddp.main else None
+        self.n_params = count_parameters(self.model)
+        if self.ddp.main:
+            log.info("training %s (%s, %.1fM parameters) on %s x%d, %d systems, %d frames", config.model_preset,
+                     cfg.arch, self.n_params / 1e6, self.device, self.ddp.world_size, len(self.loader.systems),
+                     self.loader.n_frames_total)
+            if len(self.loader.bucket_edges) > 1:
+                log.info("length buckets (max atoms: frames): %s", ", ".join(
+                    f"{e}: {f}" for e, f in zip(self.loader.bucket_edges, self.loader.bucket_frames, strict=True)))
+        self.saved_step = self.step if self.ckpt_path.exists() else None  # step of the checkpoint on disk
+
+    def _resume(self) -> None:
+        if self.ddp.main:
+            _set_aside_finished_run(self.out, self.config)
+        if self.ddp.world_size > 1:
+            dist.barrier()
+        if not self.ckpt_path.exists():
+            return
+        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        _check_resumable(ckpt["config"], self.config)
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.model.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        _set_rng_states(ckpt["rng"])
+        self.step = ckpt["step"]
+        self.best = BestSnapshot(**ckpt.get("best", {}))
+        if self.loader.step != self.step:
+            raise ValueError(f"checkpoint at step {self.step} has loader step {self.loader.step}")
+        log.info("resuming from %s at step %d", self.ckpt_path, self.step)
+
+    def save_checkpoint(self) -> None:
+        self.saved_step = self.loader.step = self.step
+        _atomic_save({
+            "step": self.step, "model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "loader": self.loader.state_dict(), "rng": _rng_states(), "config": self.config.to_dict(),
+            "flow_config": self.cfg.to_dict(), "best": dataclasses.asdict(self.best),
+        }, self.ckpt_path)  # fmt: skip
+        self.csv_log.plot(self.out / "loss_curve.png")
+
+    def inputs(self, cpu_batch: dict, s: int) -> tuple[torch.Tensor, dict]:
+        """Step ``s``'s augmented coordinates and batch, cut to the batch's longest system."""
+        batch = _to_device(cpu_batch, self.device)
+        x = augment(batch["x"], batch["mask"], _generator(self.config.seed, s), self.rows, self.config.batch_size,
+                    self.config, self.scale_nm)
+        trimmed = self.model.trim(batch)
+        x = x[:, : trimmed["mask"].shape[1]].contiguous()
+        if self.compiling:
+            mark_length_dynamic(x, trimmed)
+        return x, trimmed
+
+    def compile(self) -> None:
+        """torch.compile the forward + loss where it pays (:func:`use_compile`), warmed up on the next batch."""
+        self.compiling = self.step < self.config.max_steps and use_compile(self.config, self.config.max_steps - self.step)
+        if not self.compiling:
+            return
+
+        def warm_up(fn):  # compiles forward and backward on this run's next batch; changes no state but .grad
+            fn(*self.inputs(self.loader.batch(self.step), self.step)).mean().backward()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        loss_fn = self.loss_fn.module if isinstance(self.loss_fn, nn.parallel.DistributedDataParallel) else self.loss_fn
+        self.compile_s = compile_loss(loss_fn, warm_up)
+        if self.ddp.main and self.compile_s is not None:
+            log.info("compiled the training step (forward + loss, any padded length) in %.1f s", self.compile_s)
+
+    def should_stop(self) -> bool:
+        """``train.stop_after_s`` has passed (all ranks agree)."""
+        c = self.config
+        return c.stop_after_s is not None and _agree(time.time() - self.t_start > c.stop_after_s, self.ddp, self.device)
+
+    def train_step(self, cpu_batch: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimiser step (skipped on a non-finite gradient), the schedule and the EMA; (loss, grad norm, lr)."""
+        x, trimmed = self.inputs(cpu_batch, self.step)
+        loss = self.loss_fn(x, trimmed).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            log.warning("step %d: non-finite gradient norm, update skipped", self.step + 1)
+        self.scheduler.step()
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        loss = loss.detach()
+        if self.ddp.world_size > 1:
+            dist.all_reduce(loss)  # sum (gloo has no AVG)
+            loss /= self.ddp.world_size
+        return loss, grad_norm, lr
+
+    def validate(self) -> float:
+        """Validation NLL of the EMA model; the best EMA snapshot so far is kept as best.pt (train.keep: best)."""
+        self.val_nll = validation_nll(self.ema.model, self.val_loader, self.config.val_frames, self.config,
+                                      self.scale_nm)
+        if self.best.update(self.step, self.val_nll):
+            _atomic_save(self.model_file(), self.out / "best.pt")
+        return self.val_nll
+
+    def model_file(self) -> dict:
+        return _model_file(self.ema, self.cfg, self.config, self.step, self.scale_nm)
+
+    def finish(self) -> None:
+        """settings.json (every setting, versions, hardware, the selected snapshot) and model.pt, written last."""
+        c, loader = self.config, self.loader
+        self.csv_log.plot(self.out / "loss_curve.png")
+        settings = {
+            "train_config": c.to_dict(), "flow_config": self.cfg.to_dict(), "n_parameters": self.n_params,
+            "block_permutations": [features.PERMUTATION_NAMES[b.permutation.index] for b in self.model.blocks],
+            "train_stores": [str(p) for p in self.train_stores], "val_stores": [str(p) for p in self.val_stores or []],
+            "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total, "scale_nm": self.scale_nm,
+            "steps": self.step, "final_val_nll": self.val_nll, "wall_time_s_last_session": time.time() - self.t_start,
+            "compiled": self.compile_s is not None, "compile_s_last_session": self.compile_s,
+            "length_buckets": {"max_atoms": loader.bucket_edges, "frames": loader.bucket_frames},
+            "versions": _versions(), "hardware": _hardware(self.ddp.world_size), "device": str(self.device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }  # fmt: skip
+        final = self.model_file()
+        if c.keep == "best" and self.best.step is not None and (self.out / "best.pt").exists():
+            final = torch.load(self.out / "best.pt", map_location="cpu", weights_only=False)  # early stopping
+        settings["selected"] = {"keep": c.keep, "step": int(final["step"]),
+                                "val_nll": self.best.val_nll if final["step"] == self.best.step else self.val_nll}
+        save_json(self.out / "settings.json", settings, default=str)
+        _atomic_save(final, self.out / "model.pt")
+
+
+class _Window:
+    """The training loss averaged over the steps since the last log row, and the steps/s over them."""
+
+    def __init__(self, device):
+        self.loss_sum, self.n, self.t0 = torch.zeros((), device=device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.n += 1
+
+    def row(self, step: int, lr: float, grad_norm, val_nll: float | None) -> dict:
+        row = {"step": step, "loss": f"{float(self.loss_sum) / self.n:.6g}", "lr": f"{lr:.6g}",
+               "grad_norm": f"{float(grad_norm):.6g}", "steps_per_s": f"{self.n / (time.perf_counter() - self.t0):.4g}",
+               "val_nll": None if val_nll is None else f"{val_nll:.6g}"}  # fmt: skip
+        self.loss_sum.zero_()
+        self.n, self.t0 = 0, time.perf_counter()
+        return row
+
+
 def train(
     config: TrainConfig,
     train_stores: list[str | os.PathLike],
@@ -407,203 +603,54 @@ def train(
     Returns a summary: step, completed (False if stopped by ``stop_after_s``), final val_nll, paths.
     Only rank 0 writes files; every rank returns the summary.
     """
-    t_start = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    ddp, device = _setup_distributed(config)
-    if config.batch_size % ddp.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size {ddp.world_size}")
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-
-    cfg = flow_config(config)
-    model = ProseFlow(cfg).to(device)
-    if config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        set_fp32_numerics()
-    ema = EMA(model, config.ema_decay)
-    loss_fn = _NLL(model)
-    if ddp.world_size > 1:
-        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
-                                  **_fast_adamw(device))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    loader = FrameLoader(
-        train_stores, config.batch_size, config.seed, n_max=config.n_max, split=config.train_split,
-        rank=ddp.rank, world_size=ddp.world_size, length_buckets=config.length_buckets,
-    )  # fmt: skip
-    if loader.n_max > cfg.max_atoms:
-        raise ValueError(f"systems of {loader.n_max} atoms exceed FlowConfig.max_atoms={cfg.max_atoms}")
-    scale_nm = resolve_scale_nm(config, train_stores)
-    val_loader = None
-    if val_stores and ddp.main:
-        val_loader = FrameLoader(val_stores, config.val_batch_size, VAL_SEED, split=config.val_split)
-        if val_loader.n_max > cfg.max_atoms:
-            raise ValueError(f"validation systems of {val_loader.n_max} atoms exceed max_atoms={cfg.max_atoms}")
-
-    step, ckpt_path, best = 0, out / "checkpoint.pt", BestSnapshot()
-    if ddp.main:
-        _set_aside_finished_run(out, config)
-    if ddp.world_size > 1:
-        dist.barrier()
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_resumable(ckpt["config"], config)
-        model.load_state_dict(ckpt["model"])
-        ema.model.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        loader.load_state_dict(ckpt["loader"])
-        _set_rng_states(ckpt["rng"])
-        step = ckpt["step"]
-        best = BestSnapshot(**ckpt.get("best", {}))
-        if loader.step != step:
-            raise ValueError(f"checkpoint at step {step} has loader step {loader.step}")
-        log.info("resuming from %s at step %d", ckpt_path, step)
-        del ckpt
-    csv_log = _CSVLog(out / "train_log.csv", step) if ddp.main else None
-    n_params = count_parameters(model)
-    if ddp.main:
-        log.info("training %s (%s, %.1fM parameters) on %s x%d, %d systems, %d frames", config.model_preset,
-                 cfg.arch, n_params / 1e6, device, ddp.world_size, len(loader.systems), loader.n_frames_total)
-        if len(loader.bucket_edges) > 1:
-            log.info("length buckets (max atoms: frames): %s", ", ".join(
-                f"{e}: {f}" for e, f in zip(loader.bucket_edges, loader.bucket_frames, strict=True)))
-
-    saved = {"step": step if ckpt_path.exists() else None}  # step of the checkpoint on disk
-
-    def save_checkpoint() -> None:
-        saved["step"] = step
-        loader.step = step
-        _atomic_save({
-            "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "loader": loader.state_dict(), "rng": _rng_states(), "config": config.to_dict(),
-            "flow_config": cfg.to_dict(), "best": dataclasses.asdict(best),
-        }, ckpt_path)  # fmt: skip
-
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.max_steps, initial=step, disable=not (ddp.main and config.progress), unit="step",
+    run = _Run(config, train_stores, val_stores, Path(out_dir))
+    main, c = run.ddp.main, config
+    bar = tqdm(total=c.max_steps, initial=run.step, disable=not (main and c.progress), unit="step",
                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    local = loader.local_batch_size
-    rows = slice(ddp.rank * local, (ddp.rank + 1) * local)
-
-    def inputs(cpu_batch: dict, s: int) -> tuple[torch.Tensor, dict]:
-        """Step ``s``'s augmented coordinates and batch, cut to the batch's longest system."""
-        batch = _to_device(cpu_batch, device)
-        x = augment(batch["x"], batch["mask"], _generator(config.seed, s), rows, config.batch_size, config, scale_nm)
-        trimmed = model.trim(batch)
-        x = x[:, : trimmed["mask"].shape[1]].contiguous()
-        if compiling:
-            mark_length_dynamic(x, trimmed)
-        return x, trimmed
-
-    model.train()
-    compile_s = None
-    compiling = step < config.max_steps and use_compile(config, config.max_steps - step)
-    if compiling:
-        def warm_up(fn):  # compiles forward and backward on this run's next batch; changes no state but .grad
-            fn(*inputs(loader.batch(step), step)).mean().backward()
-            optimizer.zero_grad(set_to_none=True)
-
-        compile_s = compile_loss(loss_fn.module if isinstance(loss_fn, nn.parallel.DistributedDataParallel)
-                                 else loss_fn, warm_up)  # fmt: skip
-        if ddp.main and compile_s is not None:
-            log.info("compiled the training step (forward + loss, any padded length) in %.1f s", compile_s)
-    pool = ThreadPoolExecutor(1) if config.prefetch else None
-    fetch = (lambda s: pool.submit(loader.batch, s)) if pool else None
-    pending = fetch(step) if pool and step < config.max_steps else None
-    loss_sum, n_window, t_window = torch.zeros((), device=device), 0, time.perf_counter()
-    val_nll, completed = None, True
+    run.model.train()
+    run.compile()
+    pool = ThreadPoolExecutor(1) if c.prefetch else None  # the next batch is read while this one trains
+    fetch = (lambda s: pool.submit(run.loader.batch, s)) if pool else None
+    pending = fetch(run.step) if pool and run.step < c.max_steps else None
+    window, completed = _Window(run.device), True
     try:
-        while step < config.max_steps:
-            if config.stop_after_s is not None and _agree(time.time() - t_start > config.stop_after_s, ddp, device):
+        while run.step < c.max_steps:
+            if run.should_stop():
                 completed = False
                 break
-            cpu_batch = pending.result() if pool else loader.batch(step)
-            pending = fetch(step + 1) if pool and step + 1 < config.max_steps else None
-            x, trimmed = inputs(cpu_batch, step)
-
-            loss = loss_fn(x, trimmed).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
-            scheduler.step()
-            ema.update(model, step)
-            step += 1
+            cpu_batch = pending.result() if pool else run.loader.batch(run.step)
+            pending = fetch(run.step + 1) if pool and run.step + 1 < c.max_steps else None
+            loss, grad_norm, lr = run.train_step(cpu_batch)
             bar.update(1)
-
-            loss = loss.detach()
-            if ddp.world_size > 1:
-                dist.all_reduce(loss)  # sum (gloo has no AVG)
-                loss /= ddp.world_size
-            loss_sum += loss
-            n_window += 1
-            do_val = val_loader is not None and (step % config.val_every == 0 or step == config.max_steps)
-            if ddp.main and (step % config.log_every == 0 or do_val or step == config.max_steps):
-                if do_val:
-                    val_nll = validation_nll(ema.model, val_loader, config.val_frames, config, scale_nm)
-                    if best.update(step, val_nll):  # the best EMA snapshot so far, kept for train.keep: best
-                        _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "best.pt")
-                now = time.perf_counter()
-                row = {"step": step, "loss": f"{float(loss_sum) / n_window:.6g}", "lr": f"{lr:.6g}",
-                       "grad_norm": f"{float(grad_norm):.6g}", "steps_per_s": f"{n_window / (now - t_window):.4g}",
-                       "val_nll": None if not do_val else f"{val_nll:.6g}"}  # fmt: skip
-                csv_log.append(row)
-                bar.set_postfix(loss=row["loss"], **({"val": row["val_nll"]} if do_val else {}), refresh=False)
-                loss_sum.zero_()
-                n_window, t_window = 0, time.perf_counter()
-            if ddp.main and config.snapshot_every and step % config.snapshot_every == 0:
-                _atomic_save(_model_file(ema, cfg, config, step, scale_nm), out / "snapshots" / f"step_{step:07d}.pt")
-            if ddp.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
-                save_checkpoint()
-                csv_log.plot(out / "loss_curve.png")
-        if ddp.main and not completed:
-            save_checkpoint()
-            csv_log.plot(out / "loss_curve.png")
-            log.warning("stopped after %.0f s at step %d of %d; rerun to resume", time.time() - t_start,
-                        step, config.max_steps)
+            window.add(loss)
+            step, last = run.step, run.step == c.max_steps
+            validate = run.val_loader is not None and (step % c.val_every == 0 or last)
+            if main and (step % c.log_every == 0 or validate or last):
+                row = window.row(step, lr, grad_norm, run.validate() if validate else None)
+                run.csv_log.append(row)
+                bar.set_postfix(loss=row["loss"], **({"val": row["val_nll"]} if validate else {}), refresh=False)
+            if main and c.snapshot_every and step % c.snapshot_every == 0:
+                _atomic_save(run.model_file(), run.out / "snapshots" / f"step_{step:07d}.pt")
+            if main and (step % c.checkpoint_every == 0 or last):
+                run.save_checkpoint()
+        if main and not completed:
+            run.save_checkpoint()
+            log.warning("stopped after %.0f s at step %d of %d; rerun to resume", time.time() - run.t_start,
+                        run.step, c.max_steps)
     except CorruptStoreError as err:
-        kept = (f"its last checkpoint {ckpt_path} (step {saved['step']}) is kept" if saved["step"] is not None
+        kept = (f"its last checkpoint {run.ckpt_path} (step {run.saved_step}) is kept" if run.saved_step is not None
                 else "no checkpoint was written yet")
-        raise CorruptStoreError(f"training stopped at step {step}: {err}. {kept}; after rebuilding the store, "
+        raise CorruptStoreError(f"training stopped at step {run.step}: {err}. {kept}; after rebuilding the store, "
                                 "rerun to resume") from err
     finally:
         bar.close()
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
-
-    if ddp.main and completed:
-        csv_log.plot(out / "loss_curve.png")
-        settings = {
-            "train_config": config.to_dict(), "flow_config": cfg.to_dict(), "n_parameters": n_params,
-            "block_permutations": [features.PERMUTATION_NAMES[b.permutation.index] for b in model.blocks],
-            "train_stores": [str(p) for p in train_stores], "val_stores": [str(p) for p in val_stores or []],
-            "n_train_systems": len(loader.systems), "n_train_frames": loader.n_frames_total, "scale_nm": scale_nm,
-            "steps": step, "final_val_nll": val_nll, "wall_time_s_last_session": time.time() - t_start,
-            "compiled": compile_s is not None, "compile_s_last_session": compile_s,
-            "length_buckets": {"max_atoms": loader.bucket_edges, "frames": loader.bucket_frames},
-            "versions": _versions(), "hardware": _hardware(ddp.world_size), "device": str(device),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }  # fmt: skip
-        final = _model_file(ema, cfg, config, step, scale_nm)
-        if config.keep == "best" and best.step is not None and (out / "best.pt").exists():
-            final = torch.load(out / "best.pt", map_location="cpu", weights_only=False)  # early stopping
-        settings["selected"] = {"keep": config.keep, "step": int(final["step"]),
-                                "val_nll": best.val_nll if final["step"] == best.step else val_nll}
-        save_json(out / "settings.json", settings, default=str)
-        _atomic_save(final, out / "model.pt")
-    if ddp.owned:
+    if main and completed:
+        run.finish()
+    if run.ddp.owned:
         dist.barrier()
         dist.destroy_process_group()
-    return {"step": step, "completed": completed, "val_nll": val_nll, "out_dir": str(out)}
+    return {"step": run.step, "completed": completed, "val_nll": run.val_nll, "out_dir": str(run.out)}
