@@ -176,3 +176,30 @@ def test_unfixable_chirality_gets_weight_zero(peptide):
     target = TargetExtendedEnergy(make_energy(top, 310.0, backend="torch"), SCALE, top)
     e, _ = target.energy_and_forces(frames / SCALE)
     assert np.isinf(e[3]) and np.isfinite(np.delete(e, 3)).all()
+
+
+def test_sampler_metrics_against_closed_forms():
+    """evaluation.evaluate.sampler_metrics, the numbers on every page: N(0, 1) energies with the importance weights
+    that make them N(1, 1) have energy-W2 ~0 against an N(1, 1) reference and exactly the shift, 1, without them
+    (1-D W2 of a translate); a set whose dihedrals are the reference's shifted by (0.1, -0.2) rad (a concentrated
+    cloud, so the translation is the optimal plan) has torus-W2 |shift|; TICA coordinates shifted by (3, 4) have
+    TICA-W2 5. Dropping the weights (an unweighted metric) breaks the first assertion."""
+    from proseflow.evaluation.evaluate import Projection, sampler_metrics
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    phi = rng.normal(0.0, 0.05, (n, 2))
+    tica = rng.normal(0.0, 1.0, (n, 2))
+    ref = Projection(rng.normal(1.0, 1.0, n), phi, tica)
+    x = rng.normal(0.0, 1.0, n)
+    log_w = x - 0.5  # log N(x; 1, 1) - log N(x; 0, 1)
+    log_w -= np.logaddexp.reduce(log_w)
+    samples = Projection(x, phi + np.array([0.1, -0.2]), tica + np.array([3.0, 4.0]))
+    weighted = sampler_metrics(ref, samples, log_w, n_metric=n, seed=1, k=4)
+    plain = sampler_metrics(ref, samples, None, n_metric=n, seed=1, k=4)
+    assert weighted["energy_w2"] < 0.12 and plain["energy_w2"] == pytest.approx(1.0, abs=0.08)
+    assert weighted["ess"] == pytest.approx(np.exp(-1), abs=0.05)  # Kish ESS of this shift: exp(-delta^2) = e^-1
+    assert plain["torus_w2"] == pytest.approx(np.hypot(0.1, 0.2), abs=0.01)
+    assert plain["tica_w2"] == pytest.approx(5.0, abs=0.05)
+    assert plain["mean_energy_kT"] == pytest.approx(0.0, abs=0.06)
+    assert weighted["mean_energy_kT"] == pytest.approx(1.0, abs=0.1)
