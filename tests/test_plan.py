@@ -77,7 +77,8 @@ def test_the_paper_config_at_the_papers_rate_costs_the_papers_training():
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_preset_has_a_plan(tmp_path, preset):
-    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / preset)
+    base = ("study_aa.yaml",) if preset.startswith("study_aa_") else ()  # add-ons layer over the AA study
+    config = S.load_config(ROOT / "config.yaml", *(ROOT / "configs" / p for p in (*base, preset)))
     plan = P.make_plan(config, P.Throughputs.load(rates(tmp_path)))
     assert plan["total_s"] > 0 and plan["rows"]
 

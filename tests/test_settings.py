@@ -284,7 +284,7 @@ def test_typos_and_wrong_types_are_named(fragment, message):
 
 @pytest.mark.parametrize("presets", [(), ("demo.yaml",), ("study_aa.yaml",), ("study_aa.yaml", "study_aa_ab.yaml"),
                                      ("study_aa.yaml", "study_aa_sweep.yaml"), ("study_2aa.yaml",), ("study_2aa_all.yaml",),
-                                     ("released.yaml",)])
+                                     ("study_aa.yaml", "study_aa_long.yaml"), ("released.yaml",)])
 def test_every_preset_passes_every_check(presets):
     """config.yaml and every preset in configs/ (as the studies layer them) pass the key, schema and code checks
     and build their config types."""
