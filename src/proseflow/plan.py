@@ -334,7 +334,7 @@ def measure(presets: tuple[str, ...] = ("tiny", "small"), threads: int | None = 
         notes.append(f"MD {seq} x {copies} copies: {rate / ctop.getNumAtoms() * copies:,.0f} copy-steps/s")
     md_rate = float(np.mean(rates))
 
-    top, _ = build_peptide("GYDPETGTWG")  # 10 residues, 157 atoms: a batch of the paper's longest systems
+    top, _ = build_peptide("GYDPETGTWG")  # 10 residues, 138 atoms: about the paper's longest systems
     n_atoms = top.getNumAtoms()
     train, flow = {}, {}
     for preset in presets:
