@@ -6,7 +6,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "proseflow"
 ORDER = ["stages", "report", "evaluation", "samplers", "flow", "data", "physics"]  # each uses only those after it
-TOP = {"cli", "verify", "__main__"}  # entry points: may use anything
+TOP = {"cli", "verify", "plan", "__main__"}  # entry points (commands): may use anything
 BASE = {"artefacts", "typed", "__version__"}  # file helpers, typed config values, the version: anyone may use them
 
 

@@ -65,9 +65,10 @@ def test_every_writer_and_reader_goes_through_the_type():
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "src" / "proseflow"
-    for rel in ("stages/run.py", "samplers/export.py", "evaluation/budget.py", "verify.py"):
+    for rel in ("stages/sampling.py", "stages/evaluation.py", "samplers/export.py", "evaluation/budget.py",
+                "verify.py"):
         assert "SampleSet" in (src / rel).read_text(), rel
-    run = (src / "stages/run.py").read_text()
+    run = (src / "stages/sampling.py").read_text()
     for fn in ("def run_snis", "def run_smc", "def run_self_improve"):
         body = run.split(fn, 1)[1].split("\ndef ", 1)[0]
         assert "SampleSet(" in body and "save_npz" not in body, fn
