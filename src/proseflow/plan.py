@@ -129,8 +129,7 @@ class Row:
     basis: str
 
 
-def _md_rows(config: Mapping, t: Throughputs) -> list[Row]:
-    plan = S.plan(config)
+def _md_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
     for split in ("train", "val"):
         if not plan.trains:
@@ -179,8 +178,7 @@ def _flow_rate(t: Throughputs, preset: str) -> float:
     return t.flow_atom_samples_per_s[preset]
 
 
-def _train_rows(config: Mapping, t: Throughputs) -> list[Row]:
-    plan = S.plan(config)
+def _train_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
     lengths = [int(k) for k, c in S.train_counts(config).items() if c] if S.explicit_train(config) is None else \
         [len(s) for s in S.explicit_train(config)]
@@ -211,8 +209,7 @@ def _parameters(preset: str, overrides: Mapping) -> int:
     return int(12 * c.channels**2 * c.n_blocks * c.n_layers + 2 * c.channels * c.n_blocks * 64)
 
 
-def _sampling_rows(config: Mapping, t: Throughputs) -> list[Row]:
-    plan = S.plan(config)
+def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
     jobs: dict[str, list] = {}  # stage -> [(jobs, atoms x evaluations, flow atoms x samples, bytes, work)]
     cases = [(plan.eval_model_of(s), s, plan.samplers) for s in plan.eval_systems]
@@ -257,7 +254,8 @@ def _sampling_rows(config: Mapping, t: Throughputs) -> list[Row]:
 
 def make_plan(config: Mapping, t: Throughputs) -> dict:
     """The bill of ``config`` on the hardware of ``t``: one row per stage, the totals, the dominant stage."""
-    rows = _md_rows(config, t) + _train_rows(config, t) + _sampling_rows(config, t)
+    plan = S.plan(config)  # the jobs the workflow would run
+    rows = _md_rows(config, plan, t) + _train_rows(config, plan, t) + _sampling_rows(config, plan, t)
     total_s = sum(r.seconds for r in rows)
     top = max(rows, key=lambda r: r.seconds)
     return {"hardware": t.hardware, "rows": [dataclasses.asdict(r) for r in rows], "total_s": total_s,

@@ -11,8 +11,9 @@ from snakemake.utils import validate
 # The config, checked in three passes, each naming the bad key: every key exists and every number is one
 # (with the nearest valid name for a typo), the schema's types and ranges, then what only the code knows
 # (the config types of training, SMC and self-improvement are built here, so a bad value fails the dry run).
+_SCHEMA = S.yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
 try:
-    S.check_keys(config, S.yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()))
+    S.check_keys(config, _SCHEMA)
 except S.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, "../schemas/config.schema.yaml")
@@ -20,7 +21,7 @@ for _name, _spec in config["models"].items():  # a variant's own settings: the s
     if _spec.get("settings"):
         _merged = S.model_overlay(config, _name)
         try:
-            S.check_keys(_merged, S.yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text()))
+            S.check_keys(_merged, _SCHEMA)
         except S.ConfigError as e:
             raise WorkflowError(f"invalid configuration: models.{_name}.settings: {e}") from None
         validate(_merged, "../schemas/config.schema.yaml")

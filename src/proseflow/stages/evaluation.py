@@ -1,10 +1,8 @@
 """Evaluation and report stages: TICA, per-system metrics and pages, the summary, MD vs flow at equal budget,
 temperature transfer.
 
-Each stage is declared once, side by side: its settings (a dataclass that travels as JSON), the builder of
-those settings from the config (standard library only: the workflow runs it when the DAG is built), and its
-runner (which imports the library inside the function, so a stage loads only what it needs), registered with
-:func:`proseflow.stages.settings.register`.
+
+Declared as every stage is (:mod:`proseflow.stages`).
 """
 
 from __future__ import annotations
@@ -125,10 +123,11 @@ def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
     per_replica = trajectory_io.n_frames(md) // n_segments
     if per_replica % s.stride:
         raise ValueError(f"TICA stride {s.stride} does not divide the {per_replica} frames of each replica")
-    frames = s.lag_ps / (trajectory_io.frame_interval_ps(md) * s.stride)
+    interval_ps = trajectory_io.frame_interval_ps(md)
+    frames = s.lag_ps / (interval_ps * s.stride)
     if frames < 1 - 1e-6 or abs(frames - round(frames)) > 1e-6:
         raise ValueError(f"eval.tica_lag_ps {s.lag_ps} is not a whole number (>= 1) of the {md}'s strided frames "
-                         f"({trajectory_io.frame_interval_ps(md)} ps x stride {s.stride})")
+                         f"({interval_ps} ps x stride {s.stride})")
     lag = int(round(frames))
     data = trajectory_io.read(md, stride=s.stride)
     topology = trajectory_io.mdtraj_topology(md)

@@ -1,9 +1,7 @@
 """Sampling stages: proposals with exact log q, SNIS, SMC, self-improvement, sample sets as trajectories.
 
-Each stage is declared once, side by side: its settings (a dataclass that travels as JSON), the builder of
-those settings from the config (standard library only: the workflow runs it when the DAG is built), and its
-runner (which imports the library inside the function, so a stage loads only what it needs), registered with
-:func:`proseflow.stages.settings.register`.
+
+Declared as every stage is (:mod:`proseflow.stages`).
 """
 
 from __future__ import annotations

@@ -232,12 +232,6 @@ def tica_lag_frames(config: Mapping) -> int:
     return int(round(frames))
 
 
-# Sections a model variant may set for itself (``models.<name>.settings``): its sampling, SMC, self-improvement
-# and evaluation run with these values over the shared ones (a shipped single-system model samples 1e4
-# proposals where the demo's 150-step flows sample 500).
-MODEL_SETTINGS_SECTIONS = ("sampling", "smc", "self_improve", "eval")
-
-
 def _merge(base: Any, over: Any) -> Any:
     if isinstance(base, Mapping) and isinstance(over, Mapping):
         return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
@@ -246,16 +240,13 @@ def _merge(base: Any, over: Any) -> Any:
 
 def model_overlay(config: Mapping, model: str | None) -> Mapping:
     """The config as ``model``'s sampling, SMC, self-improvement and evaluation jobs see it: the variant's
-    ``settings`` merged over the shared sections (the config itself for None or a variant without them)."""
+    ``settings`` (sections the schema allows: sampling, smc, self_improve, eval) merged over the shared ones (a
+    shipped single-system model samples 1e4 proposals where the demo's 150-step flows sample 500); the config
+    itself for None or a variant without them."""
     own = (config.get("models", {}).get(model) or {}).get("settings") if model is not None else None
     if not own:
         return config
     return {**config, **{k: _merge(config.get(k, {}), v) for k, v in own.items()}}
-
-
-def shipped_models(config: Mapping) -> list[str]:
-    """The variants with ``file``: a proseflow model file used as is (checked and copied), never trained."""
-    return [m for m, spec in config.get("models", {}).items() if spec.get("file")]
 
 
 def eval_model_of(config: Mapping, seq: str) -> str:
@@ -648,7 +639,7 @@ DOCUMENTED_DEFAULTS = {(st.settings.stage, f): why for st in REGISTRY.values() f
 globals().update({cls.__name__: cls for cls in SETTINGS.values()})  # S.SampleSettings etc., as before
 
 
-__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "shipped_models", "model_overlay", "eval_model_of", "reference_files", "plan_systems", "MODEL_SETTINGS_SECTIONS", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Stage", "StageSettings", "REGISTRY", "register", "Plan", "plan", "build", "from_dict", "from_json",
+__all__ = ["ConfigError", "MDProtocol", "SAMPLERS", "imported_models", "model_overlay", "eval_model_of", "reference_files", "plan_systems", "SMC_KERNELS", "check_keys", "typed_configs", "TYPED_SECTIONS", "SETTINGS", "DOCUMENTED_DEFAULTS", "CONDITIONS", "Stage", "StageSettings", "REGISTRY", "register", "Plan", "plan", "build", "from_dict", "from_json",
            "check_config", "load_config", "sequence_set", "n_batches", "tica_lag_frames", "md_protocol",
            "prior_std_for", "temperature_cases", "condition_name", "parse_condition", "md_suffix", "parse_md_suffix",
            "CONDITION_PATTERN", "MD_TEMPERATURE_PATTERN", "PRIOR_MODES"]

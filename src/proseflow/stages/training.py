@@ -1,10 +1,8 @@
 """Training stages: train a flow variant, or import one (the authors' released weights, or a proseflow model
 file used as is).
 
-Each stage is declared once, side by side: its settings (a dataclass that travels as JSON), the builder of
-those settings from the config (standard library only: the workflow runs it when the DAG is built), and its
-runner (which imports the library inside the function, so a stage loads only what it needs), registered with
-:func:`proseflow.stages.settings.register`.
+
+Declared as every stage is (:mod:`proseflow.stages`).
 """
 
 from __future__ import annotations
