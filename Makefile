@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 include src/proseflow/report/3dmol.pin
 JSLIB := $(VENV)/share/proseflow/3dmol-$(THREEDMOL_VERSION).tgz
 
-.PHONY: demo test test-compile verify plan install test-slurm test-report bench clean lint
+.PHONY: demo test test-slow test-compile verify plan install test-slurm test-report bench clean lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ install: $(STAMP) $(JSLIB)
 demo: $(STAMP) $(JSLIB)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile configs/demo.yaml --rerun-incomplete --printshellcmds
 
+# `make test` leaves out the tests marked slow (longer Snakemake runs, a SIGKILL resume, Chromium, large-sample
+# known answers); `make test-slow` runs them, and .ci/run runs both.
 test: $(STAMP) $(JSLIB)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=25 tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slow" --durations=25 tests
+
+test-slow: $(STAMP) $(JSLIB)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m slow --durations=15 tests
 
 # The compiled training path (torch.compile: minutes on 2 cores, so not in `make test`; .ci/run runs it).
 test-compile: $(STAMP)

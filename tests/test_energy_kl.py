@@ -64,6 +64,7 @@ def bonds_only(top):
     return system
 
 
+@pytest.mark.slow
 def test_energy_finetuning_lowers_the_energy_of_samples(peptide):
     top, pos = peptide("AA")
     model = tiny_flow(1)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,7 @@ def _digests(root: Path) -> dict[str, str]:
             if p.is_file() and "__pycache__" not in p.parts}
 
 
+@pytest.mark.slow
 def test_a_toy_sampler_takes_its_stage_module_its_rule_and_the_sampler_list(tmp_path):
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp_path / name)

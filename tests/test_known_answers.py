@@ -135,6 +135,7 @@ def test_smc_from_an_exact_proposal_never_reweights(identity_flow, gg, kernel):
     assert result.n_distinct_ancestors == 300
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["ula", "mala"])
 def test_smc_reaches_a_narrower_gaussian(identity_flow, gg, kernel):
     """Target width 0.85 x the flow's: the final centred configurations have the target's variance
@@ -178,6 +179,7 @@ def test_unfixable_chirality_gets_weight_zero(peptide):
     assert np.isinf(e[3]) and np.isfinite(np.delete(e, 3)).all()
 
 
+@pytest.mark.slow
 def test_sampler_metrics_against_closed_forms():
     """evaluation.evaluate.sampler_metrics, the numbers on every page: N(0, 1) energies with the importance weights
     that make them N(1, 1) have energy-W2 ~0 against an N(1, 1) reference and exactly the shift, 1, without them

@@ -93,6 +93,7 @@ def _md_cmd(structure, out, protocol):
             "--input", "structure", str(structure), "--output", "h5", str(out), "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_resumes_from_checkpoint(tmp_path, peptide):
     write_pdb(tmp_path / "KW.pdb", *peptide("KW"))
     protocol = replace(TINY, length_ps=30.0, save_interval_ps=0.05, checkpoint_interval_s=0.5,

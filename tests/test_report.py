@@ -229,6 +229,7 @@ def test_page_size_of_an_8_residue_system_with_its_viewer(tmp_path):
     assert path.stat().st_size < PAGE_LIMIT_BYTES, path.stat().st_size
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_pages_render_in_chromium(pages, tmp_path):
     out, _, paths = pages
@@ -243,6 +244,7 @@ def test_pages_render_in_chromium(pages, tmp_path):
     assert bc.main(["--min-images", "4", str(paths["WA"])]) == 1
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_viewer_draws_and_steps_through_states_in_chromium(pages, tmp_path):
     """The 3D viewer's canvas exists, has a size, draws (a screenshot of it is not blank) and the state selector

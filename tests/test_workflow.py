@@ -126,6 +126,7 @@ def test_a_typo_fails_the_dry_run_naming_the_key(workdir, base, fragment, messag
     assert "Traceback" not in out and not (workdir / "results").exists()
 
 
+@pytest.mark.slow
 def test_an_imported_model_is_evaluated_without_training(workdir):
     """configs/released.yaml with the fixture's weights: the dry run imports and never trains or runs training MD;
     a system's page made from the imported (random-weight) model renders and says the model is imported."""
@@ -191,6 +192,7 @@ def _shipped_aa(workdir, **extra):
     return ("tiny.yaml", "shipped.yaml")
 
 
+@pytest.mark.slow
 def test_a_shipped_model_and_reference_are_used_as_is(workdir):
     """models.<name>.file + systems and md.reference_files: the dry run copies the model and the reference MD
     instead of training or simulating for AA; AA's page is the shipped model's, with its own sampling settings
