@@ -52,7 +52,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--configs", nargs="+", required=True)
     ap.add_argument("--commit", required=True)
-    ap.add_argument("--curve", type=Path, required=True, help="checkpoint_curve.py's curve.csv of this model")
+    ap.add_argument("--curve", type=Path, help="checkpoint_curve.py's curve.csv of this model (single-system study)")
+    ap.add_argument("--evals", type=Path, nargs="+", default=[],
+                    help="the study's results/eval/<SEQ>.json pages of this model (a transfer study): their Table 2 "
+                         "metrics go into PROVENANCE.json per system")
     ap.add_argument("--angles", type=Path, help="geometry_ratios.py's angles.json")
     ap.add_argument("--reference", help="the study's reference MD (relative to --workdir) to ship beside it")
     ap.add_argument("--noise-floor", type=Path, help="checkpoint_curve.py's noise_floor.json of that reference")
@@ -67,11 +70,19 @@ def main() -> None:
 
     trained_on = sorted({str(s) for store in settings["train_stores"]
                          for s in zarr.open_group(str(args.workdir / store), mode="r").attrs["index"]["sequence"]})
-    rows = final_rows(args.curve, f"results/models/{args.model}/model.pt")
+    if not args.curve and not args.evals:
+        raise SystemExit("give --curve (a single-system study) or --evals (a transfer study): the figures it reached")
+    rows = final_rows(args.curve, f"results/models/{args.model}/model.pt") if args.curve else []
     figures = {f"prior_std_{r['prior_std']}": {k: r[k] for k in (
         "heldout_nll_nm", "ess", "n_distinct_resampled", "snis_energy_w2", "snis_torus_w2", "snis_tica_w2",
         "proposal_torus_w2", "proposal_median_energy_kT", "bond_rms_ratio_median", "states_visited_snis")}
         for r in rows}
+    for page in args.evals:  # zero-shot figures per unseen system: every sampler's Table 2 metrics
+        ev = json.loads(page.read_text())
+        figures.setdefault("systems", {})[ev["sequence"]] = {
+            "in_training_set": ev["metadata"]["in_training_set"],
+            **{name: {k: m.get(k) for k in ("ess", "n_distinct", "energy_w2", "torus_w2", "tica_w2")}
+               for name, m in ev["metrics"].items()}}
     if args.angles:
         figures["geometry"] = json.loads(args.angles.read_text())[args.model]
     provenance = {"model": args.model, "config": " + ".join(args.configs), "commit": args.commit,

@@ -67,6 +67,21 @@ def test_the_arithmetic_on_a_small_config(tmp_path):
     assert plan["dominant"] == max(plan["rows"], key=lambda r: r["seconds"])["stage"]
 
 
+def test_a_named_training_set_and_a_resized_variant_are_priced_as_they_are(tmp_path):
+    """A named training set is priced by its own atoms (not a drawn set's expected size); a variant that overrides
+    its preset's channels costs its parameters over the preset's (the AA study: 64 of small's 128 channels)."""
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "study_aa.yaml", ROOT / "configs" / "study_aa_long.yaml")
+    t = P.Throughputs.load(rates(tmp_path))
+    rows = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}
+    cfg = S.build("train", config, model="aa_long").config
+    assert cfg.model["channels"] == 64 and cfg.model_preset == "small"
+    size = P._parameters("small", {"channels": 64}) / P._parameters("small", {})
+    assert 0.2 < size < 0.3
+    expected = cfg.max_steps * 0.5 * size * cfg.batch_size * P.atoms_of("AA") / (16 * 157)
+    assert rows["train (aa_long)"]["seconds"] == pytest.approx(expected)
+    assert rows["train (aa_long)"]["basis"].endswith("scaled")
+
+
 def test_the_paper_config_at_the_papers_rate_costs_the_papers_training():
     """500k steps at 260 iterations per H100-hour: about 1,900 H100-hours (PAPER.md)."""
     config = S.load_config(ROOT / "config.yaml")

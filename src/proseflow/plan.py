@@ -9,10 +9,11 @@ rate), and every figure says whether it is measured at that size or extrapolated
 - **MD** costs ``atoms x copy-steps / md_atom_steps_per_s`` (batched copies fill the cores; measured on two
   system sizes, their mean used). Copy-steps per system: (burn-in + length) / timestep x replicas.
 - **Training** costs ``s_per_step x (batch x padded atoms) / (probe batch x probe atoms)`` for the variant's
-  preset (linear in tokens: below ~200 atoms the per-token layers dominate attention on CPU); batches pad to
-  the longest system drawn, so padded atoms are the longest length's expected size. A compiled run adds its
-  compile time as its own line.
-- **Sampling**: ``proposals x atoms / flow_atom_samples_per_s[preset]`` for the flow, ``evaluations x atoms /
+  preset (linear in tokens: below ~200 atoms the per-token layers dominate attention on CPU), times the
+  variant's parameters over its preset's where it overrides the size (``overrides: {channels: 64}``: the
+  per-token layers scale with the parameters); batches pad to the longest system drawn, so padded atoms are the
+  longest length's expected size. A compiled run adds its compile time as its own line.
+- **Sampling**: ``proposals x atoms / flow_atom_samples_per_s[preset]`` for the flow (times the same size factor), ``evaluations x atoms /
   energy_atom_evals_per_s`` for energies (SNIS: one per proposal; SMC: particles x evaluations per particle,
   each with a flow evaluation costed as a sample; self-improvement: rounds x samples, plus its final set).
 - **Evaluation and reports**: ``eval_s_per_job`` per job (measured on the demo).
@@ -180,21 +181,26 @@ def _flow_rate(t: Throughputs, preset: str) -> float:
 
 def _train_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
-    lengths = [int(k) for k, c in S.train_counts(config).items() if c] if S.explicit_train(config) is None else \
-        [len(s) for s in S.explicit_train(config)]
+    named = S.explicit_train(config)  # a named training set is priced by its own systems' atoms
+    lengths = [int(k) for k, c in S.train_counts(config).items() if c] if named is None else [len(s) for s in named]
     longest = expected_longest(max(lengths)) if lengths else 0.0
     for model in plan.train_models:
         if model in plan.imported:
             continue
         cfg = S.build("train", config, model=model).config
         probe, basis = _train_probe(t, cfg.model_preset)
-        padded = longest if cfg.length_buckets is None else sum(expected_atoms(n) for n in lengths) / len(lengths)
+        if named:
+            sizes = [atoms_of(seq) for seq in named]
+            padded = max(sizes) if cfg.length_buckets is None else sum(sizes) / len(sizes)
+        else:
+            padded = longest if cfg.length_buckets is None else sum(expected_atoms(n) for n in lengths) / len(lengths)
         tokens = cfg.batch_size * padded
-        seconds = cfg.max_steps * probe["s_per_step"] * tokens / (probe["batch"] * probe["atoms"])
+        size = _size_factor(cfg.model_preset, cfg.model)
+        seconds = cfg.max_steps * probe["s_per_step"] * size * tokens / (probe["batch"] * probe["atoms"])
         params = _parameters(cfg.model_preset, cfg.model)
         rows.append(Row(f"train ({model})", 1, f"{cfg.max_steps:,} steps x batch {cfg.batch_size} x {padded:.0f} atoms",
                         seconds, params * 4 * 4, basis if probe["atoms"] == round(padded) and probe["batch"] ==
-                        cfg.batch_size else f"{basis}, scaled"))
+                        cfg.batch_size and size == 1.0 else f"{basis}, scaled"))
         if cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= 1000):
             rows.append(Row(f"train ({model}) compile", 0, "torch.compile of the step", probe.get("compile_s", 150.0),
                             0.0, basis if "compile_s" in probe else "extrapolated"))
@@ -209,6 +215,11 @@ def _parameters(preset: str, overrides: Mapping) -> int:
     return int(12 * c.channels**2 * c.n_blocks * c.n_layers + 2 * c.channels * c.n_blocks * 64)
 
 
+def _size_factor(preset: str, overrides: Mapping) -> float:
+    """A variant's cost relative to its preset's probe: parameters with the overrides over those without."""
+    return _parameters(preset, overrides) / _parameters(preset, {})
+
+
 def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
     jobs: dict[str, list] = {}  # stage -> [(jobs, atoms x evaluations, flow atoms x samples, bytes, work)]
@@ -217,8 +228,8 @@ def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     cases += [(plan.eval_model_of(s), s, ["snis"]) for s, _T, _p in plan.temperature_cases]
     for model, seq, samplers in cases:
         atoms = atoms_of(seq)
-        preset = config["models"][model]["preset"]
-        flow = _flow_rate(t, preset)
+        spec = config["models"][model]
+        flow = _flow_rate(t, spec["preset"]) / _size_factor(spec["preset"], spec.get("overrides") or {})
         sp = S.build("sample", config, model=model)
         n = sp.n_proposals
         jobs.setdefault("sample", []).append((0.0, n * atoms / flow, n * atoms * FLOAT32_XYZ, n))
