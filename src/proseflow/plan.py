@@ -201,7 +201,7 @@ def _train_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
         rows.append(Row(f"train ({model})", 1, f"{cfg.max_steps:,} steps x batch {cfg.batch_size} x {padded:.0f} atoms",
                         seconds, params * 4 * 4, basis if probe["atoms"] == round(padded) and probe["batch"] ==
                         cfg.batch_size and size == 1.0 else f"{basis}, scaled"))
-        if cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= 1000):
+        if cfg.compile is True or (cfg.compile == "auto" and cfg.max_steps >= cfg.COMPILE_MIN_STEPS):
             rows.append(Row(f"train ({model}) compile", 0, "torch.compile of the step", probe.get("compile_s", 150.0),
                             0.0, basis if "compile_s" in probe else "extrapolated"))
     return rows
