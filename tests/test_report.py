@@ -45,7 +45,7 @@ def synthetic_system(seq: str, seed: int = 0, n_ref: int = 3000, n: int = 2000) 
     metrics["snis"].pop("tica_w2")  # missing metric
     return {"sequence": seq, "metrics": metrics, "reference": ref, "samplers": samplers,
             "metadata": {"model": "prose-tiny", "checkpoint": "results/models/prose/last.pt",
-                         "wall_time_s": 12.5, "hardware": "2 CPU cores <test>", "in_training_set": False,
+                         "wall_time_s": 12.5, "hardware": "2 CPU cores <test>", "in_training_set": False, "n_training_systems": 360,
                          "temperature_K": 310.0}}
 
 
@@ -129,7 +129,8 @@ def test_system_report_self_contained(pages):
         assert ">10,000</td>" in text and ">1.234</td>" in text and ">–</td>" in text
         assert "prose-tiny" in text and "2 CPU cores &lt;test&gt;" in text
         # metadata keys are identifiers in the JSON, labels on the page
-        assert "In training set: <b>no</b>" in text and ">temperature (K)</td>" in text and "temperature_K" not in text
+        assert "In training set: <b>no</b>: zero-shot, this system is not in the model's training set (trained on 360 " \
+            "other systems)" in text and ">temperature (K)</td>" in text and "temperature_K" not in text
     assert "backbone pair phi of residue 2" in paths["WA"].read_text()
     assert "same residue" in paths["DGVAHALS"].read_text()
     assert system_page.best_sampler(systems["WA"]) == "smc_mala"

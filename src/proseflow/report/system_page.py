@@ -152,7 +152,13 @@ def write_system_report(path_html, system: dict, *, log_energy_density: bool = F
         nav = f'<a href="{esc(summary_href)}">&larr; summary</a>' + nav
     parts.append(f"<nav>{nav}</nav>")
     if "in_training_set" in meta:
-        parts.append(f"<p class='small'>In training set: <b>{format_value(bool(meta['in_training_set']))}</b></p>")
+        n = meta.get("n_training_systems")
+        of = f" (trained on {int(n):,} other system{'s' if int(n) != 1 else ''})" if n else ""
+        if meta["in_training_set"]:
+            parts.append("<p class='small'>In training set: <b>yes</b> (the model was trained on this system)</p>")
+        else:
+            parts.append(f"<p class='small'>In training set: <b>no</b>: zero-shot, this system is not in the "
+                         f"model's training set{esc(of)}</p>")
     source = str(meta.get("model_source", ""))
     if source.startswith("imported"):
         parts.append(f"<p class='small'>Model <b>{esc(str(meta.get('model', '')))}</b>: {esc(source)}"

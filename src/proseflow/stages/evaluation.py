@@ -274,6 +274,7 @@ def _run_metadata(s: S.EvaluateSettings, ref: _Reference, model_file: str, train
     return {"sequence": ref.seq, "model": s.model, "checkpoint": model_file, "model_source": source,
             "temperature_K": s.temperature_K, "reference_md": ref.md,
             "reference_frames_used": len(ref.projection.energy_kT), "in_training_set": ref.seq in train,
+            "n_training_systems": len(train - {ref.seq}),
             "tica_koopman_weighted": bool(ref.tica.koopman), "tica_lag_frames": ref.tica.lag_frames,
             "hardware": f"{platform.node()} {platform.processor() or platform.machine()}",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S"), **walls}
