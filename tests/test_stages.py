@@ -174,3 +174,34 @@ def test_smc_stage_returns_force_field_energies_and_its_own_schedule(gg_files, t
     np.testing.assert_allclose(out.get("t_schedule"), np.linspace(0, 1, 5), atol=1e-12)
     assert np.allclose(out.get("step_sizes"), 1e-6) and str(out.get("kernel")) == "ula"
     assert out.n_energy_evals == 24 * 5
+
+
+def test_budget_stage_prices_md_prefixes_and_flow_prefixes(aa_reference, tmp_path):
+    """MD at a budget of B energy evaluations is its first B steps (B / 50 frames here): at the full length it is
+    the reference itself (W2 exactly 0); a budget longer than the file is a row that says so. The flow's rows
+    reweight the first B proposals on their own: with log q = -E/kT every weight is equal, so the ESS is exactly 1
+    at every budget, and the set of all proposals (the reference frames) scores as the reference."""
+    from proseflow.physics import trajectory_io
+
+    d, top = aa_reference
+    x = trajectory_io.read(str(d / "AA.h5"))["positions_nm"]
+    e = _openmm_energy_kT(top, x)
+    n = len(e)
+    SampleSet(positions_nm=x, energy_kT=e, log_weights=np.full(n, -math.log(n)), ess=1.0, n_distinct=n,
+              n_energy_evals=n, temperature_K=T_K, wall_time_s=1.0,
+              extras={"log_q": -e, "drop_top_fraction": 0.0}).save(tmp_path / "snis.npz")
+    s = S.BudgetSettings(budgets=[100, n, 50 * n, 100 * n], map_budget=50 * n, temperature_K=T_K, reference_frames=n,
+                         n_metric=40 * n, kmeans_k=3, drop_top_fraction=0.0, seed=0)
+    inputs = {"md": [str(d / "AA.h5")], "snis": [str(tmp_path / "snis.npz")], "structure": [str(d / "AA.pdb")],
+              "tica": [str(d / "tica.npz")]}
+    _run("budget", s, inputs, {"json": [str(tmp_path / "b.json")], "maps": [str(tmp_path / "maps.npz")]})
+    rows = {(r["sampler"], r["budget"]): r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+
+    md_full = rows[("md", 50 * n)]  # 50 steps per frame: all n frames, i.e. the reference
+    assert md_full["status"] == "ok" and md_full["energy_w2"] < 1e-9 and md_full["torus_w2"] < 1e-9
+    assert rows[("md", 100)]["energy_w2"] > md_full["energy_w2"] + 0.1  # two frames are not the distribution
+    assert rows[("md", 100 * n)]["status"].startswith("skipped: needs")
+    for b in (100, n):
+        assert rows[("flow", b)]["status"] == "ok" and rows[("flow", b)]["ess"] == pytest.approx(1.0, abs=1e-12)
+    assert rows[("flow", n)]["energy_w2"] < 0.2 and rows[("flow", n)]["torus_w2"] < 0.05
+    assert rows[("flow", 50 * n)]["status"].startswith("skipped: needs")
