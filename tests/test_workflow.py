@@ -82,6 +82,14 @@ def test_paper_config_dry_run(workdir):
     assert "simulate_batch" in proc.stdout and "343" in proc.stdout
 
 
+def test_temperature_transfer_at_the_config_temperature_reuses_the_reference_md(workdir):
+    """The demo's temperature study (WA at 310 and 400 K): 310 K is the config's own temperature, so its pages
+    read results/md/WA.h5; only 400 K gets an MD of its own (the demo used to run WA's 310 K MD twice)."""
+    dry = run(workdir, "-n", "results/eval/T310K_plain/WA.json", "results/eval/T400K_plain/WA.json",
+              configs=("configs/demo.yaml",)).stdout
+    assert "results/md/WA_400K.h5" in dry and "results/md/WA.h5" in dry and "_310K" not in dry, dry[-3000:]
+
+
 def test_lower_case_target_says_sequences_are_upper_case(workdir):
     proc = run(workdir, "-n", "results/md/gydp.h5", check=False)
     log = proc.stdout + proc.stderr
