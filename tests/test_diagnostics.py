@@ -128,10 +128,17 @@ def test_com_correction_switch_matches_the_densities():
 def test_diagnose_has_stable_keys(md_frames):
     top, x, e_kT = md_frames
     c = np.random.default_rng(2).normal(scale=0.2, size=(40, 3))
-    d = diagnose(top, T, x[:40], x[40:80], e_kT[40:80], -e_kT[40:80], np.zeros(40), centroid_flow=c)
+    d = diagnose(top, T, x[:40], x[40:80], e_kT[40:80], -e_kT[40:80], np.zeros(40), centroid_flow=c,
+                 drop_top_fraction=0.0)
     assert set(d) == {"energy_terms", "bond_deviation", "weights"}
     assert set(d["energy_terms"]["bonds"]) == {"md_mean_kT", "proposal_median_kT", "snis_mean_kT"}
     assert set(d["bond_deviation"]["C-H"]) == {"n_bonds", "md_rms_nm", "proposal_rms_nm", "ratio"}
     assert set(d["weights"]["ess"]) == {"chi", "gaussian"}
     assert d["weights"]["ess"]["chi"] == pytest.approx(1.0)  # exact density, chi: the weights do not depend on c
-    assert d["weights"]["ess"]["gaussian"] < 1.0  # the other correction makes them vary as 1/|c|^2
+    # the other correction makes them vary with c: its Kish ESS from the two densities of c (preprocess), exactly
+    ct, nt = torch.as_tensor(c), torch.full((40,), x.shape[1])
+    # log q under the gaussian correction = log q_chi + log h_chi(c) - log h_gaussian(c); here -E - log q_chi = 0
+    log_w = (com_log_density(ct, nt, "gaussian") - com_log_density(ct, nt, "chi")).numpy()
+    w = np.exp(log_w - log_w.max())
+    assert d["weights"]["ess"]["gaussian"] == pytest.approx(w.sum() ** 2 / (40 * (w**2).sum()), rel=1e-9)
+    assert d["weights"]["ess"]["gaussian"] < 0.9
