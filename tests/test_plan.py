@@ -82,6 +82,23 @@ def test_a_named_training_set_and_a_resized_variant_are_priced_as_they_are(tmp_p
     assert rows["train (aa_long)"]["basis"].endswith("scaled")
 
 
+def test_md_is_priced_per_context_by_its_atom_pairs(tmp_path):
+    """With the pair model, each context (a job of batched systems, or one system's replicas as copies) costs
+    steps x (overhead + pairs / rate): recomputed here by hand for the demo's reference and validation MD."""
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
+    t = P.Throughputs.load(rates(tmp_path, md_step_overhead_s=1e-3, md_pair_steps_per_s=4e6))
+    rows = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}
+    md = config["md"]
+    steps = (md["burn_in_ps"] + md["reference"]["length_ps"]) * 1000 / md["timestep_fs"]
+    pairs = [n * (n - 1) / 2 for n in (P.atoms_of("WA"), P.atoms_of("DGVAHALS"), P.atoms_of("WA"))]  # + WA at 400 K
+    assert rows["md_reference"]["seconds"] == pytest.approx(steps * (3 * 1e-3 + sum(pairs) / 4e6))
+    val = (md["burn_in_ps"] + md["val"]["length_ps"]) * 1000 / md["timestep_fs"]
+    pairs_val = sum(P.atoms_of(s) * (P.atoms_of(s) - 1) / 2 for s in config["sequences"]["val"])
+    assert rows["md_val"]["seconds"] == pytest.approx(val * (1 * 1e-3 + pairs_val / 4e6))  # one job of 2 systems
+    with pytest.raises(P.ThroughputsError, match="come together"):
+        P.Throughputs.load(rates(tmp_path, md_step_overhead_s=1e-3))
+
+
 def test_the_paper_config_at_the_papers_rate_costs_the_papers_training():
     """500k steps at 260 iterations per H100-hour: about 1,900 H100-hours (PAPER.md)."""
     config = S.load_config(ROOT / "config.yaml")

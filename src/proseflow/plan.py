@@ -6,8 +6,12 @@ file describes; then the totals, with the stage that dominates named. The throug
 (``plan --measure`` probes this machine; ``benchmarks/throughputs/*.json`` hold others, e.g. the paper's H100
 rate), and every figure says whether it is measured at that size or extrapolated. The cost model:
 
-- **MD** costs ``atoms x copy-steps / md_atom_steps_per_s`` (batched copies fill the cores; measured on two
-  system sizes, their mean used). Copy-steps per system: (burn-in + length) / timestep x replicas.
+- **MD** costs, per OpenMM context (one per job: a batch of systems, or one system's replicas as copies),
+  ``steps x (md_step_overhead_s + pairs / md_pair_steps_per_s)`` where ``pairs`` is the atom pairs within the
+  context's copies (sum of n (n - 1) / 2 over its copies: a peptide of up to 8 residues lies within the 2 nm
+  cutoff, and copies are placed apart). Fitted to the MD runs of a real ``make demo`` (nine contexts, 1 to 10
+  copies, 37 to 230 atoms: every one within 10%); a throughputs file without these two keys falls back to
+  ``atoms x copy-steps / md_atom_steps_per_s`` (which prices a single-copy MD up to 4x too low).
 - **Training** costs ``s_per_step x (batch x padded atoms) / (probe batch x probe atoms)`` for the variant's
   preset (linear in tokens: below ~200 atoms the per-token layers dominate attention on CPU), times the
   variant's parameters over its preset's where it overrides the size (``overrides: {channels: 64}``: the
@@ -58,6 +62,11 @@ def expected_atoms(length: int) -> float:
     return MEAN_RESIDUE_ATOMS * length + TERMINI_ATOMS
 
 
+def pairs_of(n_atoms: float, sd: float = 0.0) -> float:
+    """Atom pairs n (n - 1) / 2 of a system (its expectation when n has standard deviation ``sd``)."""
+    return (n_atoms**2 + sd**2 - n_atoms) / 2
+
+
 def expected_longest(length: int) -> float:
     """The longest system a large batch of ``length``-residue peptides holds (about 2.5 SD above the mean)."""
     return expected_atoms(length) + 2.5 * SD_RESIDUE_ATOMS * math.sqrt(length)
@@ -77,6 +86,8 @@ class Throughputs:
     measured: list = field(default_factory=list)  # keys measured on this hardware (plan --measure)
     quoted: list = field(default_factory=list)  # keys quoted from a publication (the paper's 260 it/h)
     notes: str = ""
+    md_step_overhead_s: float | None = None  # MD: fixed cost of one step of one context (s)
+    md_pair_steps_per_s: float | None = None  # MD: atom pairs x steps per second within a context
 
     @classmethod
     def load(cls, path: str | Path) -> Throughputs:
@@ -106,6 +117,11 @@ class Throughputs:
 
         for name in ("md_atom_steps_per_s", "energy_atom_evals_per_s", "store_bytes_per_atom_frame", "eval_s_per_job"):
             positive(name, getattr(self, name))
+        for name in ("md_step_overhead_s", "md_pair_steps_per_s"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if (self.md_step_overhead_s is None) != (self.md_pair_steps_per_s is None):
+            raise ThroughputsError(f"{where}: md_step_overhead_s and md_pair_steps_per_s come together (one is missing)")
         for preset, rate in self.flow_atom_samples_per_s.items():
             positive(f"flow_atom_samples_per_s.{preset}", rate)
         for preset, probe in self.train.items():
@@ -130,38 +146,54 @@ class Row:
     basis: str
 
 
+def _md_seconds(t: Throughputs, steps: float, contexts: int, pairs: float, atoms: float) -> tuple[float, str]:
+    """Seconds of ``contexts`` OpenMM contexts of ``steps`` steps holding ``pairs`` atom pairs (``atoms`` copy-atoms)
+    in all, and the basis of the figure."""
+    if t.md_step_overhead_s is None:
+        return atoms * steps / t.md_atom_steps_per_s, t.basis("md_atom_steps_per_s")
+    return steps * (contexts * t.md_step_overhead_s + pairs / t.md_pair_steps_per_s), t.basis("md_pair_steps_per_s")
+
+
 def _md_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     rows = []
     for split in ("train", "val"):
         if not plan.trains:
             continue
         p = S.md_protocol(config, split)
-        steps = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs * p.replicas
+        per_copy = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs
+        steps = per_copy * p.replicas
         frames = p.n_frames * p.replicas
         if split == "train" and S.explicit_train(config) is None:
             counts = S.train_counts(config)
             n = sum(counts.values())
             atoms = sum(c * expected_atoms(length) for length, c in counts.items())
+            pairs = sum(c * pairs_of(expected_atoms(length), SD_RESIDUE_ATOMS * math.sqrt(length))
+                        for length, c in counts.items())
         else:
             seqs = S.explicit_train(config) if split == "train" else plan.val
             n, atoms = len(seqs), sum(atoms_of(s) for s in seqs)
+            pairs = sum(pairs_of(atoms_of(s)) for s in seqs)
         jobs = S.n_batches(config, split)
-        rows.append(Row(f"md_{split}", jobs, f"{n} systems x {steps:,.0f} copy-steps", atoms * steps / t.md_atom_steps_per_s,
-                        frames * (atoms * FLOAT32_XYZ + n * PER_FRAME), t.basis("md_atom_steps_per_s")))
+        # a job is one context: its systems' replicas as copies, all advancing together
+        seconds, basis = _md_seconds(t, per_copy, jobs, pairs * p.replicas, atoms * p.replicas)
+        rows.append(Row(f"md_{split}", jobs, f"{n} systems x {steps:,.0f} copy-steps", seconds,
+                        frames * (atoms * FLOAT32_XYZ + n * PER_FRAME), basis))
         if split == "train":
             every = max(1, round(config["dataset"]["frame_interval_ps"] / p.save_interval_ps))
             rows.append(Row("dataset", jobs, f"{n} systems x {frames // every:,} frames",
                             0.0, frames / every * atoms * t.store_bytes_per_atom_frame, t.basis("store_bytes_per_atom_frame")))
     p = S.md_protocol(config, "reference")
-    steps = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs * p.replicas
+    per_copy = (p.burn_in_ps + p.length_ps) * 1000.0 / p.timestep_fs
+    steps = per_copy * p.replicas
     frames = p.n_frames * p.replicas
     refs = [s for s in plan.eval_systems if s not in plan.reference_files]  # the others' MD is a file
     refs += sorted({f"{s}@{T:g}K" for s, T, _p in plan.temperature_cases
                     if T != config["md"]["temperature_K"]})  # one MD per system and other temperature
     atoms = sum(atoms_of(s.split("@")[0]) for s in refs)
-    rows.append(Row("md_reference", len(refs), f"{len(refs)} systems x {steps:,.0f} copy-steps",
-                    atoms * steps / t.md_atom_steps_per_s, frames * (atoms * FLOAT32_XYZ + len(refs) * PER_FRAME),
-                    t.basis("md_atom_steps_per_s")))
+    pairs = sum(pairs_of(atoms_of(s.split("@")[0])) for s in refs)
+    seconds, basis = _md_seconds(t, per_copy, len(refs), pairs * p.replicas, atoms * p.replicas)  # replicas as copies
+    rows.append(Row("md_reference", len(refs), f"{len(refs)} systems x {steps:,.0f} copy-steps", seconds,
+                    frames * (atoms * FLOAT32_XYZ + len(refs) * PER_FRAME), basis))
     return rows
 
 
@@ -325,8 +357,8 @@ def measure(presets: tuple[str, ...] = ("tiny", "small"), threads: int | None = 
 
     threads = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    rates, notes = [], []
-    for seq, copies in (("AA", 8), ("GYDP", 4)):  # MD: atoms x copy-steps per second, batched copies
+    rates, notes, step_fit = [], [], []  # step_fit: (pairs in the context, seconds per step)
+    for seq, copies in (("AA", 8), ("GYDP", 4), ("AA", 1), ("DGVAHALS", 1)):  # MD: batched copies and single ones
         top, pos = build_peptide(seq)
         ctop, cpos, _ = combine_copies([top] * copies, [pos] * copies, cutoff_nm=2.0)
         integrator = openmm.LangevinMiddleIntegrator(310 * unit.kelvin, 0.3 / unit.picosecond, 1 * unit.femtosecond)
@@ -338,10 +370,17 @@ def measure(presets: tuple[str, ...] = ("tiny", "small"), threads: int | None = 
         n = 300 if quick else 2000
         t0 = time.perf_counter()
         integrator.step(n)
-        rate = ctop.getNumAtoms() * n / (time.perf_counter() - t0)
-        rates.append(rate)
-        notes.append(f"MD {seq} x {copies} copies: {rate / ctop.getNumAtoms() * copies:,.0f} copy-steps/s")
+        dt = (time.perf_counter() - t0) / n
+        step_fit.append((copies * pairs_of(top.getNumAtoms()), dt))
+        if copies > 1:
+            rates.append(ctop.getNumAtoms() / dt)
+        notes.append(f"MD {seq} x {copies} copies: {copies / dt:,.0f} copy-steps/s")
     md_rate = float(np.mean(rates))
+    # seconds per step = overhead + pairs / rate, least squares over the probes
+    (overhead, per_pair), *_ = np.linalg.lstsq(np.array([[1.0, q] for q, _ in step_fit]),
+                                               np.array([dt for _, dt in step_fit]), rcond=None)
+    if not (overhead > 0 and per_pair > 0):  # noisy probes: keep the atom model rather than a meaningless fit
+        overhead = per_pair = None
 
     top, _ = build_peptide("GYDPETGTWG")  # 10 residues, 138 atoms: about the paper's longest systems
     n_atoms = top.getNumAtoms()
@@ -386,12 +425,14 @@ def measure(presets: tuple[str, ...] = ("tiny", "small"), threads: int | None = 
         size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         store_bytes = size / (2000 * top4.getNumAtoms())
     measured = ["md_atom_steps_per_s", "train", "flow_atom_samples_per_s", "energy_atom_evals_per_s",
-                "store_bytes_per_atom_frame"]
+                "store_bytes_per_atom_frame"] + (["md_step_overhead_s", "md_pair_steps_per_s"] if overhead else [])
     return Throughputs(hardware=f"{platform.node()} ({platform.processor() or platform.machine()}, {threads} threads, "
                                 f"{'CUDA' if torch.cuda.is_available() else 'CPU'})",
                        md_atom_steps_per_s=md_rate, train=train, flow_atom_samples_per_s=flow,
                        energy_atom_evals_per_s=energy_rate, store_bytes_per_atom_frame=store_bytes,
                        eval_s_per_job=20.0, measured=measured,
+                       md_step_overhead_s=float(overhead) if overhead else None,
+                       md_pair_steps_per_s=float(1.0 / per_pair) if per_pair else None,
                        notes="; ".join(notes) + "; eval_s_per_job: the demo's mean evaluation job (not probed)")
 
 
