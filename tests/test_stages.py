@@ -205,3 +205,26 @@ def test_budget_stage_prices_md_prefixes_and_flow_prefixes(aa_reference, tmp_pat
         assert rows[("flow", b)]["status"] == "ok" and rows[("flow", b)]["ess"] == pytest.approx(1.0, abs=1e-12)
     assert rows[("flow", n)]["energy_w2"] < 0.2 and rows[("flow", n)]["torus_w2"] < 0.05
     assert rows[("flow", 50 * n)]["status"].startswith("skipped: needs")
+
+
+def test_temperature_stage_tabulates_each_condition(tmp_path):
+    """The temperature stage, given the evaluation files of two conditions in the order of its priors: one CSV row
+    per condition with that condition's SNIS figures, and a page linking each condition's own page."""
+    import pandas as pd
+
+    paths = []
+    for t, prior, ess in ((310.0, "plain", 0.12), (400.0, "scaled", 0.034)):
+        p = tmp_path / "eval" / f"T{t:g}K_{prior}" / "WA.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"sequence": "WA", "metadata": {"temperature_K": t}, "metrics": {
+            "snis": {"ess": ess, "energy_w2": t / 100, "torus_w2": 0.25, "tica_w2": 0.5},
+            "smc_amala": {"ess": 0.9, "energy_w2": 9.0, "torus_w2": 9.0, "tica_w2": 9.0}}}))
+        paths.append(str(p))
+    out = {"csv": [str(tmp_path / "eval" / "temperature.csv")], "html": [str(tmp_path / "eval" / "temperature.html")]}
+    _run("temperature", S.TemperatureSettings(priors=["plain", "scaled"]), {"evals": paths}, out)
+    df = pd.read_csv(out["csv"][0])
+    assert df[["temperature_K", "prior"]].values.tolist() == [[310.0, "plain"], [400.0, "scaled"]]
+    np.testing.assert_allclose(df["ess"], [0.12, 0.034])
+    np.testing.assert_allclose(df["energy_w2"], [3.1, 4.0])  # SNIS's, not another sampler's
+    html = (tmp_path / "eval" / "temperature.html").read_text()
+    assert 'href="T400K_scaled/WA.html"' in html and 'href="T310K_plain/WA.html"' in html
