@@ -10,6 +10,9 @@ was made and whether the system was in its training set.
     python studies/ship_model.py --workdir /work/study_aa --model aa_long --out models/aa \\
         --configs configs/study_aa.yaml configs/study_aa_long.yaml --commit $(cat /work/long_tree/COMMIT) \\
         --curve studies/aa/long/curve.csv --angles studies/aa/long/angles.json --reference results/md/AA.h5
+    python studies/ship_model.py --workdir /work/study_2aa_all --model prose --out models/2aa \
+        --configs configs/study_2aa_all.yaml --commit $(cat /work/tree_2aa/COMMIT) \
+        --evals /work/study_2aa_all/results/eval/??.json --reference results/md/WA.h5
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ TINY = {
 def workdir(tmp_path):
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
-    for name in ("workflow", "configs", "envs", "src"):
+    for name in ("workflow", "configs", "envs", "src", "models"):  # models: the demo's shipped files (read only)
         (tmp_path / name).symlink_to(REPO / name)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     return tmp_path
