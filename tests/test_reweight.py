@@ -76,6 +76,16 @@ def test_kish_ess_matches_definition():
     assert kish_ess(_log(w)) == pytest.approx(w.sum() ** 2 / (len(w) * np.sum(w**2)))
 
 
+def test_kish_ess_of_huge_log_weights_stays_exact():
+    """Log weights near -3.3e11 (SMC increments of clashing proposals, the demo's DGVAHALS aMALA): the ESS of
+    nearly equal weights is the definition's value, not 1 + 2e-5 (which a sample file refuses)."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(0, 1e-3, 200)
+    w = np.exp(d - d.max())
+    ess = kish_ess(-3.3e11 + d)
+    assert ess <= 1.0 and ess == pytest.approx(w.sum() ** 2 / (200 * np.sum(w**2)), rel=1e-6)
+
+
 @pytest.mark.parametrize("resample", [systematic_resample, multinomial_resample])
 def test_resampling_unbiased(resample):
     rng = np.random.default_rng(5)

@@ -27,7 +27,10 @@ def kish_ess(log_w: np.ndarray, n_total: int | None = None) -> float:
     finite = log_w[np.isfinite(log_w)]
     if n == 0 or finite.size == 0:
         return 0.0
-    return float(np.exp(2.0 * logsumexp(finite) - logsumexp(2.0 * finite) - np.log(n)))
+    # relative to the largest weight: log weights of 1e11 (energies of clashing proposals) would otherwise lose
+    # 1e-5 to round-off and give an ESS above 1; by Cauchy-Schwarz it is at most 1
+    finite = finite - finite.max()
+    return float(min(1.0, np.exp(2.0 * logsumexp(finite) - logsumexp(2.0 * finite) - np.log(n))))
 
 
 def _cumulative_weights(log_w: np.ndarray) -> np.ndarray:
