@@ -222,6 +222,7 @@ def test_temperature_conditions_are_path_segments():
     assert S.condition_name(400, "scaled") == "T400K_scaled/" and S.condition_name(310.5, "plain") == "T310.5K_plain/"
     assert S.parse_condition("T400K_scaled/") == (400.0, "scaled") and S.parse_condition("") == (None, "plain")
     assert S.md_suffix(400.0) == "_400K" and S.parse_md_suffix("_400K") == 400.0 and S.parse_md_suffix("") is None
+    assert S.md_suffix(310.0, 310) == "" and S.md_suffix(400.0, 310.0) == "_400K"  # the own temperature: main MD
     with pytest.raises(S.ConfigError, match="T400K_hot/"):
         S.parse_condition("T400K_hot/")
     with pytest.raises(ValueError, match="unknown prior mode 'hot'"):

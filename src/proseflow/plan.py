@@ -187,8 +187,8 @@ def _md_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     steps = per_copy * p.replicas
     frames = p.n_frames * p.replicas
     refs = [s for s in plan.eval_systems if s not in plan.reference_files]  # the others' MD is a file
-    refs += sorted({f"{s}@{T:g}K" for s, T, _p in plan.temperature_cases
-                    if T != config["md"]["temperature_K"]})  # one MD per system and other temperature
+    refs += sorted({f"{s}@{T:g}K" for s, T, _p in plan.temperature_cases  # one MD per system and other temperature
+                    if S.md_suffix(T, config["md"]["temperature_K"])})
     atoms = sum(atoms_of(s.split("@")[0]) for s in refs)
     pairs = sum(pairs_of(atoms_of(s.split("@")[0])) for s in refs)
     seconds, basis = _md_seconds(t, per_copy, len(refs), pairs * p.replicas, atoms * p.replicas)  # replicas as copies
@@ -216,13 +216,13 @@ def _train_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     named = S.explicit_train(config)  # a named training set is priced by its own systems' atoms
     lengths = [int(k) for k, c in S.train_counts(config).items() if c] if named is None else [len(s) for s in named]
     longest = expected_longest(max(lengths)) if lengths else 0.0
+    sizes = [atoms_of(seq) for seq in named] if named else []
     for model in plan.train_models:
         if model in plan.imported:
             continue
         cfg = S.build("train", config, model=model).config
         probe, basis = _train_probe(t, cfg.model_preset)
-        if named:
-            sizes = [atoms_of(seq) for seq in named]
+        if sizes:
             padded = max(sizes) if cfg.length_buckets is None else sum(sizes) / len(sizes)
         else:
             padded = longest if cfg.length_buckets is None else sum(expected_atoms(n) for n in lengths) / len(lengths)

@@ -167,10 +167,8 @@ def md_temperature(wildcards):
 
 
 def md_suffix(wildcards):
-    """The reference MD of a condition: at the config's own temperature, the main one (results/md/WA.h5, one MD,
-    not a second identical run); at another, its own (results/md/WA_400K.h5)."""
-    t = target_temperature(wildcards)
-    return S.md_suffix(None if t is not None and t == float(config["md"]["temperature_K"]) else t)
+    """The reference MD of a condition: results/md/WA.h5 at the config's temperature, WA_400K.h5 at 400 K."""
+    return S.md_suffix(target_temperature(wildcards), config["md"]["temperature_K"])
 
 
 def md_batches(split):

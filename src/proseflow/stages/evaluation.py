@@ -1,7 +1,6 @@
 """Evaluation and report stages: TICA, per-system metrics and pages, the summary, MD vs flow at equal budget,
 temperature transfer.
 
-
 Declared as every stage is (:mod:`proseflow.stages`).
 """
 

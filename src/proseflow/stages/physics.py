@@ -1,7 +1,6 @@
 """Physics stages: sequence sets, structures, MD (reference, training and validation batches, a reference MD file
 used as is) and the Zarr training set.
 
-
 Declared as every stage is (:mod:`proseflow.stages`).
 """
 

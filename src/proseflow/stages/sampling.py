@@ -1,6 +1,5 @@
 """Sampling stages: proposals with exact log q, SNIS, SMC, self-improvement, sample sets as trajectories.
 
-
 Declared as every stage is (:mod:`proseflow.stages`).
 """
 

@@ -604,9 +604,12 @@ def parse_condition(segment: str) -> tuple[float | None, str]:
     return float(m.group(1)), m.group(2)
 
 
-def md_suffix(temperature_K: float | None) -> str:
-    """Suffix of an MD path at another temperature: ``_400K`` (or "" for the config's temperature)."""
-    return "" if temperature_K is None else f"_{float(temperature_K):g}K"
+def md_suffix(temperature_K: float | None, own_K: float | None = None) -> str:
+    """Suffix of an MD path at another temperature: ``_400K``; "" for None or the config's own temperature
+    ``own_K`` (a condition at that temperature reads the main reference MD: one MD, not a second identical run)."""
+    if temperature_K is None or (own_K is not None and float(temperature_K) == float(own_K)):
+        return ""
+    return f"_{float(temperature_K):g}K"
 
 
 def parse_md_suffix(suffix: str) -> float | None:

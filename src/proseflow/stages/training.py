@@ -1,7 +1,6 @@
 """Training stages: train a flow variant, or import one (the authors' released weights, or a proseflow model
 file used as is).
 
-
 Declared as every stage is (:mod:`proseflow.stages`).
 """
 
