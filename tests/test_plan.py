@@ -176,3 +176,22 @@ Finished jobid: 22 (Rule: sample_smc)
 Finished jobid: 3 (Rule: simulate_batch)
 """
     assert P.job_times(log) == {"smc_mala": 8.0, "md_val": 60.0}
+
+
+def test_a_model_used_as_is_is_priced_by_the_config_in_its_file(tmp_path, monkeypatch):
+    """The demo's shipped AA and dipeptide models are 64-channel files under ``preset: small`` (128 channels): their
+    sampling is priced by the file's own size, and only theirs (AA: 10,000 proposals; WA: 5,000 for its page and
+    for each of the temperature study's four conditions)."""
+    monkeypatch.chdir(ROOT)
+    config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
+    t = P.Throughputs.load(rates(tmp_path))
+    shipped = {m: P.file_flow_config(config["models"][m]) for m in ("aa", "dipeptides")}
+    assert all(fc is not None and fc["channels"] == 64 for fc in shipped.values())
+    assert P.file_flow_config(config["models"]["prose"]) is None  # trained here: sized by its preset
+    size = {m: P._size_factor("small", {}, fc) for m, fc in shipped.items()}
+    assert all(0.1 < s < 0.5 for s in size.values())
+    by_file = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}["sample"]["seconds"]
+    monkeypatch.setattr(P, "file_flow_config", lambda spec: None)
+    by_preset = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}["sample"]["seconds"]
+    saved = ((1 - size["aa"]) * 10_000 * P.atoms_of("AA") + (1 - size["dipeptides"]) * 5_000 * 5 * P.atoms_of("WA")) / 1.0e4
+    assert by_preset - by_file == pytest.approx(saved)

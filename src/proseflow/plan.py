@@ -17,7 +17,8 @@ rate), and every figure says whether it is measured at that size or extrapolated
   variant's parameters over its preset's where it overrides the size (``overrides: {channels: 64}``: the
   per-token layers scale with the parameters); batches pad to the longest system drawn, so padded atoms are the
   longest length's expected size. A compiled run adds its compile time as its own line.
-- **Sampling**: ``proposals x atoms / flow_atom_samples_per_s[preset]`` for the flow (times the same size factor), ``evaluations x atoms /
+- **Sampling**: ``proposals x atoms / flow_atom_samples_per_s[preset]`` for the flow (times the same size factor;
+  a model used as is from ``file`` is sized by the ``flow_config`` stored in it), ``evaluations x atoms /
   energy_atom_evals_per_s`` for energies (SNIS: one per proposal; SMC: particles x evaluations per particle,
   each with a flow evaluation costed as a sample; self-improvement: rounds x samples, plus its final set).
 - **Evaluation and reports**: ``eval_s_per_job`` per job (measured on the demo).
@@ -239,17 +240,31 @@ def _train_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     return rows
 
 
-def _parameters(preset: str, overrides: Mapping) -> int:
-    """Parameters of a preset: channels^2 x blocks x layers x ~12 (attention + SwiGLU MLP + conditioning)."""
+def _parameters(preset: str, overrides: Mapping, flow_config: Mapping | None = None) -> int:
+    """Parameters of a preset (or of a model file's ``flow_config``, given): channels^2 x blocks x layers x ~12
+    (attention + SwiGLU MLP + conditioning)."""
     from proseflow.flow.config import FlowConfig
 
-    c = FlowConfig.preset(preset, **dict(overrides))
+    c = FlowConfig(**flow_config) if flow_config is not None else FlowConfig.preset(preset, **dict(overrides))
     return int(12 * c.channels**2 * c.n_blocks * c.n_layers + 2 * c.channels * c.n_blocks * 64)
 
 
-def _size_factor(preset: str, overrides: Mapping) -> float:
-    """A variant's cost relative to its preset's probe: parameters with the overrides over those without."""
-    return _parameters(preset, overrides) / _parameters(preset, {})
+def _size_factor(preset: str, overrides: Mapping, flow_config: Mapping | None = None) -> float:
+    """A variant's cost relative to its preset's probe: parameters with the overrides (or of its model file)
+    over those of the preset."""
+    return _parameters(preset, overrides, flow_config) / _parameters(preset, {})
+
+
+def file_flow_config(spec: Mapping) -> dict | None:
+    """The ``flow_config`` stored in a model used as is (``models.<name>.file``), when the file is there: a shipped
+    model is sized by what it is, not by its config entry's preset (the shipped 64-channel models sit under
+    ``preset: small``, 128 channels). None for a trained or released model, or a file not (yet) present."""
+    path = spec.get("file")
+    if not path or not Path(path).is_file():
+        return None
+    import torch
+
+    return dict(torch.load(path, map_location="cpu", weights_only=True)["flow_config"])
 
 
 def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
@@ -258,10 +273,12 @@ def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     cases = [(plan.eval_model_of(s), s, plan.samplers) for s in plan.eval_systems]
     cases += [(m, s, ["snis"]) for m, s in plan.variant_evals()]
     cases += [(plan.eval_model_of(s), s, ["snis"]) for s, _T, _p in plan.temperature_cases]
+    flow_configs = {m: file_flow_config(config["models"][m]) for m in {c[0] for c in cases}}
     for model, seq, samplers in cases:
         atoms = atoms_of(seq)
         spec = config["models"][model]
-        flow = _flow_rate(t, spec["preset"]) / _size_factor(spec["preset"], spec.get("overrides") or {})
+        flow = _flow_rate(t, spec["preset"]) / _size_factor(spec["preset"], spec.get("overrides") or {},
+                                                             flow_configs[model])
         sp = S.build("sample", config, model=model)
         n = sp.n_proposals
         jobs.setdefault("sample", []).append((0.0, n * atoms / flow, n * atoms * FLOAT32_XYZ, n))
