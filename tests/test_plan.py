@@ -60,8 +60,8 @@ def test_the_arithmetic_on_a_small_config(tmp_path):
     n_aa, n_wa, n_shared = 10000, 5000, config["sampling"]["n_proposals"]
     snis = (n_aa * P.atoms_of("AA") + n_wa * P.atoms_of("WA") + n_shared * P.atoms_of("DGVAHALS")  # eval models
             + n_shared * (P.atoms_of("AA") * 2 + P.atoms_of("WA") * 2 + P.atoms_of("DGVAHALS"))  # variants (Table 3)
-            + n_wa * P.atoms_of("WA") * 4) / 2.0e5  # temperature transfer: WA at 310 and 400 K, two priors
-    assert rows["snis"]["jobs"] == 3 + 5 + 4 and rows["snis"]["seconds"] == pytest.approx(snis)
+            + n_wa * P.atoms_of("WA") * 2) / 2.0e5  # temperature transfer: WA at 400 K, two priors (310 K: WA's page)
+    assert rows["snis"]["jobs"] == 3 + 5 + 2 and rows["snis"]["seconds"] == pytest.approx(snis)
     plan = P.make_plan(config, t)
     assert plan["total_s"] == pytest.approx(sum(r["seconds"] for r in plan["rows"]))
     assert plan["dominant"] == max(plan["rows"], key=lambda r: r["seconds"])["stage"]
@@ -181,7 +181,7 @@ Finished jobid: 3 (Rule: simulate_batch)
 def test_a_model_used_as_is_is_priced_by_the_config_in_its_file(tmp_path, monkeypatch):
     """The demo's shipped AA and dipeptide models are 64-channel files under ``preset: small`` (128 channels): their
     sampling is priced by the file's own size, and only theirs (AA: 10,000 proposals; WA: 5,000 for its page and
-    for each of the temperature study's four conditions)."""
+    for each of the temperature study's two conditions at 400 K)."""
     monkeypatch.chdir(ROOT)
     config = S.load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml")
     t = P.Throughputs.load(rates(tmp_path))
@@ -193,5 +193,5 @@ def test_a_model_used_as_is_is_priced_by_the_config_in_its_file(tmp_path, monkey
     by_file = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}["sample"]["seconds"]
     monkeypatch.setattr(P, "file_flow_config", lambda spec: None)
     by_preset = {r["stage"]: r for r in P.make_plan(config, t)["rows"]}["sample"]["seconds"]
-    saved = ((1 - size["aa"]) * 10_000 * P.atoms_of("AA") + (1 - size["dipeptides"]) * 5_000 * 5 * P.atoms_of("WA")) / 1.0e4
+    saved = ((1 - size["aa"]) * 10_000 * P.atoms_of("AA") + (1 - size["dipeptides"]) * 5_000 * 3 * P.atoms_of("WA")) / 1.0e4
     assert by_preset - by_file == pytest.approx(saved)

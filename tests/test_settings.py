@@ -235,6 +235,17 @@ def test_temperature_conditions_are_path_segments():
     assert re.fullmatch(S.CONDITION_PATTERN, "") and not re.fullmatch(S.CONDITION_PATTERN, "models/tarflow/")
 
 
+def test_a_temperature_case_at_the_config_temperature_is_the_main_evaluation():
+    """Plain and scaled priors are both N(0, I) at the training temperature and share the main seed, so such a case
+    is the system's main evaluation (""); elsewhere, or for a system not evaluated anyway, it is a condition."""
+    plan = S.plan(DEMO)
+    own = DEMO["md"]["temperature_K"]
+    assert S.build("sample", DEMO, temperature_K=own, prior="scaled") == S.build("sample", DEMO)
+    assert plan.temperature_condition("WA", own, "scaled") == "" and plan.temperature_condition("WA", own, "plain") == ""
+    assert plan.temperature_condition("WA", 400.0, "scaled") == "T400K_scaled/"
+    assert "GYDP" not in plan.eval_systems and plan.temperature_condition("GYDP", own, "plain") == f"T{own:g}K_plain/"
+
+
 def test_settings_and_the_workflow_import_no_scientific_stack():
     """Building the DAG imports proseflow.stages.settings only: no numpy, torch, openmm or matplotlib."""
     code = ("import sys; from proseflow.stages import settings as S; "

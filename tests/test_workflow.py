@@ -88,6 +88,11 @@ def test_temperature_transfer_at_the_config_temperature_reuses_the_reference_md(
     dry = run(workdir, "-n", "results/eval/T310K_plain/WA.json", "results/eval/T400K_plain/WA.json",
               configs=("configs/demo.yaml",)).stdout
     assert "results/md/WA_400K.h5" in dry and "results/md/WA.h5" in dry and "_310K" not in dry, dry[-3000:]
+    # and the temperature page reads WA's main evaluation for both priors at 310 K (the same proposal, the same seed)
+    # rather than sampling, reweighting and evaluating it twice more
+    dry = run(workdir, "-n", "results/eval/temperature.html", configs=("configs/demo.yaml",)).stdout
+    assert "T400K_plain/WA.json" in dry and "T400K_scaled/WA.json" in dry and "results/eval/WA.json" in dry
+    assert "T310K_" not in dry, dry[-3000:]
 
 
 def test_lower_case_target_says_sequences_are_upper_case(workdir):

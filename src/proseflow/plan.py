@@ -272,7 +272,8 @@ def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
     jobs: dict[str, list] = {}  # stage -> [(jobs, atoms x evaluations, flow atoms x samples, bytes, work)]
     cases = [(plan.eval_model_of(s), s, plan.samplers) for s in plan.eval_systems]
     cases += [(m, s, ["snis"]) for m, s in plan.variant_evals()]
-    cases += [(plan.eval_model_of(s), s, ["snis"]) for s, _T, _p in plan.temperature_cases]
+    conditions = [c for c in plan.temperature_cases if plan.temperature_condition(*c)]  # others: the main evaluation
+    cases += [(plan.eval_model_of(s), s, ["snis"]) for s, _T, _p in conditions]
     flow_configs = {m: file_flow_config(config["models"][m]) for m in {c[0] for c in cases}}
     for model, seq, samplers in cases:
         atoms = atoms_of(seq)
@@ -304,7 +305,7 @@ def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:
         unit = "proposals" if stage == "sample" else "energy evaluations"
         rows.append(Row(stage, len(items), f"{evals:,.0f} {unit}", energy_s + flow_s, sum(i[2] for i in items),
                         t.basis("energy_atom_evals_per_s" if stage != "sample" else "flow_atom_samples_per_s")))
-    n_eval = len(plan.eval_systems) + len(plan.variant_evals()) + len(plan.temperature_cases)
+    n_eval = len(plan.eval_systems) + len(plan.variant_evals()) + len(conditions)
     n_eval += len(plan.eval_systems)  # TICA, one per system
     n_eval += len(plan.eval_systems) + 2 + (1 if plan.temperature_cases else 0)  # budget curves, pages
     rows.append(Row("evaluate, tica, budget, reports", n_eval, f"{n_eval} jobs", n_eval * t.eval_s_per_job, 0.0,

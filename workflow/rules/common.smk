@@ -198,7 +198,7 @@ def sampler_files(seq, cond=""):
 def export_targets():
     """The evaluated sample sets as trajectories (rule export_samples), temperature conditions included."""
     sets = [f for seq in EVAL_SYSTEMS for f in sampler_files(seq)]
-    sets += [f for s, t, p in temperature_cases() for f in sampler_files(s, S.condition_name(t, p))]
+    sets += [f for s, t, p in temperature_cases() for f in sampler_files(s, PLAN.temperature_condition(s, t, p))]
     return [f.removesuffix(".npz") + ".xtc" for f in dict.fromkeys(sets)]
 
 
@@ -207,7 +207,9 @@ def temperature_cases():
 
 
 def temperature_evals():
-    return [f"results/eval/{S.condition_name(t, p)}{s}.json" for s, t, p in temperature_cases()]
+    """One evaluation per case; a case at the config's temperature is the system's main evaluation (plain and
+    scaled priors are the same there), so those appear once per prior and are not run again."""
+    return [f"results/eval/{PLAN.temperature_condition(s, t, p)}{s}.json" for s, t, p in temperature_cases()]
 
 
 def dataset_stores(split):

@@ -536,10 +536,18 @@ class Plan:
     imported: list = field(default_factory=list)  # variants imported or shipped as files (no MD, no training)
     eval_models: dict = field(default_factory=dict)  # system -> the variant evaluated on it in results/eval/
     reference_files: dict = field(default_factory=dict)  # system -> a reference MD file used as is
+    temperature_K: float | None = None  # the config's temperature (md.temperature_K)
 
     def eval_model_of(self, seq: str) -> str:
         """The variant of results/eval/<seq>: the one whose ``systems`` name it, else sampling.model."""
         return self.eval_models.get(seq, self.eval_model)
+
+    def temperature_condition(self, seq: str, temperature_K: float, prior: str) -> str:
+        """Path segment of a temperature-transfer case: T400K_scaled/, or "" (the system's main evaluation) for a
+        system evaluated anyway at the config's own temperature, where both priors are the main proposal (scaled:
+        sqrt(T / T_train) = 1) with the main seed: a condition there would repeat the main sample set bit for bit."""
+        own = self.temperature_K is not None and float(temperature_K) == float(self.temperature_K)
+        return "" if own and seq in self.eval_systems else condition_name(temperature_K, prior)
 
     def variant_evals(self) -> list[tuple[str, str]]:
         """(variant, system) pairs evaluated with SNIS for Table 3: every other variant on every test system,
@@ -578,7 +586,7 @@ def plan(config: Mapping) -> Plan:
                 temperature_cases=temperature_cases(config), n_train_batches=n_batches(config, "train"),
                 n_val_batches=n_batches(config, "val"), imported=imported_models(config),
                 eval_models={s: eval_model_of(config, s) for s in systems},
-                reference_files=reference_files(config))
+                reference_files=reference_files(config), temperature_K=float(config["md"]["temperature_K"]))
 
 
 # A temperature-transfer job is a main job under a condition: a path segment naming the target temperature
