@@ -20,7 +20,7 @@ from proseflow.physics import trajectory_io
 from proseflow.physics.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
 from proseflow.physics.structures import write_pdb
 from proseflow.physics.system import create_system
-from proseflow.stages.settings import MDSettings
+from proseflow.stages.settings import MDSettings, from_json
 
 TINY = MDProtocol(burn_in_ps=0.05, length_ps=0.5, save_interval_ps=0.05, seed=7, platform="CPU",
                   recentre_interval_ps=0.025)
@@ -174,3 +174,26 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
     assert not (tmp_path / "work").exists() and not (tmp_path / "work.replicas").exists()
     with pytest.raises(ValueError, match="replicas"):
         replace(TINY, replicas=0)
+
+
+def test_replicas_start_in_their_backbone_states(tmp_path, peptide):
+    """start_phi_psi_deg: replica k starts in state k mod 2 (alpha_L, then beta); after a short burn-in each
+    replica's first frames are still in its basin, the file records the states, and a protocol round-trips them
+    through the stage settings' JSON."""
+    top, pos = peptide("AA")
+    states = ((60.0, 45.0), (-150.0, 150.0))
+    protocol = replace(TINY, replicas=3, length_ps=0.2, start_phi_psi_deg=[list(s) for s in states])
+    assert protocol.start_phi_psi_deg == states  # lists (JSON, YAML) become tuples
+    out = tmp_path / "AA.h5"
+    simulate([MDSystem("AA", top, pos, out)], protocol, tmp_path / "work", threads=1, progress=False)
+    data = trajectory_io.read(out)
+    assert data["protocol"]["start_phi_psi_deg"] == [list(s) for s in states]
+    phi = np.degrees(mdtraj.compute_phi(mdtraj.load(str(out)))[1][:, 0]).reshape(3, -1)
+    assert (phi[0, :2] > 0).all() and (phi[2, :2] > 0).all()  # replicas 0 and 2: alpha_L
+    assert (phi[1, :2] < -90).all()  # replica 1: beta
+    settings = MDSettings(split="train", protocol=protocol, systems_per_job=1)
+    assert from_json("md", settings.to_json()) == settings
+    with pytest.raises(ValueError, match=r"outside \[-180, 180\]"):
+        replace(TINY, start_phi_psi_deg=[[200.0, 0.0]])
+    with pytest.raises(ValueError, match=r"\[phi, psi\]"):
+        replace(TINY, start_phi_psi_deg=[[60.0]])

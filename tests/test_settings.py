@@ -286,6 +286,9 @@ def _checked(fragment: dict):
     ({"models": {"prose": {"overrides": {"affine": "cubic"}}}}, "models.prose.overrides: affine must be one of"),
     ({"smc": {"ula": {"n_levels": 0}}}, "n_levels must be >= 1"),
     ({"train": {"scale_nm": "auto"}}, "scale_nm"),
+    ({"md": {"reference": {"start_phi_psi_deg": [[60, 45]]}}}, "md.reference.start_phi_psi_deg: unknown key"),
+    ({"md": {"train": {"start_phi_psi_deg": [[60]]}}}, "md.train: start_phi_psi_deg: each state is [phi, psi]"),
+    ({"md": {"val": {"start_phi_psi_deg": [[60, 270]]}}}, "md.val: start_phi_psi_deg: [60, 270] is outside"),
 ])
 def test_typos_and_wrong_types_are_named(fragment, message):
     from proseflow.stages.settings import ConfigError

@@ -93,3 +93,28 @@ def test_structure_is_reproducible_across_processes():
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
     assert runs[0] and runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("seq", ["AA", "GPAW", "DGVAHALS"])
+def test_backbone_dihedrals_are_set_rigidly(peptide, seq):
+    """Every phi and psi reads the requested angle in MDTraj's convention (an independent dihedral code); bond
+    lengths and every CA's chirality are those of the input; proline's phi (inside its ring) is left as it was."""
+    import mdtraj
+
+    from proseflow.physics.chirality import handedness
+    from proseflow.physics.structures import set_backbone_dihedrals
+
+    top, x = peptide(seq)
+    y = set_backbone_dihedrals(top, x, 60.0, 45.0)
+    traj = mdtraj.Trajectory(np.asarray([x, y], dtype=np.float32), mdtraj.Topology.from_openmm(top))
+    phi, psi = np.degrees(mdtraj.compute_phi(traj)[1]), np.degrees(mdtraj.compute_psi(traj)[1])
+    proline = np.array([r.name == "PRO" for r in list(top.residues())[1:]])
+    np.testing.assert_allclose(phi[1][~proline], 60.0, atol=1e-3)
+    np.testing.assert_allclose(phi[1][proline], phi[0][proline], atol=1e-3)
+    np.testing.assert_allclose(psi[1], 45.0, atol=1e-3)
+    assert np.abs(phi[1] - phi[0])[~proline].max() > 30  # it did move them
+    bonds = np.array([[a.index for a in b] for b in top.bonds()])
+    length = lambda p: np.linalg.norm(p[bonds[:, 0]] - p[bonds[:, 1]], axis=1)  # noqa: E731
+    np.testing.assert_allclose(length(y), length(x), atol=1e-9)
+    np.testing.assert_array_equal(handedness(y, top), handedness(x, top))
+    assert (handedness(y, top) == 1).all()

@@ -143,6 +143,8 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
     work_dir = Path(work_dir)
     if protocol.replicas > 1:
         return _simulate_replicas(systems, protocol, work_dir, threads, progress)
+    if protocol.start_phi_psi_deg:  # one replica: the first start state
+        systems = [replace(s, positions_nm=_start(s, protocol, 0)) for s in systems]
     work_dir.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
@@ -221,16 +223,34 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
 def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: Path, threads, progress) -> list[Path]:
     n = protocol.replicas
     parts_dir = work_dir.with_name(work_dir.name + ".replicas")
-    copies = [MDSystem(f"{s.name}.r{k}", s.topology, s.positions_nm, parts_dir / f"{s.name}.r{k}.h5",
-                       {**s.extra_attrs, "replica": k}) for s in systems for k in range(n)]
+    copies = [MDSystem(f"{s.name}.r{k}", s.topology, _start(s, protocol, k), parts_dir / f"{s.name}.r{k}.h5",
+                       {**s.extra_attrs, "replica": k, **_start_attrs(protocol, k)})
+              for s in systems for k in range(n)]
     if not all(c.output.exists() for c in copies):  # else a previous run finished them and died later
-        simulate(copies, replace(protocol, replicas=1), work_dir, threads, progress)
+        simulate(copies, replace(protocol, replicas=1, start_phi_psi_deg=()), work_dir, threads, progress)
     for i, s in enumerate(systems):
         s.output.parent.mkdir(parents=True, exist_ok=True)
         trajectory_io.concatenate([c.output for c in copies[i * n : (i + 1) * n]], s.output,
-                                  replicas=n, frames_per_replica=protocol.n_frames, system=s.name)
+                                  replicas=n, frames_per_replica=protocol.n_frames, system=s.name,
+                                  start_phi_psi_deg=[list(v) for v in protocol.start_phi_psi_deg])
     shutil.rmtree(parts_dir)
     return [s.output for s in systems]
+
+
+def _start(system: MDSystem, protocol: MDProtocol, replica: int) -> np.ndarray:
+    """Replica ``replica``'s start: the built structure, or its backbone set to a start state (then minimised
+    with the rest by :func:`simulate`)."""
+    if not protocol.start_phi_psi_deg:
+        return system.positions_nm
+    from proseflow.physics.structures import set_backbone_dihedrals
+
+    phi, psi = protocol.start_phi_psi_deg[replica % len(protocol.start_phi_psi_deg)]
+    return set_backbone_dihedrals(system.topology, system.positions_nm, phi, psi)
+
+
+def _start_attrs(protocol: MDProtocol, replica: int) -> dict:
+    states = protocol.start_phi_psi_deg
+    return {"start_phi_psi_deg": list(states[replica % len(states)])} if states else {}
 
 
 def _run_steps(context, n_steps, chunk, layout, cutoff, systems, first_step) -> np.ndarray:

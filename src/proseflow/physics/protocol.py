@@ -29,10 +29,24 @@ class MDProtocol:
     checkpoint_interval_s: float = 300.0
     recentre_interval_ps: float = 0.5
     replicas: int = 1  # independent runs of each system (copies in the same context), concatenated
+    # backbone (phi, psi) start states in degrees: replica k of every system starts with each phi and psi set to
+    # state k mod len (then minimised); () = every replica from the built structure. Training data that covers
+    # the minor basins (a flow's geometry there is only as good as its frames there); never for a reference.
+    start_phi_psi_deg: tuple = ()
 
     def __post_init__(self) -> None:
         if int(self.replicas) != self.replicas or self.replicas < 1:
             raise ValueError(f"replicas must be a positive integer, got {self.replicas!r}")
+        states = []
+        for state in self.start_phi_psi_deg:
+            try:
+                phi, psi = (float(v) for v in state)
+            except (TypeError, ValueError):
+                raise ValueError(f"start_phi_psi_deg: each state is [phi, psi] in degrees, got {list(state) if isinstance(state, list | tuple) else state!r}") from None
+            if not (-180.0 <= phi <= 180.0 and -180.0 <= psi <= 180.0):
+                raise ValueError(f"start_phi_psi_deg: [{phi:g}, {psi:g}] is outside [-180, 180] degrees")
+            states.append((phi, psi))
+        object.__setattr__(self, "start_phi_psi_deg", tuple(states))  # lists from JSON or YAML -> tuples
 
     @property
     def steps_per_frame(self) -> int:

@@ -89,6 +89,57 @@ def minimize_positions(topology: app.Topology, positions_nm: np.ndarray, max_ite
     return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
 
 
+def backbone_dihedral_quads(topology: app.Topology) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Atom indices of every backbone phi (C(i-1), N, CA, C) and psi (N, CA, C, N(i+1)), residue order."""
+    residues = list(topology.residues())
+    idx = [{a.name: a.index for a in r.atoms()} for r in residues]
+    phi = [(idx[i - 1]["C"], idx[i]["N"], idx[i]["CA"], idx[i]["C"]) for i in range(1, len(idx))]
+    psi = [(idx[i]["N"], idx[i]["CA"], idx[i]["C"], idx[i + 1]["N"]) for i in range(len(idx) - 1)]
+    return phi, psi
+
+
+def dihedral_deg(x: np.ndarray, quad) -> float:
+    """The IUPAC dihedral of atoms ``quad`` in degrees, in (-180, 180]."""
+    a, b, c, d = (np.asarray(x[i], dtype=float) for i in quad)
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+    return float(np.degrees(np.arctan2(np.dot(np.cross(n1, n2), b2 / np.linalg.norm(b2)), np.dot(n1, n2))))
+
+
+def set_backbone_dihedrals(topology: app.Topology, positions_nm: np.ndarray, phi_deg: float,
+                           psi_deg: float) -> np.ndarray:
+    """Positions with every backbone phi and psi set to ``phi_deg`` and ``psi_deg``: for each dihedral b-c, the
+    side of the molecule beyond c is rotated rigidly about the b-c bond (bond lengths, angles and chirality
+    unchanged). A phi inside a ring (proline's N-CA) cannot be turned so and keeps its value. Start structures for
+    MD in a chosen backbone basin (``md.<split>.start_phi_psi_deg``); minimise before dynamics."""
+    x = np.array(positions_nm, dtype=float)
+    neighbours: dict[int, set[int]] = {a.index: set() for a in topology.atoms()}
+    for bond in topology.bonds():
+        i, j = bond[0].index, bond[1].index
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    phi, psi = backbone_dihedral_quads(topology)
+    quads = sorted([(q, phi_deg) for q in phi] + [(q, psi_deg) for q in psi], key=lambda t: (t[0][1], t[0][2]))
+    for quad, target in quads:
+        b, c = quad[1], quad[2]
+        side, stack = {c}, [c]  # atoms reached from c without crossing the b-c bond
+        while stack:
+            u = stack.pop()
+            for n in neighbours[u]:
+                if n not in side and not (u == c and n == b):
+                    side.add(n)
+                    stack.append(n)
+        if b in side:  # a ring: the bond does not split the molecule
+            continue
+        theta = np.radians(target - dihedral_deg(x, quad))
+        axis = (x[c] - x[b]) / np.linalg.norm(x[c] - x[b])
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        rot = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k  # Rodrigues
+        moved = np.fromiter(side, dtype=int)
+        x[moved] = (x[moved] - x[b]) @ rot.T + x[b]
+    return x
+
+
 def write_pdb(path: str | os.PathLike, topology: app.Topology, positions_nm: np.ndarray) -> None:
     """Write atomically: a half-written PDB never appears under ``path``."""
     path = Path(path)

@@ -341,7 +341,8 @@ def md_protocol(config: Mapping, kind: str, temperature_K: float | None = None) 
         friction_per_ps=md["friction_per_ps"], timestep_fs=md["timestep_fs"],
         burn_in_ps=md["burn_in_ps"], length_ps=sub["length_ps"], save_interval_ps=sub["save_interval_ps"],
         seed=md["seed"], platform=md["platform"], checkpoint_interval_s=md["checkpoint_interval_s"],
-        **({"replicas": int(sub["replicas"])} if "replicas" in sub else {}),  # optional key: MDProtocol's default
+        **({"replicas": int(sub["replicas"])} if "replicas" in sub else {}),  # optional keys: MDProtocol's defaults
+        **({"start_phi_psi_deg": tuple(tuple(v) for v in sub["start_phi_psi_deg"])} if "start_phi_psi_deg" in sub else {}),
     )
 
 
