@@ -175,6 +175,38 @@ def test_state_viewer_superposes_and_summarises(dipeptide):
     assert merged["columns"][0] == "system" and merged["rows"][-1][0] == "AA"
 
 
+def test_states_report_the_median_energy_of_md_and_proposals(dipeptide):
+    """Per state: the median energy of MD's frames and of the proposals in it (the clusters' own members, recounted
+    here from the k-means labels), in the summary, the table and the scene text; a state without proposals
+    says so (None, "–"); sources without energies get no column."""
+    from dataclasses import replace
+
+    top, x0 = dipeptide
+    sources, _ = synthetic_sources(top, x0)
+    rng = np.random.default_rng(1)
+    e_md = rng.normal(-170.0, 5.0, len(sources[0].tica))
+    e_prop = rng.normal(-120.0, 30.0, len(sources[2].tica))
+    e_prop[::7] = np.inf  # a failed energy is not a member's energy
+    sources = [replace(sources[0], energy_kT=e_md), sources[1], replace(sources[2], energy_kT=e_prop)]
+    states = conformations.tica_states(sources, 3, 0)
+    model = fit_kmeans(sources[0].tica, 3, 0)
+    md_labels, prop_labels = model.transform(sources[0].tica), model.transform(sources[2].tica)
+    for st in states:
+        assert st.median_energy_kT["MD"] == pytest.approx(np.median(e_md[md_labels == st.cluster]))
+        mine = e_prop[(prop_labels == st.cluster) & np.isfinite(e_prop)]
+        assert st.median_energy_kT["proposals"] == (pytest.approx(np.median(mine)) if len(mine) else None)
+        assert "SNIS" not in st.median_energy_kT
+    assert any(st.median_energy_kT["proposals"] is None for st in states)  # the state no proposal reaches
+    data, summary = conformations.state_viewer(top, sources, states)
+    assert data["columns"][-2:] == ["MD median E (kT)", "proposals median E (kT)"]
+    for st, row, scene, sm in zip(states, data["rows"], data["scenes"], summary, strict=True):
+        assert row[-2] == f"{st.median_energy_kT['MD']:.1f}" and sm["median_energy_kT"] == st.median_energy_kT
+        e = st.median_energy_kT["proposals"]
+        assert row[-1] == ("–" if e is None else f"{e:.1f}")
+        assert f"MD median energy {st.median_energy_kT['MD']:.1f} kT" in scene["info"]
+    json.dumps(summary, allow_nan=False)
+
+
 def fake_tarball(path, js="window.$3Dmol = {};"):
     with tarfile.open(path, "w:gz") as tar:
         for name, text in ((viewer.MEMBER_JS, js), (viewer.MEMBER_LICENSE, "BSD-3-Clause, the 3Dmol authors")):

@@ -92,6 +92,7 @@ class Source:
     # population only, no structure
     ids: np.ndarray | None = None  # member -> the number reported for it (an MD frame, a proposal); None: itself
     color: str = COLORS["sampler"]
+    energy_kT: np.ndarray | None = None  # [n] each member's energy: the state's median is reported (unweighted)
 
 
 @dataclass
@@ -100,6 +101,10 @@ class State:
     centre: np.ndarray  # [2]
     populations: dict[str, float]  # source -> fraction of its (weighted) members in this state
     representatives: dict[str, int | None] = field(default_factory=dict)  # source -> member nearest the centre
+    # source (with energies) -> median energy of its members in this state (kT; None: no finite member there).
+    # MD's and the proposals' side by side say where the flow's local geometry fails: a state whose proposals sit
+    # far above MD's energy loses its weight under SNIS whatever its share of proposals.
+    median_energy_kT: dict[str, float | None] = field(default_factory=dict)
 
 
 def tica_states(sources: list[Source], k: int, seed: int) -> list[State]:
@@ -129,6 +134,10 @@ def tica_states(sources: list[Source], k: int, seed: int) -> list[State]:
     for c in order:
         st = State(int(c), centres[c], {s.name: float(pops[s.name][c]) for s in sources})
         for s in sources:
+            if s.energy_kT is not None:
+                e = np.asarray(s.energy_kT, dtype=np.float64)[labels[s.name] == c]
+                e = e[np.isfinite(e)]
+                st.median_energy_kT[s.name] = float(np.median(e)) if len(e) else None
             if s.positions is None:
                 continue
             cand = np.arange(len(s.tica)) if s.candidates is None else np.unique(np.asarray(s.candidates, dtype=int))
@@ -146,6 +155,10 @@ def _percent(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _kT(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
 def state_viewer(topology, sources: list[Source], states: list[State]) -> tuple[dict, list[dict]]:
     """Viewer data (module docstring) and a JSON-able summary of ``states``: per state the populations, the
     representatives (their ids) and the heavy-atom RMSD of each to the state's reference representative (nm).
@@ -161,6 +174,7 @@ def state_viewer(topology, sources: list[Source], states: list[State]) -> tuple[
             coords[s.name] = dict(zip(idx, xyz, strict=True))
     heavy = heavy_atoms(topology)
     ref = sources[0].name
+    energetic = [s for s in sources if s.energy_kT is not None]
     anchor = None
     scenes, rows, summary = [], [], []
     for i, st in enumerate(states):
@@ -184,17 +198,20 @@ def state_viewer(topology, sources: list[Source], states: list[State]) -> tuple[
         info = [f"{s.name} {_percent(st.populations[s.name])}" for s in sources]
         info += [f"{s.name}: no sample in this state" for s in shown if st.representatives.get(s.name) is None]
         info += [f"heavy-atom RMSD {name} to {ref}: {v:.3f} nm" for name, v in rmsd.items()]
+        info += [f"{name} median energy {_kT(v)} kT" for name, v in st.median_energy_kT.items() if v is not None]
         scenes.append({"label": label, "info": "; ".join(info), "models": models})
         rows.append([str(i + 1), f"{st.centre[0]:.3g}, {st.centre[1]:.3g}",
                      *[_percent(st.populations[s.name]) for s in sources],
                      *[_id(s, st.representatives[s.name]) for s in shown],
-                     *[f"{rmsd[s.name]:.3f}" if s.name in rmsd else "–" for s in shown[1:]]])
+                     *[f"{rmsd[s.name]:.3f}" if s.name in rmsd else "–" for s in shown[1:]],
+                     *[_kT(st.median_energy_kT.get(s.name)) for s in energetic]])
         summary.append({"state": i + 1, "cluster": st.cluster, "centre": [float(v) for v in st.centre],
                         "population": dict(st.populations),
                         "representative": {s.name: _id_value(s, st.representatives[s.name]) for s in shown},
-                        "rmsd_nm": rmsd})
+                        "rmsd_nm": rmsd, **({"median_energy_kT": dict(st.median_energy_kT)} if energetic else {})})
     columns = ["state", "TICA centre", *[f"{s.name} population" for s in sources],
-               *[f"{s.name} shown" for s in shown], *[f"RMSD {s.name}–{ref} (nm)" for s in shown[1:]]]
+               *[f"{s.name} shown" for s in shown], *[f"RMSD {s.name}–{ref} (nm)" for s in shown[1:]],
+               *[f"{s.name} median E (kT)" for s in energetic]]
     return {"scenes": scenes, "columns": columns, "rows": rows}, summary
 
 
@@ -234,10 +251,12 @@ def md_frames(md_path, frames: np.ndarray) -> np.ndarray:
 
 
 def system_conformations(topology, md_path, reference_frames: np.ndarray, reference_tica: np.ndarray, snis: dict,
-                  snis_tica: np.ndarray, k: int, seed: int, sampler: str = "SNIS") -> tuple[dict, list[dict]]:
+                  snis_tica: np.ndarray, k: int, seed: int, sampler: str = "SNIS",
+                  reference_energy_kT: np.ndarray | None = None) -> tuple[dict, list[dict]]:
     """Viewer data and state summary of one system's page: per k-means state of the reference TICA map, the
     MD frame nearest the centre and the nearest sample of the SNIS-resampled set, with the MD population,
-    the SNIS population (importance weights) and the raw proposals' share.
+    the SNIS population (importance weights) and the raw proposals' share; given ``reference_energy_kT`` (and
+    ``snis["energy_kT"]``), the median energy of MD's frames and of the proposals in each state.
 
     ``reference_frames``: the MD file's frame index of each row of ``reference_tica``; ``snis``: the arrays of
     a SNIS file (``positions_nm``, ``log_weights``, ``resampled_indices``); ``snis_tica``: TICA of its
@@ -250,10 +269,10 @@ def system_conformations(topology, md_path, reference_frames: np.ndarray, refere
     positions = snis["positions_nm"]
     sources = [
         Source("MD", reference_tica, positions=lambda idx: md_frames(md_path, frames[idx]), ids=frames,
-               color=COLORS["md"]),
+               color=COLORS["md"], energy_kT=reference_energy_kT),
         Source(sampler, snis_tica, weights=weights, candidates=snis.get("resampled_indices"),
                positions=lambda idx: positions[idx], color=COLORS["sampler"]),
-        Source("proposals", snis_tica),
+        Source("proposals", snis_tica, energy_kT=snis.get("energy_kT") if reference_energy_kT is not None else None),
     ]
     return state_viewer(topology, sources, tica_states(sources, k, seed))
 

@@ -289,9 +289,9 @@ def _system_viewer(s: S.EvaluateSettings, seq: str, topology, md: str, frame_ind
     if snis is None:
         return None, None
     snis = {"positions_nm": snis.positions_nm, "log_weights": snis.log_weights,
-            "resampled_indices": snis.resampled_indices}
+            "resampled_indices": snis.resampled_indices, "energy_kT": snis.energy_kT}
     data, states = system_conformations(topology, md, frame_indices, ref.tica, snis,
-                                        sets["snis"]["tica"], s.kmeans_k, s.seed)
+                                        sets["snis"]["tica"], s.kmeans_k, s.seed, reference_energy_kT=ref.energy_kT)
     html = viewer_section(data, heading="3D structures of the TICA states", caption=SYSTEM_CAPTION, name=seq)
     return html, states
 
