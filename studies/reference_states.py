@@ -53,7 +53,9 @@ def populations(path: Path) -> dict:
         rows.append({"replica": r, **{k: float(m.mean()) for k, m in masks.items()}})
     halves = [rows[: n_rep // 2], rows[n_rep // 2:]]
     e_kT = trajectory_io.read(path)["energy_kJ_per_mol"] / kT_kJ_per_mol(trajectory_io.protocol(path)["temperature_K"])
-    median_e = {k: float(np.median(e_kT[m])) if m.any() else None for k, m in regions(phi, psi).items()}
+    finite = np.isfinite(e_kT)
+    median_e = {k: float(np.median(e_kT[m & finite])) if (m & finite).any() else None
+                for k, m in regions(phi, psi).items()}
     return {"file": str(path), "frames": int(len(phi)), "replicas": int(n_rep), "per_replica": rows,
             "all": {k: float(np.mean([r[k] for r in rows])) for k in REGIONS},
             "halves": [{k: float(np.mean([r[k] for r in h])) for k in REGIONS} for h in halves],
@@ -72,13 +74,18 @@ def weighted_regions(snis_path: Path, structure: Path) -> dict:
     live = np.isfinite(lw)
     w = np.where(live, np.exp(np.where(live, lw, 0.0) - lw[live].max()), 0.0)
     out = {}
+    finite = np.isfinite(e)
     for k, m in regions(phi, psi).items():
         wm = w[m & live]
         out[k] = {"n": int(m.sum()), "proposal_share": float(m.mean()), "weighted_share": float(wm.sum() / w.sum()),
-                  "median_energy_kT": float(np.median(e[m])) if m.any() else None,
+                  "median_energy_kT": float(np.median(e[m & finite])) if (m & finite).any() else None,
                   "median_log_weight_below_top": float(np.median(lw[m & live]) - lw[live].max()) if wm.size else None,
                   "ess_within": float(wm.sum() ** 2 / (wm**2).sum()) if wm.sum() > 0 else 0.0}
     return {"file": str(snis_path), "n": int(len(lw)), "regions": out}
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def main(argv=None) -> None:
@@ -93,14 +100,14 @@ def main(argv=None) -> None:
         print(f"replica {r['replica']:3d}: " + "  ".join(f"{k} {r[k]:.3f}" for k in REGIONS))
     for name, h in zip(("first half", "second half"), result["halves"], strict=True):
         print(f"{name}: " + "  ".join(f"{k} {h[k]:.3f}" for k in REGIONS))
-    print("MD median energy (kT): " + "  ".join(f"{k} {v:.1f}" for k, v in result["median_energy_kT"].items()))
+    print("MD median energy (kT): " + "  ".join(f"{k} {_f(v)}" for k, v in result["median_energy_kT"].items()))
     print(f"replicas with phi > 0 for more than 1% of their frames: {result['replicas_visiting_phi>0']} "
           f"of {result['replicas']}")
     if args.snis:
         result["snis"] = weighted_regions(args.snis, args.structure)
         for k, r in result["snis"]["regions"].items():
             print(f"SNIS {k:9s}: {r['n']:6d} proposals ({r['proposal_share']:.3f}), weighted {r['weighted_share']:.4f}, "
-                  f"median E {r['median_energy_kT']:.1f} kT, median log w {r['median_log_weight_below_top']:.1f} "
+                  f"median E {_f(r['median_energy_kT'])} kT, median log w {_f(r['median_log_weight_below_top'])} "
                   f"below the top, ESS within {r['ess_within']:.1f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

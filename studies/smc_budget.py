@@ -12,7 +12,7 @@ which flatters MD slightly at the largest budgets). Every row records the evalua
 Rows are written as they finish and a rerun skips the (sampler, budget) pairs its CSV already holds, so a killed
 run resumes. Two single-threaded workers use two cores better than one two-threaded run (1.3x here): give each its
 own ``--csv`` and its own samplers, then ``--merge`` writes ``smc_budget.csv`` and the figure from every
-``smc_budget*.csv`` in ``--out``.
+``smc_budget_*.csv`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -107,18 +107,22 @@ def read_rows(path: Path) -> list[dict]:
         return [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def merge(out: Path, floor: dict | None) -> None:
     """One table and one figure from every worker's CSV (rows ordered by budget, then sampler)."""
     order = {"md": 0, "snis": 1, "smc_ula": 2, "smc_mala": 3, "smc_amala": 4}
     rows = {}
-    for path in sorted(out.glob("smc_budget*.csv")):
+    for path in sorted(out.glob("smc_budget_*.csv")):  # the workers' files (not the merged one)
         for r in read_rows(path):
             rows[(r["sampler"], float(r["budget"]))] = r
     merged = sorted(rows.values(), key=lambda r: (float(r["budget"]), order.get(r["sampler"], 9), r["sampler"]))
-    with open(out / "smc_budget.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(merged)
+    write_rows(out / "smc_budget.csv", merged)
     plot(merged, floor, out / "smc_budget.png")
     log.info("merged %d rows into %s", len(merged), out / "smc_budget.csv")
 
@@ -139,7 +143,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise-floor", type=Path, help="checkpoint_curve.py's noise_floor.json (drawn as a line)")
     ap.add_argument("--csv", default="smc_budget.csv", help="this worker's CSV file name inside --out")
-    ap.add_argument("--merge", action="store_true", help="only merge every smc_budget*.csv in --out and plot")
+    ap.add_argument("--merge", action="store_true", help="only merge every smc_budget_*.csv in --out and plot")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     floor = json.loads(args.noise_floor.read_text()) if args.noise_floor else None
@@ -186,6 +190,7 @@ def main(argv=None) -> None:
             rows.append({"sampler": "md", "budget": r["budget"], "n_energy_evals": r["budget"],
                          "n_samples": r.get("n_samples"), **{k: r.get(k) for k in ("energy_w2", "torus_w2", "tica_w2")},
                          "status": r["status"], "wall_s": r.get("wall_time_s")})
+        write_rows(csv_path, rows)
     for b in args.budgets:
         for name in args.samplers:
             if (name, float(b)) in done:
@@ -199,10 +204,7 @@ def main(argv=None) -> None:
             else:
                 continue
             log.info("%s", json.dumps(rows[-1], default=str))
-            with open(csv_path, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            write_rows(csv_path, rows)
             plot(rows, floor, args.out / csv_path.with_suffix(".png").name)
 
 

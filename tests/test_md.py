@@ -197,3 +197,5 @@ def test_replicas_start_in_their_backbone_states(tmp_path, peptide):
         replace(TINY, start_phi_psi_deg=[[200.0, 0.0]])
     with pytest.raises(ValueError, match=r"\[phi, psi\]"):
         replace(TINY, start_phi_psi_deg=[[60.0]])
+    with pytest.raises(ValueError, match="2 states but replicas is 1"):
+        replace(TINY, start_phi_psi_deg=states)

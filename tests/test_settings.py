@@ -289,6 +289,7 @@ def _checked(fragment: dict):
     ({"md": {"reference": {"start_phi_psi_deg": [[60, 45]]}}}, "md.reference.start_phi_psi_deg: unknown key"),
     ({"md": {"train": {"start_phi_psi_deg": [[60]]}}}, "md.train: start_phi_psi_deg: each state is [phi, psi]"),
     ({"md": {"val": {"start_phi_psi_deg": [[60, 270]]}}}, "md.val: start_phi_psi_deg: [60, 270] is outside"),
+    ({"md": {"val": {"start_phi_psi_deg": [[60, 45], [-70, -40]]}}}, "md.val: start_phi_psi_deg has 2 states but"),
 ])
 def test_typos_and_wrong_types_are_named(fragment, message):
     from proseflow.stages.settings import ConfigError

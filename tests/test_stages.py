@@ -152,6 +152,10 @@ def test_evaluate_stage_scores_known_sets(aa_reference, tmp_path):
     assert m["shifted"]["energy_w2"] == pytest.approx(2.0, abs=0.2) and m["shifted"]["torus_w2"] < 0.05
     assert m["snis"]["n_distinct"] == n and m["shifted"]["ess"] == 0.5
     assert (tmp_path / "AA.html").stat().st_size > 10_000
+    # each TICA state's median energy: MD's frames, and the proposals (each frame once at E and once at E + 8 kT)
+    for state in json.loads((tmp_path / "AA.json").read_text())["states"]:
+        med = state["median_energy_kT"]
+        assert med["MD"] < med["proposals"] < med["MD"] + 8.0, state
 
 
 def test_smc_stage_returns_force_field_energies_and_its_own_schedule(gg_files, tmp_path):

@@ -264,7 +264,10 @@ def file_flow_config(spec: Mapping) -> dict | None:
         return None
     import torch
 
-    return dict(torch.load(path, map_location="cpu", weights_only=True)["flow_config"])
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["flow_config"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError):  # not a model file: its config entry
+        return None
 
 
 def _sampling_rows(config: Mapping, plan, t: Throughputs) -> list[Row]:

@@ -46,6 +46,9 @@ class MDProtocol:
             if not (-180.0 <= phi <= 180.0 and -180.0 <= psi <= 180.0):
                 raise ValueError(f"start_phi_psi_deg: [{phi:g}, {psi:g}] is outside [-180, 180] degrees")
             states.append((phi, psi))
+        if len(states) > self.replicas:
+            raise ValueError(f"start_phi_psi_deg has {len(states)} states but replicas is {self.replicas}: replica k "
+                             f"starts in state k mod {len(states)}, so set replicas to at least {len(states)}")
         object.__setattr__(self, "start_phi_psi_deg", tuple(states))  # lists from JSON or YAML -> tuples
 
     @property
