@@ -20,6 +20,7 @@ import mdtraj as md
 import numpy as np
 
 from proseflow.artefacts import save_npz
+from proseflow.physics.structures import dihedrals_rad
 
 FEATURE_ELEMENTS = ("C", "N", "S")
 
@@ -47,15 +48,6 @@ def feature_spec(topology) -> FeatureSpec:
     return FeatureSpec(pair_indices=pairs.reshape(-1, 2), dihedral_indices=dihedrals)
 
 
-def _dihedrals_rad(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
-    """IUPAC dihedral angles in (-pi, pi] of x [B, N, 3] for quads [D, 4]."""
-    p0, p1, p2, p3 = (x[:, quads[:, k]] for k in range(4))
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
-    y = np.linalg.norm(b1, axis=-1) * np.sum(b0 * n2, axis=-1)
-    return np.arctan2(y, np.sum(n1 * n2, axis=-1))
-
-
 def compute_features(positions_nm: np.ndarray, spec: FeatureSpec, chunk_frames: int = 2000) -> np.ndarray:
     """[B, F] float64 features of positions [B, N, 3] (or [N, 3]) nm, in chunks to bound memory."""
     x_all = np.asarray(positions_nm, dtype=np.float64)
@@ -68,7 +60,7 @@ def compute_features(positions_nm: np.ndarray, spec: FeatureSpec, chunk_frames: 
         rows = slice(start, start + len(x))
         d = x[:, spec.pair_indices[:, 0]] - x[:, spec.pair_indices[:, 1]]
         out[rows, :n_pairs] = np.sqrt(np.sum(d * d, axis=-1))
-        angles = _dihedrals_rad(x, spec.dihedral_indices)
+        angles = dihedrals_rad(x, spec.dihedral_indices)
         out[rows, n_pairs:n_pairs + n_dih] = np.sin(angles)
         out[rows, n_pairs + n_dih:] = np.cos(angles)
     return out

@@ -224,7 +224,7 @@ def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: 
     n = protocol.replicas
     parts_dir = work_dir.with_name(work_dir.name + ".replicas")
     copies = [MDSystem(f"{s.name}.r{k}", s.topology, _start(s, protocol, k), parts_dir / f"{s.name}.r{k}.h5",
-                       {**s.extra_attrs, "replica": k, **_start_attrs(protocol, k)})
+                       {**s.extra_attrs, "replica": k})
               for s in systems for k in range(n)]
     if not all(c.output.exists() for c in copies):  # else a previous run finished them and died later
         simulate(copies, replace(protocol, replicas=1, start_phi_psi_deg=()), work_dir, threads, progress)
@@ -246,11 +246,6 @@ def _start(system: MDSystem, protocol: MDProtocol, replica: int) -> np.ndarray:
 
     phi, psi = protocol.start_phi_psi_deg[replica % len(protocol.start_phi_psi_deg)]
     return set_backbone_dihedrals(system.topology, system.positions_nm, phi, psi)
-
-
-def _start_attrs(protocol: MDProtocol, replica: int) -> dict:
-    states = protocol.start_phi_psi_deg
-    return {"start_phi_psi_deg": list(states[replica % len(states)])} if states else {}
 
 
 def _run_steps(context, n_steps, chunk, layout, cutoff, systems, first_step) -> np.ndarray:

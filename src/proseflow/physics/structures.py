@@ -89,21 +89,13 @@ def minimize_positions(topology: app.Topology, positions_nm: np.ndarray, max_ite
     return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
 
 
-def backbone_dihedral_quads(topology: app.Topology) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """Atom indices of every backbone phi (C(i-1), N, CA, C) and psi (N, CA, C, N(i+1)), residue order."""
-    residues = list(topology.residues())
-    idx = [{a.name: a.index for a in r.atoms()} for r in residues]
-    phi = [(idx[i - 1]["C"], idx[i]["N"], idx[i]["CA"], idx[i]["C"]) for i in range(1, len(idx))]
-    psi = [(idx[i]["N"], idx[i]["CA"], idx[i]["C"], idx[i + 1]["N"]) for i in range(len(idx) - 1)]
-    return phi, psi
-
-
-def dihedral_deg(x: np.ndarray, quad) -> float:
-    """The IUPAC dihedral of atoms ``quad`` in degrees, in (-180, 180]."""
-    a, b, c, d = (np.asarray(x[i], dtype=float) for i in quad)
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    return float(np.degrees(np.arctan2(np.dot(np.cross(n1, n2), b2 / np.linalg.norm(b2)), np.dot(n1, n2))))
+def dihedrals_rad(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """IUPAC dihedral angles in (-pi, pi] of x [B, N, 3] for quads [D, 4] (atom indices): [B, D]."""
+    p0, p1, p2, p3 = (x[:, quads[:, k]] for k in range(4))
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
+    y = np.linalg.norm(b1, axis=-1) * np.sum(b0 * n2, axis=-1)
+    return np.arctan2(y, np.sum(n1 * n2, axis=-1))
 
 
 def set_backbone_dihedrals(topology: app.Topology, positions_nm: np.ndarray, phi_deg: float,
@@ -118,9 +110,12 @@ def set_backbone_dihedrals(topology: app.Topology, positions_nm: np.ndarray, phi
         i, j = bond[0].index, bond[1].index
         neighbours[i].add(j)
         neighbours[j].add(i)
-    phi, psi = backbone_dihedral_quads(topology)
-    quads = sorted([(q, phi_deg) for q in phi] + [(q, psi_deg) for q in psi], key=lambda t: (t[0][1], t[0][2]))
-    for quad, target in quads:
+    import mdtraj
+
+    top = mdtraj.Topology.from_openmm(topology)
+    dummy = mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3), dtype=np.float32), top)
+    quads = [(q, phi_deg) for q in mdtraj.compute_phi(dummy)[0]] + [(q, psi_deg) for q in mdtraj.compute_psi(dummy)[0]]
+    for quad, target in quads:  # rigid moves: the order does not matter
         b, c = quad[1], quad[2]
         side, stack = {c}, [c]  # atoms reached from c without crossing the b-c bond
         while stack:
@@ -131,7 +126,7 @@ def set_backbone_dihedrals(topology: app.Topology, positions_nm: np.ndarray, phi
                     stack.append(n)
         if b in side:  # a ring: the bond does not split the molecule
             continue
-        theta = np.radians(target - dihedral_deg(x, quad))
+        theta = np.radians(target) - dihedrals_rad(x[None], np.asarray(quad)[None])[0, 0]
         axis = (x[c] - x[b]) / np.linalg.norm(x[c] - x[b])
         k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
         rot = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k  # Rodrigues
