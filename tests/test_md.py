@@ -79,6 +79,11 @@ def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
         assert protocol["timestep_fs"] == 1.0 and protocol["integrator"] == "LangevinMiddleIntegrator"
         assert protocol["openmm_version"] == openmm.__version__ and protocol["platform"] == "CPU"
         assert protocol["forcefield"]["forcefield_files"] == ["amber14-all.xml", "implicit/obc1.xml"]
+        # what the file holds reads back as the protocol it ran (the SLURM check compares them this way)
+        assert TINY.differences(protocol) == {}
+        assert replace(TINY, length_ps=1.0).differences(protocol) == {"length_ps": (0.5, 1.0)}
+        assert replace(TINY, replicas=2, start_phi_psi_deg=[[60, 45]]).differences(protocol, ignore=("replicas",)) \
+            == {"start_phi_psi_deg": ([], [[60.0, 45.0]])}
         # the stored per-frame energies are the copy's own potential energy
         for k in (0, 9):
             e, _ = _energy_forces(s.topology, data["positions_nm"][k].astype(np.float64))
@@ -188,6 +193,7 @@ def test_replicas_start_in_their_backbone_states(tmp_path, peptide):
     simulate([MDSystem("AA", top, pos, out)], protocol, tmp_path / "work", threads=1, progress=False)
     data = trajectory_io.read(out)
     assert data["protocol"]["start_phi_psi_deg"] == [list(s) for s in states]
+    assert protocol.differences(data["protocol"]) == {}
     phi = np.degrees(mdtraj.compute_phi(mdtraj.load(str(out)))[1][:, 0]).reshape(3, -1)
     assert (phi[0, :2] > 0).all() and (phi[2, :2] > 0).all()  # replicas 0 and 2: alpha_L
     assert (phi[1, :2] < -90).all()  # replica 1: beta

@@ -92,9 +92,8 @@ def main(argv: list[str]) -> int:
             err(f"{rel}: time span {data['time_ps'][0]}..{data['time_ps'][-1]} ps inconsistent")
         # the file stores the config's protocol plus run facts (platform used, copies, versions...);
         # compare the config's keys, except the per-job seed and `platform: auto` (resolved at run time)
-        stored = dict(data["protocol"])
-        want = {k: v for k, v in expected.__dict__.items() if k != "seed" and not (k == "platform" and v == "auto")}
-        diff = {k: (stored.get(k, "<absent>"), v) for k, v in want.items() if stored.get(k, "<absent>") != v}
+        diff = expected.differences(data["protocol"],
+                                    ignore=("seed", "platform") if expected.platform == "auto" else ("seed",))
         if diff:
             err(f"{rel}: stored protocol differs from the config's: {diff}")
         if not (np.isfinite(data["positions_nm"]).all() and np.isfinite(data["energy_kJ_per_mol"]).all()):

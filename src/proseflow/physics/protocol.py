@@ -3,7 +3,8 @@ that builds the DAG can use it without OpenMM."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 
 def as_steps(time_ps: float, timestep_fs: float, name: str, allow_zero: bool = False) -> int:
@@ -50,6 +51,14 @@ class MDProtocol:
             raise ValueError(f"start_phi_psi_deg has {len(states)} states but replicas is {self.replicas}: replica k "
                              f"starts in state k mod {len(states)}, so set replicas to at least {len(states)}")
         object.__setattr__(self, "start_phi_psi_deg", tuple(states))  # lists from JSON or YAML -> tuples
+
+    def differences(self, stored: dict, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+        """{field: (stored value, this protocol's value)} for each field of this protocol that `stored` (the
+        protocol dict read back from a trajectory file, JSON) holds differently or lacks; fields in `ignore`
+        are skipped. Both sides are compared as JSON, where tuples are lists."""
+        mine = json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in ignore}))
+        theirs = json.loads(json.dumps(stored))
+        return {k: (theirs.get(k, "<absent>"), v) for k, v in mine.items() if theirs.get(k, "<absent>") != v}
 
     @property
     def steps_per_frame(self) -> int:
