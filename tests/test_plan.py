@@ -156,6 +156,10 @@ def test_the_command_prints_the_bill_and_runs_nothing(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and "none.json: cannot read a throughputs file" in bad.stdout
+    folder = subprocess.run([sys.executable, "-m", "proseflow", "plan", "--configfile", "configs/demo.yaml",
+                             "--throughputs", str(path), "--compare", "configs"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert folder.returncode == 2 and "--compare 'configs' is not a file" in folder.stdout, folder.stdout + folder.stderr
 
 
 def test_job_times_read_a_snakemake_log():

@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.measure).write_text(json.dumps(dataclasses.asdict(t), indent=1) + "\n")
         print(f"throughputs of {t.hardware} -> {args.measure}")
         return 0
+    if args.compare and not Path(args.compare).is_file():
+        print(f"proseflow plan: --compare {args.compare!r} is not a file: give the Snakemake log of a run of this "
+              "config (Snakemake writes one per run under .snakemake/log/)")
+        return 2
     try:
         config = S.load_config(args.base, *args.configfile)
         S.check_config(config)
