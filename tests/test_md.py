@@ -157,6 +157,11 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
     top, pos = peptide("AA")
     protocol = replace(TINY, replicas=3)
     out = tmp_path / "AA.h5"
+    # finished replica files of a previous try with another setup are not taken as this run's
+    (tmp_path / "work.replicas").mkdir()
+    (tmp_path / "work.replicas" / "setup.json").write_text('{"setup": "another protocol"}')
+    for k in range(3):
+        (tmp_path / "work.replicas" / f"AA.r{k}.h5").write_bytes(b"not this run's")
     simulate([MDSystem("AA", top, pos, out)], protocol, tmp_path / "work", threads=1, progress=False)
     data = trajectory_io.read(out)
     n = TINY.n_frames
@@ -179,6 +184,38 @@ def test_replicas_are_independent_runs_concatenated(tmp_path, peptide):
     assert not (tmp_path / "work").exists() and not (tmp_path / "work.replicas").exists()
     with pytest.raises(ValueError, match="replicas"):
         replace(TINY, replicas=0)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_setup_is_not_resumed(tmp_path, peptide):
+    """A job killed with start state beta, restarted after the config moved it to alpha_L, starts over: the file's
+    first frames are in alpha_L (resuming would have carried on in beta), and the log says why."""
+    write_pdb(tmp_path / "KW.pdb", *peptide("KW"))
+    beta = replace(TINY, length_ps=30.0, checkpoint_interval_s=0.0, start_phi_psi_deg=[[-150.0, 150.0]])
+    out, ckpt = tmp_path / "KW.h5", tmp_path / ".work" / "KW" / "checkpoint.bin"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen(_md_cmd(tmp_path / "KW.pdb", out, beta), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and int(json.loads(ckpt.read_bytes().split(b"\n", 1)[0])["frames_done"]) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not out.exists()
+
+    alpha_l = replace(beta, length_ps=0.5, start_phi_psi_deg=[[60.0, 45.0]])
+    run = subprocess.run(_md_cmd(tmp_path / "KW.pdb", out, alpha_l), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "starts over" in run.stderr
+    assert not ckpt.exists()
+    data = trajectory_io.read(out)
+    assert alpha_l.differences(data["protocol"], ignore=("seed",)) == {}
+    phi = np.degrees(mdtraj.compute_phi(mdtraj.load(str(out)))[1])
+    assert len(phi) == alpha_l.n_frames and (phi[:2] > 0).all(), phi[:2]
 
 
 def test_replicas_start_in_their_backbone_states(tmp_path, peptide):

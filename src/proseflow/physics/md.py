@@ -9,7 +9,8 @@ Per system the job writes an MDTraj HDF5 file (:mod:`proseflow.physics.trajector
 memory and appended at every checkpoint (every ``checkpoint_interval_s`` of wall time): first the frames
 are appended and flushed, then the checkpoint (OpenMM context checkpoint + frame counts) is replaced
 atomically. A restarted job truncates each file to the checkpoint's frame count, restores the context and
-continues; frames written before the checkpoint are never touched. Outputs appear at their final paths
+continues; frames written before the checkpoint are never touched. A checkpoint records the setup it belongs to
+(protocol, systems, start coordinates): one written for another setup is discarded and the run starts over. Outputs appear at their final paths
 only when the whole run has finished (an atomic rename), so a killed or failed job never leaves an
 artefact that looks complete.
 """
@@ -171,6 +172,10 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
     partials = [work_dir / f"{s.name}.h5" for s in systems]
     ckpt_path = work_dir / "checkpoint.bin"
 
+    setup = _setup_key(protocol, systems)
+    if ckpt_path.exists() and not _checkpoint_matches(ckpt_path, setup, names):
+        for p in [ckpt_path, *partials]:
+            p.unlink(missing_ok=True)
     if ckpt_path.exists():
         frames_done, state = _read_checkpoint(ckpt_path)
         context.loadCheckpoint(state)
@@ -186,7 +191,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
         for s, p in zip(systems, partials, strict=True):
             trajectory_io.create(p, s.topology, {**record, **s.extra_attrs, "system": s.name})
         frames_done = 0
-        _write_checkpoint(context, frames_done, ckpt_path)
+        _write_checkpoint(context, frames_done, ckpt_path, setup)
 
     buffer: list[tuple[np.ndarray, float]] = []
     last_ckpt = time.monotonic()
@@ -204,7 +209,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
             frames_done = _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame,
                                  protocol.save_interval_ps)
             buffer.clear()
-            _write_checkpoint(context, frames_done, ckpt_path)
+            _write_checkpoint(context, frames_done, ckpt_path, setup)
             last_ckpt = time.monotonic()
     bar.close()
     elapsed = time.monotonic() - t_run
@@ -226,6 +231,14 @@ def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: 
     copies = [MDSystem(f"{s.name}.r{k}", s.topology, _start(s, protocol, k), parts_dir / f"{s.name}.r{k}.h5",
                        {**s.extra_attrs, "replica": k})
               for s in systems for k in range(n)]
+    stamp = parts_dir / "setup.json"  # finished parts of a previous try are kept only for the same setup
+    setup = _setup_key(protocol, copies)
+    if parts_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text())["setup"] != setup):
+        log.warning("%s: replicas of a previous try with another protocol, structure or start state; discarded",
+                    parts_dir)
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"setup": setup}))
     if not all(c.output.exists() for c in copies):  # else a previous run finished them and died later
         simulate(copies, replace(protocol, replicas=1, start_phi_psi_deg=()), work_dir, threads, progress)
     for i, s in enumerate(systems):
@@ -294,9 +307,36 @@ def _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame, 
     return n
 
 
-def _write_checkpoint(context, frames_done: int, path: Path) -> None:
-    """One file holds the frame count and the OpenMM state, replaced atomically so they never disagree."""
-    header = json.dumps({"frames_done": frames_done, "wall_time": time.time()}).encode()
+def _setup_key(protocol: MDProtocol, systems: list[MDSystem]) -> str:
+    """What a checkpoint is only valid for: the protocol (bar how often it checkpoints), the systems and their start
+    coordinates (so a rebuilt structure or a changed start state is a different run)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({k: v for k, v in asdict(protocol).items() if k != "checkpoint_interval_s"},
+                                  sort_keys=True).encode())
+    for s in systems:
+        h.update(s.name.encode())
+        h.update(np.round(np.asarray(s.positions_nm, dtype=np.float64), 6).tobytes())
+    return h.hexdigest()
+
+
+def _checkpoint_matches(path: Path, setup: str, names: list[str]) -> bool:
+    """False (and says so) when the checkpoint in ``path`` was written for another setup: the caller starts over."""
+    written = json.loads(path.read_bytes().split(b"\n", 1)[0]).get("setup")
+    if written is None:  # written before checkpoints recorded their setup: nothing to check it against
+        log.warning("%s: checkpoint records no setup; resuming it as it is", path)
+        return True
+    if written != setup:
+        log.warning("%s: checkpoint of %s was written for another protocol, structure or start state; its partial "
+                    "trajectories are discarded and the run starts over", path, names)
+        return False
+    return True
+
+
+def _write_checkpoint(context, frames_done: int, path: Path, setup: str) -> None:
+    """One file holds the frame count, the setup it belongs to and the OpenMM state, replaced atomically so they
+    never disagree."""
+    header = json.dumps({"frames_done": frames_done, "setup": setup, "wall_time": time.time()}).encode()
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         fh.write(header + b"\n" + context.createCheckpoint())
