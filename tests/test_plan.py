@@ -149,7 +149,7 @@ def test_the_command_prints_the_bill_and_runs_nothing(tmp_path):
                            "--throughputs", str(path), "--json", "plan.json"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "dominated by" in proc.stdout and "md_reference" in proc.stdout
+    assert "dominated by" in proc.stdout and "md_reference" in proc.stdout and "+/- 30%" in proc.stdout
     assert json.loads((tmp_path / "plan.json").read_text())["rows"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "configs", "plan.json", "rates.json"]
     bad = subprocess.run([sys.executable, "-m", "proseflow", "plan", "--throughputs", str(tmp_path / "none.json")],

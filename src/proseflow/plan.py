@@ -348,7 +348,9 @@ def format_plan(p: dict) -> str:
         lines.append(f"{r['stage']:<34} {r['jobs']:>6} {_human_s(r['seconds']):>11} {_human_b(r['bytes']):>10}  "
                      f"{r['basis']:<12} {r['work']}")
     lines += ["", f"total: {_human_s(p['total_s'])} ({p['total_s'] / 3600:,.1f} h), {_human_b(p['total_bytes'])}; "
-                  f"dominated by {p['dominant']} ({100 * p['dominant_share']:.0f}% of the time)"]
+                  f"dominated by {p['dominant']} ({100 * p['dominant_share']:.0f}% of the time)",
+              "(read times as +/- 30%: on shared hardware one machine's MD rate varied by 25% within a day; "
+              "--measure probes the machine you are on)"]
     return "\n".join(lines)
 
 
