@@ -5,7 +5,9 @@ against the reference MD with the pipeline's metrics (E-W2, T-W2, TICA-W2).
 At budget B: SNIS draws min(B, --max-snis) proposals (one evaluation each); an SMC kernel gets B // (evaluations
 per particle) particles (ULA 101, MALA 51, adaptive MALA at most 1 + steps x max_levels); MD is the reference
 trajectory's prefix of B steps (:func:`proseflow.evaluation.budget.md_budget_curve`; it is part of the reference,
-which flatters MD slightly at the largest budgets). Every row records the evaluations actually spent.
+which flatters MD at the largest budgets); ``md_fresh`` is the fair one: a new MD run with the reference's protocol
+and another seed, as many replicas of the reference's length as the largest budget needs, scored by its prefix of
+B steps the same way (burn-in not counted, as for ``md``). Every row records the evaluations actually spent.
 
     python studies/smc_budget.py --workdir /work/study_aa --model ab_triangular --out studies/aa/smc_budget
 
@@ -116,7 +118,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def merge(out: Path, floor: dict | None) -> None:
     """One table and one figure from every worker's CSV (rows ordered by budget, then sampler)."""
-    order = {"md": 0, "snis": 1, "smc_ula": 2, "smc_mala": 3, "smc_amala": 4}
+    order = {"md": 0, "md_fresh": 1, "snis": 2, "smc_ula": 3, "smc_mala": 4, "smc_amala": 5}
     rows = {}
     for path in sorted(out.glob("smc_budget_*.csv")):  # the workers' files (not the merged one)
         for r in read_rows(path):
@@ -127,6 +129,35 @@ def merge(out: Path, floor: dict | None) -> None:
     log.info("merged %d rows into %s", len(merged), out / "smc_budget.csv")
 
 
+def fresh_md(reference_path: Path, topology, pdb: Path, max_budget: float, out: Path, seed: int, threads: int) -> Path:
+    """An MD run independent of the reference: its protocol (from the file), another seed, enough replicas of its
+    length for ``max_budget`` steps after burn-in. Resumable (the MD checkpoint); reused when already written."""
+    import math
+    from dataclasses import fields
+
+    from proseflow.physics import trajectory_io
+    from proseflow.physics.md import MDProtocol, MDSystem, simulate, stable_seed
+    from proseflow.physics.structures import load_pdb
+
+    path = out / "md_fresh.h5"
+    if path.exists():
+        return path
+    stored = trajectory_io.read(reference_path)["protocol"]
+    protocol = MDProtocol(**{f.name: stored[f.name] for f in fields(MDProtocol) if f.name in stored})
+    per_replica = protocol.n_frames * protocol.steps_per_frame
+    protocol = MDProtocol(**{**{f.name: getattr(protocol, f.name) for f in fields(MDProtocol)},
+                             "replicas": math.ceil(max_budget / per_replica), "seed": stable_seed(seed, "md_fresh"),
+                             "platform": "CPU"})
+    if protocol.seed == stored["seed"]:
+        raise ValueError("md_fresh: the seed equals the reference's; it would not be independent")
+    log.info("md_fresh: %d replica(s) of %g ps, seed %d (reference: seed %d)", protocol.replicas, protocol.length_ps,
+             protocol.seed, stored["seed"])
+    _, positions = load_pdb(pdb)
+    simulate([MDSystem(reference_path.stem, topology, positions, path)], protocol, out / "md_fresh.work",
+             threads=threads, progress=True)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, required=True)
@@ -135,7 +166,7 @@ def main(argv=None) -> None:
     ap.add_argument("--snapshot", type=Path, help="model file (default results/models/<model>/model.pt)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budgets", type=float, nargs="+", default=[1e4, 1e5, 1e6])
-    ap.add_argument("--samplers", nargs="+", default=["md", "snis", "smc_ula", "smc_mala", "smc_amala"])
+    ap.add_argument("--samplers", nargs="+", default=["md", "md_fresh", "snis", "smc_ula", "smc_mala", "smc_amala"])
     ap.add_argument("--max-snis", type=int, default=100_000)
     ap.add_argument("--n-metric", type=int, default=4000)
     ap.add_argument("--temperature-K", type=float, default=310.0)
@@ -188,6 +219,15 @@ def main(argv=None) -> None:
         for r in md_budget_curve(md_path, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
                                  sequence=args.system, temperature_K=args.temperature_K):
             rows.append({"sampler": "md", "budget": r["budget"], "n_energy_evals": r["budget"],
+                         "n_samples": r.get("n_samples"), **{k: r.get(k) for k in ("energy_w2", "torus_w2", "tica_w2")},
+                         "status": r["status"], "wall_s": r.get("wall_time_s")})
+        write_rows(csv_path, rows)
+    if "md_fresh" in args.samplers and not any(r["sampler"] == "md_fresh" for r in rows):
+        fresh = fresh_md(md_path, topology, wd / "results" / "structures" / f"{args.system}.pdb", max(args.budgets),
+                         args.out, args.seed, args.threads)
+        for r in md_budget_curve(fresh, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
+                                 sequence=args.system, temperature_K=args.temperature_K):
+            rows.append({"sampler": "md_fresh", "budget": r["budget"], "n_energy_evals": r["budget"],
                          "n_samples": r.get("n_samples"), **{k: r.get(k) for k in ("energy_w2", "torus_w2", "tica_w2")},
                          "status": r["status"], "wall_s": r.get("wall_time_s")})
         write_rows(csv_path, rows)
