@@ -1,12 +1,11 @@
 """The OpenMM energy API against a fresh OpenMM Context and finite differences."""
 
 import numpy as np
-import openmm
 import pytest
-from openmm import unit
+from openmm_reference import energies_forces
 
 from proseflow.physics.energy import OpenMMEnergy, make_energy
-from proseflow.physics.system import create_system, kT_kJ_per_mol
+from proseflow.physics.system import kT_kJ_per_mol
 
 T = 310.0
 
@@ -16,18 +15,6 @@ def _frames(pos, n, scale, seed=0):
     return pos[None] + scale * rng.standard_normal((n, *pos.shape))
 
 
-def _fresh_context_energy_forces(top, x):
-    ctx = openmm.Context(create_system(top), openmm.VerletIntegrator(0.001),
-                         openmm.Platform.getPlatformByName("Reference"))
-    es, fs = [], []
-    for xi in x:
-        ctx.setPositions(xi)
-        s = ctx.getState(getEnergy=True, getForces=True)
-        es.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        fs.append(s.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return np.array(es), np.array(fs)
-
-
 @pytest.mark.parametrize("n_workers", [1, 2])
 def test_matches_fresh_context(peptide, n_workers):
     top, pos = peptide("KW")
@@ -35,7 +22,7 @@ def test_matches_fresh_context(peptide, n_workers):
     with OpenMMEnergy(top, T, platform="CPU", n_workers=n_workers, chunk_size=8) as energy:
         e, f = energy.energy_and_forces_kT(x)
         e_only = energy.energy_kT(x)
-    e_ref, f_ref = _fresh_context_energy_forces(top, x)
+    e_ref, f_ref = energies_forces(top, x)
     kT = kT_kJ_per_mol(T)
     np.testing.assert_allclose(e * kT, e_ref, rtol=1e-6)
     np.testing.assert_allclose(e_only, e, rtol=1e-6)  # CPU platform: mixed precision, paths differ ~1e-8

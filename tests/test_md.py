@@ -14,25 +14,15 @@ import mdtraj
 import numpy as np
 import openmm
 import pytest
-from openmm import unit
+from openmm_reference import energies_forces
 
 from proseflow.physics import trajectory_io
 from proseflow.physics.md import MDProtocol, MDSystem, SimulationBlowUp, combine_copies, recentre, simulate
 from proseflow.physics.structures import write_pdb
-from proseflow.physics.system import create_system
 from proseflow.stages.settings import MDSettings, from_json
 
 TINY = MDProtocol(burn_in_ps=0.05, length_ps=0.5, save_interval_ps=0.05, seed=7, platform="CPU",
                   recentre_interval_ps=0.025)
-
-
-def _energy_forces(top, x):
-    ctx = openmm.Context(create_system(top), openmm.VerletIntegrator(0.001),
-                         openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(x)
-    s = ctx.getState(getEnergy=True, getForces=True)
-    return (s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-            s.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
 
 
 def test_copies_have_the_energies_and_forces_of_each_system_alone(peptide):
@@ -41,10 +31,10 @@ def test_copies_have_the_energies_and_forces_of_each_system_alone(peptide):
     rng = np.random.default_rng(0)
     poss = [p + 0.01 * rng.standard_normal(p.shape) for p in poss]  # each copy its own configuration
     top, x, layout = combine_copies(list(tops), poss, cutoff_nm=2.0)
-    e_all, f_all = _energy_forces(top, x)
+    e_all, f_all = energies_forces(top, x)
     e_sum = 0.0
     for t, sl in zip(tops, layout.slices(), strict=True):
-        e, f = _energy_forces(t, x[sl])
+        e, f = energies_forces(t, x[sl])
         e_sum += e
         np.testing.assert_allclose(f_all[sl], f, rtol=1e-9, atol=1e-8)
     assert e_all == pytest.approx(e_sum, rel=1e-10)
@@ -86,7 +76,7 @@ def test_batched_run_writes_mdtraj_files_with_protocol(tmp_path, peptide):
             == {"start_phi_psi_deg": ([], [[60.0, 45.0]])}
         # the stored per-frame energies are the copy's own potential energy
         for k in (0, 9):
-            e, _ = _energy_forces(s.topology, data["positions_nm"][k].astype(np.float64))
+            e, _ = energies_forces(s.topology, data["positions_nm"][k].astype(np.float64))
             assert data["energy_kJ_per_mol"][k] == pytest.approx(e, rel=1e-4, abs=0.05)
         # frames are dynamics, not copies of the start
         assert np.abs(data["positions_nm"][-1] - data["positions_nm"][0]).max() > 0.01

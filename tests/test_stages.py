@@ -9,17 +9,16 @@ import json
 import math
 
 import numpy as np
-import openmm
 import pytest
 import torch
-from openmm import unit
+from openmm_reference import energies_forces
 
 from proseflow.flow.checkpoint import save_model
 from proseflow.flow.model import ProseFlow
 from proseflow.flow.train import TrainConfig, flow_config
 from proseflow.physics.md import MDProtocol, MDSystem, simulate
 from proseflow.physics.structures import write_pdb
-from proseflow.physics.system import create_system, kT_kJ_per_mol
+from proseflow.physics.system import kT_kJ_per_mol
 from proseflow.samplers.sample_set import SampleSet
 from proseflow.stages import settings as S
 from proseflow.stages.run import run
@@ -33,15 +32,8 @@ def _run(stage: str, settings, inputs: dict, outputs: dict) -> None:
 
 
 def _openmm_energy_kT(topology, positions_nm: np.ndarray) -> np.ndarray:
-    """E/kT of each configuration from a Reference-platform Context: independent of the stages' energy backends."""
-    ctx = openmm.Context(create_system(topology), openmm.VerletIntegrator(0.001),
-                         openmm.Platform.getPlatformByName("Reference"))
-    out = []
-    for x in positions_nm:
-        ctx.setPositions(x.astype(np.float64) * unit.nanometer)
-        e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        out.append(e / kT_kJ_per_mol(T_K))
-    return np.array(out)
+    """E/kT of each configuration from OpenMM's Reference platform: independent of the stages' energy backends."""
+    return energies_forces(topology, positions_nm)[0] / kT_kJ_per_mol(T_K)
 
 
 @pytest.fixture(scope="module")
