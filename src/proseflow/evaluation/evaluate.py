@@ -50,11 +50,11 @@ def reference_indices(md_path, n_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n_frames, total)).round().astype(int))
 
 
-def reference_frames(md_path, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_frames(md_path, n_frames: int, data: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices, positions_nm [n, N, 3], energy_kJ_per_mol [n]) of ``n_frames`` evenly spaced frames of the
-    reference MD, from one read of the file."""
+    reference MD, from one read of the file (``data``: what ``trajectory_io.read`` returned, if already read)."""
     idx = reference_indices(md_path, n_frames)
-    data = trajectory_io.read(md_path)
+    data = trajectory_io.read(md_path) if data is None else data
     return idx, data["positions_nm"][idx], data["energy_kJ_per_mol"][idx]
 
 
@@ -66,13 +66,14 @@ def reference(md_path, topology, tica_model, temperature_K: float, n_frames: int
     return project(positions_nm, e_kT, topology, tica_model)
 
 
-def noise_floor(md_path, topology, tica_model, temperature_K: float, n_metric: int) -> dict:
+def noise_floor(md_path, topology, tica_model, temperature_K: float, n_metric: int, data: dict | None = None) -> dict:
     """Each W2 between two independent halves of the reference MD at ``n_metric / 2`` frames each (replicas
     0..R/2-1 vs R/2..R-1 when R is even, else the first vs the second half): a sampler's W2 at or below it
-    cannot be told from the reference's own sampling noise."""
+    cannot be told from the reference's own sampling noise. ``data``: the file as ``trajectory_io.read`` returned it,
+    if already read."""
     from proseflow.evaluation.metrics import energy_w2, tica_w2, torus_w2
 
-    data = trajectory_io.read(md_path)
+    data = trajectory_io.read(md_path) if data is None else data
     half = len(data["positions_nm"]) // 2  # replicas are stored one after another
     n = min(n_metric // 2, half)
     idx = [np.linspace(a, a + half - 1, n).round().astype(int) for a in (0, half)]

@@ -141,7 +141,6 @@ def run_tica(s: S.TicaSettings, inputs: Files, outputs: Files) -> None:
 def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     """Metrics of every sampler of one system against its reference MD; JSON + self-contained HTML page."""
     from proseflow.artefacts import save_json
-    from proseflow.evaluation.evaluate import noise_floor
     from proseflow.evaluation.registry import TABLE2
     from proseflow.report.system_page import write_system_report
 
@@ -150,16 +149,16 @@ def run_evaluate(s: S.EvaluateSettings, inputs: Files, outputs: Files) -> None:
     diagnostics = _proposal_facts(s, ref, metrics, snis, inputs.optional("proposals"))
     metadata = _run_metadata(s, ref, inputs.optional("model") or "", inputs.optional("train"), walls)
     viewer, states = _system_viewer(s, ref.seq, ref.topology, ref.md, ref.frames[0], ref.projection, snis, sets)
-    floor = noise_floor(ref.md, ref.topology, ref.tica, s.temperature_K, s.n_metric)  # what the reference resolves
     p = ref.projection
     write_system_report(outputs.one("html"), {"sequence": ref.seq, "metrics": metrics, "metadata": metadata,
-                                              "diagnostics": diagnostics, "viewer": viewer, "noise_floor": floor,
+                                              "diagnostics": diagnostics, "viewer": viewer,
+                                              "noise_floor": ref.noise_floor,
                                               "reference": {"energy_kT": p.energy_kT, "phi_psi": p.phi_psi,
                                                             "tica": p.tica},
                                               "samplers": sets}, summary_href=s.summary_href)
     save_json(outputs.one("json"), {"sequence": ref.seq, "length": len(ref.seq), "model": s.model, "metrics": metrics,
                                     "metadata": metadata, "diagnostics": diagnostics, "states": states,
-                                    "noise_floor": floor})  # strict JSON, written last: it marks completion
+                                    "noise_floor": ref.noise_floor})  # strict JSON, written last: it marks completion
     log.info("%s: %s", ref.seq, json.dumps({k: {m: round(v, 4) for m, v in d.items() if m in TABLE2}
                                             for k, d in metrics.items()}))
 
@@ -174,20 +173,24 @@ class _Reference:
     tica: Any
     frames: Any  # (positions, frame indices) of the reference frames (evaluation.evaluate.reference_frames)
     projection: Any  # evaluation.evaluate.Projection of those frames
+    noise_floor: dict  # evaluation.evaluate.noise_floor: what the reference resolves
 
 
 def _reference(s: S.EvaluateSettings, inputs: Files) -> _Reference:
-    from proseflow.evaluation.evaluate import reference, reference_frames
+    from proseflow.evaluation.evaluate import noise_floor, reference, reference_frames
     from proseflow.evaluation.tica import TicaModel
+    from proseflow.physics import trajectory_io
     from proseflow.physics.structures import load_pdb
 
     structure, md = inputs.one("structure"), inputs.one("md")
     topology, _ = load_pdb(structure)
     tica_model = TicaModel.load(inputs.one("tica"))
-    frames = reference_frames(md, s.reference_frames)  # read once: metrics, diagnostics, viewer
+    data = trajectory_io.read(md)  # read once: metrics, diagnostics, viewer, and the noise floor
+    frames = reference_frames(md, s.reference_frames, data)
     projection = reference(md, topology, tica_model, s.temperature_K, s.reference_frames, frames=frames)
+    floor = noise_floor(md, topology, tica_model, s.temperature_K, s.n_metric, data)  # what the reference resolves
     # results/structures/{seq}.pdb names the system (the MD may be at another temperature)
-    return _Reference(Path(structure).stem, md, topology, tica_model, frames, projection)
+    return _Reference(Path(structure).stem, md, topology, tica_model, frames, projection, floor)
 
 
 def _sampler_metrics(s: S.EvaluateSettings, ref: _Reference, paths: list) -> tuple[dict, dict, Any, dict]:
