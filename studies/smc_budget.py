@@ -133,27 +133,26 @@ def fresh_md(reference_path: Path, topology, pdb: Path, max_budget: float, out: 
     """An MD run independent of the reference: its protocol (from the file), another seed, enough replicas of its
     length for ``max_budget`` steps after burn-in. Resumable (the MD checkpoint); reused when already written."""
     import math
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from proseflow.physics import trajectory_io
     from proseflow.physics.md import MDProtocol, MDSystem, simulate, stable_seed
     from proseflow.physics.structures import load_pdb
 
-    path = out / "md_fresh.h5"
-    if path.exists():
-        return path
-    stored = trajectory_io.read(reference_path)["protocol"]
+    stored = trajectory_io.protocol(reference_path)
     protocol = MDProtocol(**{f.name: stored[f.name] for f in fields(MDProtocol) if f.name in stored})
     per_replica = protocol.n_frames * protocol.steps_per_frame
-    protocol = MDProtocol(**{**{f.name: getattr(protocol, f.name) for f in fields(MDProtocol)},
-                             "replicas": math.ceil(max_budget / per_replica), "seed": stable_seed(seed, "md_fresh"),
-                             "platform": "CPU"})
+    protocol = replace(protocol, replicas=math.ceil(max_budget / per_replica), seed=stable_seed(seed, "md_fresh"),
+                       platform="CPU")
     if protocol.seed == stored["seed"]:
         raise ValueError("md_fresh: the seed equals the reference's; it would not be independent")
+    path = out / f"md_fresh_seed{protocol.seed}_x{protocol.replicas}.h5"  # another seed or length: another file
+    if path.exists():
+        return path
     log.info("md_fresh: %d replica(s) of %g ps, seed %d (reference: seed %d)", protocol.replicas, protocol.length_ps,
              protocol.seed, stored["seed"])
     _, positions = load_pdb(pdb)
-    simulate([MDSystem(reference_path.stem, topology, positions, path)], protocol, out / "md_fresh.work",
+    simulate([MDSystem(reference_path.stem, topology, positions, path)], protocol, path.with_suffix(".work"),
              threads=threads, progress=True)
     return path
 

@@ -232,3 +232,39 @@ def test_replicas_start_in_their_backbone_states(tmp_path, peptide):
         replace(TINY, start_phi_psi_deg=[[60.0]])
     with pytest.raises(ValueError, match="2 states but replicas is 1"):
         replace(TINY, start_phi_psi_deg=states)
+
+
+def test_a_batch_starts_from_its_structure_file_written_once(tmp_path, peptide):
+    """A training batch writes each system's PDB once and starts its MD from that file, so a rerun after a kill starts
+    from the coordinates its checkpoint was written for (a rebuild elsewhere could differ in the last digits). Here the
+    file left by an earlier try holds AA in alpha_L; build_peptide's AA is not there, so the frames say which was used."""
+    from proseflow.physics.structures import set_backbone_dihedrals
+    from proseflow.stages.run import run
+
+    (tmp_path / "train.csv").write_text("sequence,length\nAA,2\n")
+    top, pos = peptide("AA")
+    assert (np.degrees(mdtraj.compute_phi(mdtraj.Trajectory(pos, mdtraj.Topology.from_openmm(top)))[1]) < 0).all()
+    earlier = tmp_path / ".batch00000.tmp" / "AA.pdb"
+    earlier.parent.mkdir()
+    write_pdb(earlier, top, set_backbone_dihedrals(top, pos, 60.0, 45.0))
+    pdb_bytes = earlier.read_bytes()
+    settings = MDSettings(split="train", protocol=replace(TINY, length_ps=0.1), batch=0, systems_per_job=1)
+    run("md", settings.to_json(), {"sequences": [str(tmp_path / "train.csv")]},
+        {"batch": [str(tmp_path / "batch00000")]}, threads=1)
+    assert (tmp_path / "batch00000" / "AA.pdb").read_bytes() == pdb_bytes
+    phi = np.degrees(mdtraj.compute_phi(mdtraj.load(str(tmp_path / "batch00000" / "AA.h5")))[1])
+    assert (phi[0] > 0).all(), phi[0]
+
+
+def test_what_a_checkpoint_is_valid_for(peptide):
+    """The setup key of a checkpoint: the same for the same run written 20 or 20.0, or checkpointing more often;
+    another for another protocol, start coordinates or OpenMM platform."""
+    from proseflow.physics.md import _setup_key
+
+    top, pos = peptide("AA")
+    run = [MDSystem("AA", top, pos, Path("AA.h5"))]
+    key = _setup_key(replace(TINY, length_ps=1), run, "CPU")
+    assert _setup_key(replace(TINY, length_ps=1.0, checkpoint_interval_s=5.0), run, "CPU") == key
+    assert _setup_key(replace(TINY, length_ps=2.0), run, "CPU") != key
+    assert _setup_key(replace(TINY, length_ps=1), run, "Reference") != key
+    assert _setup_key(replace(TINY, length_ps=1), [replace(run[0], positions_nm=pos + 1e-4)], "CPU") != key

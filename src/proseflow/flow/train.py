@@ -382,7 +382,7 @@ def _set_aside_finished_run(out: Path, config: TrainConfig) -> bool:
         steps = int(json.loads(settings.read_text())["steps"])
     except (ValueError, KeyError, TypeError):
         return False
-    if steps < config.max_steps:  # max_steps raised since: resume and train on
+    if steps < config.max_steps:  # not finished (max_steps raised since: _check_resumable refuses, it sets the schedule)
         return False
     os.replace(ckpt, out / "checkpoint.previous.pt")
     os.replace(settings, out / "settings.previous.json")

@@ -172,7 +172,7 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
     partials = [work_dir / f"{s.name}.h5" for s in systems]
     ckpt_path = work_dir / "checkpoint.bin"
 
-    setup = _setup_key(protocol, systems)
+    setup = _setup_key(protocol, systems, platform.getName())
     if ckpt_path.exists() and not _checkpoint_matches(ckpt_path, setup, names):
         for p in [ckpt_path, *partials]:
             p.unlink(missing_ok=True)
@@ -233,12 +233,13 @@ def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: 
               for s in systems for k in range(n)]
     stamp = parts_dir / "setup.json"  # finished parts of a previous try are kept only for the same setup
     setup = _setup_key(protocol, copies)
-    if parts_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text())["setup"] != setup):
+    if parts_dir.exists() and _stamped_setup(stamp) != setup:
         log.warning("%s: replicas of a previous try with another protocol, structure or start state; discarded",
                     parts_dir)
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"setup": setup}))
+    stamp.with_suffix(".tmp").write_text(json.dumps({"setup": setup}))
+    os.replace(stamp.with_suffix(".tmp"), stamp)
     if not all(c.output.exists() for c in copies):  # else a previous run finished them and died later
         simulate(copies, replace(protocol, replicas=1, start_phi_psi_deg=()), work_dir, threads, progress)
     for i, s in enumerate(systems):
@@ -248,6 +249,13 @@ def _simulate_replicas(systems: list[MDSystem], protocol: MDProtocol, work_dir: 
                                   start_phi_psi_deg=[list(v) for v in protocol.start_phi_psi_deg])
     shutil.rmtree(parts_dir)
     return [s.output for s in systems]
+
+
+def _stamped_setup(stamp: Path) -> str | None:
+    try:
+        return json.loads(stamp.read_text())["setup"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, or cut short by a kill: not this setup
+        return None
 
 
 def _start(system: MDSystem, protocol: MDProtocol, replica: int) -> np.ndarray:
@@ -307,12 +315,17 @@ def _flush(buffer, systems, partials, layout, per_copy, step0, steps_per_frame, 
     return n
 
 
-def _setup_key(protocol: MDProtocol, systems: list[MDSystem]) -> str:
-    """What a checkpoint is only valid for: the protocol (bar how often it checkpoints), the systems and their start
-    coordinates (so a rebuilt structure or a changed start state is a different run)."""
+def _setup_key(protocol: MDProtocol, systems: list[MDSystem], platform_name: str = "") -> str:
+    """What a checkpoint is only valid for: the protocol (bar how often it checkpoints; numbers as floats, so 20 and
+    20.0 are one setting), the systems and their start coordinates (a rebuilt structure or a changed start state is
+    another run), and the OpenMM platform and version that wrote it (OpenMM's checkpoints are tied to both)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps({k: v for k, v in asdict(protocol).items() if k != "checkpoint_interval_s"},
+    def number(v):
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    settings = {k: number(v) for k, v in asdict(protocol).items() if k != "checkpoint_interval_s"}
+    h = hashlib.sha256(json.dumps([settings, platform_name, openmm.__version__ if platform_name else ""],
                                   sort_keys=True).encode())
     for s in systems:
         h.update(s.name.encode())

@@ -162,7 +162,7 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
         return
 
     from proseflow.physics.sequences import read_sequences
-    from proseflow.physics.structures import build_peptide, write_pdb
+    from proseflow.physics.structures import build_peptide, load_pdb, write_pdb
 
     if s.batch is None or s.systems_per_job is None:
         raise ValueError(f"{s.split} MD needs settings.batch and settings.systems_per_job")
@@ -175,8 +175,13 @@ def run_md(s: S.MDSettings, inputs: Files, outputs: Files, threads: int | None =
     tmp_dir.mkdir(parents=True, exist_ok=True)
     systems = []
     for seq in mine:
-        topology, positions_nm = build_peptide(seq)
-        write_pdb(tmp_dir / f"{seq}.pdb", topology, positions_nm)
+        # MD starts from the PDB the batch ships, written once: a rerun after a kill starts from the same file (a
+        # rebuild on another node could differ in the last digits, and the MD checkpoint is only valid for its start)
+        pdb = tmp_dir / f"{seq}.pdb"
+        if not pdb.exists():
+            write_pdb(pdb.with_suffix(".pdb.tmp"), *build_peptide(seq))
+            os.replace(pdb.with_suffix(".pdb.tmp"), pdb)
+        topology, positions_nm = load_pdb(pdb)
         systems.append(MDSystem(seq, topology, positions_nm, tmp_dir / f"{seq}.h5"))
     if systems:
         simulate(systems, protocol, out.with_name(f".{out.name}.work"), threads=threads)
