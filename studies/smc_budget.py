@@ -214,19 +214,15 @@ def main(argv=None) -> None:
     done = {(r["sampler"], float(r["budget"])) for r in rows}
     if rows:
         log.info("resuming: %d rows already in %s", len(rows), csv_path)
-    if "md" in args.samplers and not any(r["sampler"] == "md" for r in rows):
-        for r in md_budget_curve(md_path, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
+    for name in ("md", "md_fresh"):  # MD rows: the reference's prefix, and an independent run; saved as they come
+        if name not in args.samplers or any(r["sampler"] == name for r in rows):
+            continue
+        path = md_path if name == "md" else fresh_md(md_path, topology, wd / "results" / "structures" /
+                                                     f"{args.system}.pdb", max(args.budgets), args.out, args.seed,
+                                                     args.threads)
+        for r in md_budget_curve(path, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
                                  sequence=args.system, temperature_K=args.temperature_K):
-            rows.append({"sampler": "md", "budget": r["budget"], "n_energy_evals": r["budget"],
-                         "n_samples": r.get("n_samples"), **{k: r.get(k) for k in ("energy_w2", "torus_w2", "tica_w2")},
-                         "status": r["status"], "wall_s": r.get("wall_time_s")})
-        write_rows(csv_path, rows)
-    if "md_fresh" in args.samplers and not any(r["sampler"] == "md_fresh" for r in rows):
-        fresh = fresh_md(md_path, topology, wd / "results" / "structures" / f"{args.system}.pdb", max(args.budgets),
-                         args.out, args.seed, args.threads)
-        for r in md_budget_curve(fresh, topology, tica_model, ref, args.budgets, args.n_metric, args.seed,
-                                 sequence=args.system, temperature_K=args.temperature_K):
-            rows.append({"sampler": "md_fresh", "budget": r["budget"], "n_energy_evals": r["budget"],
+            rows.append({"sampler": name, "budget": r["budget"], "n_energy_evals": r["budget"],
                          "n_samples": r.get("n_samples"), **{k: r.get(k) for k in ("energy_w2", "torus_w2", "tica_w2")},
                          "status": r["status"], "wall_s": r.get("wall_time_s")})
         write_rows(csv_path, rows)

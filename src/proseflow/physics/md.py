@@ -173,11 +173,14 @@ def simulate(systems: list[MDSystem], protocol: MDProtocol, work_dir: str | os.P
     ckpt_path = work_dir / "checkpoint.bin"
 
     setup = _setup_key(protocol, systems, platform.getName())
-    if ckpt_path.exists() and not _checkpoint_matches(ckpt_path, setup, names):
+    checkpoint = _read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if checkpoint and not _checkpoint_matches(checkpoint[0], ckpt_path, setup, names):
         for p in [ckpt_path, *partials]:
             p.unlink(missing_ok=True)
-    if ckpt_path.exists():
-        frames_done, state = _read_checkpoint(ckpt_path)
+        checkpoint = None
+    if checkpoint:
+        header, state = checkpoint
+        frames_done = int(header["frames_done"])
         context.loadCheckpoint(state)
         for p in partials:
             trajectory_io.truncate(p, frames_done)
@@ -333,9 +336,10 @@ def _setup_key(protocol: MDProtocol, systems: list[MDSystem], platform_name: str
     return h.hexdigest()
 
 
-def _checkpoint_matches(path: Path, setup: str, names: list[str]) -> bool:
-    """False (and says so) when the checkpoint in ``path`` was written for another setup: the caller starts over."""
-    written = json.loads(path.read_bytes().split(b"\n", 1)[0]).get("setup")
+def _checkpoint_matches(header: dict, path: Path, setup: str, names: list[str]) -> bool:
+    """False (and says so) when the checkpoint in ``path`` (its ``header``) was written for another setup: the caller
+    starts over."""
+    written = header.get("setup")
     if written is None:  # written before checkpoints recorded their setup: nothing to check it against
         log.warning("%s: checkpoint records no setup; resuming it as it is", path)
         return True
@@ -358,7 +362,7 @@ def _write_checkpoint(context, frames_done: int, path: Path, setup: str) -> None
     os.replace(tmp, path)
 
 
-def _read_checkpoint(path: Path) -> tuple[int, bytes]:
-    data = path.read_bytes()
-    header, state = data.split(b"\n", 1)
-    return int(json.loads(header)["frames_done"]), state
+def _read_checkpoint(path: Path) -> tuple[dict, bytes]:
+    """(header: frame count, setup, wall time; the OpenMM state) of a checkpoint file."""
+    header, state = path.read_bytes().split(b"\n", 1)
+    return json.loads(header), state
